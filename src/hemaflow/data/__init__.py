@@ -1,0 +1,1 @@
+"""Reading raw images and datasets of different layouts."""

@@ -1,0 +1,245 @@
+"""Ingest one dataset: list, decode once, hash, crop, resize into an image cache, and
+write a manifest row for every source file or crop, accepted or quarantined."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.data.decode import RejectedImage, content_hash, decode_image, read_bytes
+from hemaflow.data.geometry import (
+    Box,
+    center_square_box,
+    crop_image,
+    resize_square,
+    scale_box,
+    yolo_square_box,
+)
+from hemaflow.data.layouts import SourceItem, list_dataset
+from hemaflow.dedup.phash import phash
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = [
+    "record_id", "image_id", "sha256", "dataset", "domain", "source_path",
+    "source_label", "fine_label", "box_x0", "box_y0", "box_x1", "box_y1",
+    "width", "height", "format", "mode", "status", "reason_code", "reason",
+    "cache_index", "phash",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    dataset: str
+    domain: str
+    root: str  # dataset folder
+    data_prefix: str  # dataset path as given under data_root, for portable source paths
+    image_size: int
+    max_pixels: int
+    formats: tuple[str, ...]
+    box_margin: float = 0.15
+
+
+def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(MANIFEST_COLUMNS)
+    row.update(
+        record_id=f"{options.dataset}:{item.rel_path}",
+        dataset=options.dataset,
+        domain=options.domain,
+        source_path=f"{options.data_prefix}/{item.rel_path}".lstrip("/"),
+        source_label=item.source_label,
+        fine_label=item.fine_label,
+        status="ok",
+    )
+    row.update(values)
+    return row
+
+
+def _quarantine(row: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+    row.update(status="quarantined", reason_code=code, reason=message)
+    return row
+
+
+def process_item(
+    item: SourceItem, options: IngestOptions
+) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+    """Decode one source file once; return a (row, cached image or None) per crop."""
+    if item.rejection is not None:
+        return [(_quarantine(_row(item, options), *item.rejection), None)]
+    path = str(Path(options.root) / item.rel_path)
+    try:
+        data = read_bytes(path)
+        sha = content_hash(data)
+        decoded = decode_image(
+            data,
+            max_pixels=options.max_pixels,
+            formats=options.formats,
+            draft_size=_draft_request(item, options),
+        )
+    except RejectedImage as exc:
+        row = _row(item, options)
+        return [(_quarantine(row, exc.code, exc.message), None)]
+    common = dict(sha256=sha, width=decoded.width, height=decoded.height,
+                  format=decoded.format, mode=decoded.mode)  # fmt: skip
+    width, height = decoded.width, decoded.height
+    if item.boxes is None:
+        crops: list[tuple[Box, str, str]] = [(center_square_box(width, height), sha, "")]
+    else:
+        crops = []
+        for number, (cx, cy, w, h) in enumerate(item.boxes):
+            box = yolo_square_box(cx, cy, w, h, width, height, options.box_margin)
+            crops.append((box, f"{sha}:{box[0]},{box[1]},{box[2]},{box[3]}", f"#box{number}"))
+    # boxes are kept in stored-pixel coordinates; the decoded frame may be draft-reduced
+    scale_x = decoded.image.width / width
+    scale_y = decoded.image.height / height
+    results = []
+    for box, image_id, suffix in crops:
+        row = _row(item, options, image_id=image_id, **common)
+        row["record_id"] += suffix
+        row.update(box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3])
+        if box[2] - box[0] < 4:
+            results.append((_quarantine(row, "degenerate_box", f"box {box} is too small"), None))
+            continue
+        square = crop_image(decoded.image, scale_box(box, scale_x, scale_y))
+        small = resize_square(square, options.image_size)
+        row["phash"] = int(phash(small))
+        results.append((row, np.asarray(small, dtype=np.uint8)))
+    return results
+
+
+def _draft_request(item: SourceItem, options: IngestOptions):
+    """The smallest decoded frame that still gives every crop ``image_size`` pixels."""
+    size = options.image_size
+
+    def request(width: int, height: int) -> tuple[int, int]:
+        if item.boxes is None:
+            shortest = min(width, height)
+        else:
+            shortest = min(max(w * width, h * height) for _, _, w, h in item.boxes) or 1
+        scale = min(1.0, size / max(shortest, 1))
+        return (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999)))
+
+    return request
+
+
+def _worker(args: tuple[SourceItem, IngestOptions]):
+    return process_item(*args)
+
+
+def _iterate(items: list[SourceItem], options: IngestOptions, workers: int) -> Iterator:
+    if workers <= 1:
+        for item in items:
+            yield process_item(item, options)
+        return
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers) as pool:
+        chunk = max(1, min(64, len(items) // (workers * 8) or 1))
+        yield from pool.imap(_worker, ((item, options) for item in items), chunksize=chunk)
+
+
+def ingest_dataset(
+    items: list[SourceItem], options: IngestOptions, workers: int = 1
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Process every listed item; returns the manifest and the (N, S, S, 3) uint8 cache,
+    whose row k is the image of the manifest row with ``cache_index == k``."""
+    rows: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    start = time.monotonic()
+    report_every = max(500, len(items) // 20)
+    for done, results in enumerate(_iterate(items, options, workers), start=1):
+        for row, image in results:
+            if image is not None:
+                row["cache_index"] = len(images)
+                images.append(image)
+            else:
+                row["cache_index"] = -1
+            rows.append(row)
+        if done % report_every == 0 or done == len(items):
+            elapsed = time.monotonic() - start
+            rate = done / elapsed if elapsed > 0 else float("inf")
+            log.info("%s: %d/%d files, %.0f files/s, %d images cached, eta %.0f s",
+                     options.dataset, done, len(items), rate, len(images),
+                     (len(items) - done) / rate if rate else 0)  # fmt: skip
+    size = options.image_size
+    cache = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return manifest_frame(rows), cache
+
+
+def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for column in ("box_x0", "box_y0", "box_x1", "box_y1", "width", "height"):
+        frame[column] = frame[column].astype("Int64")
+    frame["cache_index"] = frame["cache_index"].astype("int64")
+    frame["phash"] = frame["phash"].astype("UInt64")
+    for column in ("image_id", "sha256", "source_label", "fine_label", "format", "mode",
+                   "reason_code", "reason"):  # fmt: skip
+        frame[column] = frame[column].astype("string")
+    return frame
+
+
+def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -> IngestOptions:
+    spec = config["datasets"][dataset]
+    return IngestOptions(
+        dataset=dataset,
+        domain=spec["domain"],
+        root=str(data_root / spec["path"]),
+        data_prefix=spec["path"].strip("/"),
+        image_size=config["image_size"],
+        max_pixels=config["ingest"]["max_image_pixels"],
+        formats=tuple(config["ingest"]["formats"]),
+        box_margin=spec.get("box_margin", 0.15),
+    )
+
+
+def run_ingest(
+    config: dict[str, Any], dataset: str, data_root: Path, workers: int = 1
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """List and ingest one configured dataset."""
+    options = options_from_config(config, dataset, data_root)
+    items = list_dataset(Path(options.root), config["datasets"][dataset],
+                         tuple(config["ingest"]["extensions"]))  # fmt: skip
+    log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
+    return ingest_dataset(items, options, workers)
+
+
+QUARANTINE_COLUMNS = ["dataset", "record_id", "source_path", "source_label", "reason_code", "reason"]
+
+
+def quarantine_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    return manifest.loc[manifest["status"] == "quarantined", QUARANTINE_COLUMNS].reset_index(
+        drop=True
+    )
+
+
+def write_outputs(
+    manifest: pd.DataFrame, cache: np.ndarray, manifest_path: str, cache_path: str,
+    quarantine_path: str,
+) -> None:  # fmt: skip
+    Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(manifest_path, index=False)
+    np.save(cache_path, cache)
+    quarantine_table(manifest).to_csv(quarantine_path, index=False)
+
+
+def ingest_to_files(
+    config: dict[str, Any], dataset: str, workers: int, out_manifest: str, out_images: str,
+    out_quarantine: str,
+) -> pd.DataFrame:  # fmt: skip
+    """The ingest stage of one dataset, from the config to its three outputs."""
+    from hemaflow.config import resolve_data_root
+
+    manifest, cache = run_ingest(config, dataset, resolve_data_root(config), workers)
+    write_outputs(manifest, cache, out_manifest, out_images, out_quarantine)
+    counts = manifest["status"].value_counts().to_dict()
+    log.info("%s: wrote %d rows (%s), cache %s", dataset, len(manifest), counts, cache.shape)
+    for _, row in quarantine_table(manifest).iterrows():
+        log.warning("quarantined %s: %s (%s)", row["source_path"], row["reason"], row["reason_code"])
+    return manifest

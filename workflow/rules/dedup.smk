@@ -1,0 +1,24 @@
+rule dedup:
+    """Exact and near duplicates within and across datasets; label conflicts."""
+    input:
+        manifests=per_dataset(f"{RESULTS}/ingest/{{dataset}}/manifest.parquet"),
+        images=per_dataset(f"{RESULTS}/ingest/{{dataset}}/images.npy"),
+    output:
+        assignments=f"{RESULTS}/dedup/assignments.parquet",
+        groups=report(
+            f"{RESULTS}/dedup/groups.csv",
+            caption="../report/dedup_groups.rst",
+            category="data",
+            subcategory="deduplication",
+        ),
+        pairs=f"{RESULTS}/dedup/near_pairs.csv",
+        summary=f"{RESULTS}/dedup/summary.json",
+    params:
+        settings=dedup_params(),
+        datasets=DATASETS,
+    log:
+        "logs/dedup.log",
+    benchmark:
+        "benchmarks/dedup.tsv"
+    script:
+        "../scripts/dedup.py"

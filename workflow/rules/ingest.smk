@@ -1,0 +1,17 @@
+rule ingest:
+    """Decode every file of one dataset once into a manifest and an image cache."""
+    input:
+        ingest_inputs,
+    output:
+        manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
+        images=f"{RESULTS}/ingest/{{dataset}}/images.npy",
+        quarantine=f"{RESULTS}/ingest/{{dataset}}/quarantine.csv",
+    params:
+        settings=ingest_params,
+    threads: 8
+    log:
+        "logs/ingest/{dataset}.log",
+    benchmark:
+        "benchmarks/ingest/{dataset}.tsv"
+    script:
+        "../scripts/ingest.py"

@@ -1,0 +1,58 @@
+rule subgroup:
+    """Canonical classes through the class map, dedup decisions, stratified split."""
+    input:
+        manifests=per_dataset(f"{RESULTS}/ingest/{{dataset}}/manifest.parquet"),
+        assignments=f"{RESULTS}/dedup/assignments.parquet",
+    output:
+        manifest=f"{RESULTS}/data/manifest.parquet",
+        counts=report(
+            f"{RESULTS}/data/counts.csv",
+            caption="../report/counts.rst",
+            category="data",
+            subcategory="class balance",
+        ),
+        quarantine=report(
+            f"{RESULTS}/data/quarantine.csv",
+            caption="../report/quarantine.rst",
+            category="data",
+            subcategory="quarantine",
+        ),
+        summary=f"{RESULTS}/data/summary.json",
+    params:
+        settings=subgroup_params(),
+    log:
+        "logs/subgroup.log",
+    script:
+        "../scripts/subgroup.py"
+
+
+rule plot_counts:
+    input:
+        f"{RESULTS}/data/counts.csv",
+    output:
+        report(
+            f"{RESULTS}/data/counts.png",
+            caption="../report/counts.rst",
+            category="data",
+            subcategory="class balance",
+        ),
+    log:
+        "logs/plot_counts.log",
+    script:
+        "../scripts/plot_counts.py"
+
+
+rule domain_cache:
+    """The kept images of one domain as one array, for the training stages."""
+    input:
+        manifest=f"{RESULTS}/data/manifest.parquet",
+        images=per_dataset(f"{RESULTS}/ingest/{{dataset}}/images.npy"),
+    output:
+        images=f"{RESULTS}/cache/{{domain}}/images.npy",
+        index=f"{RESULTS}/cache/{{domain}}/index.parquet",
+    params:
+        datasets=DATASETS,
+    log:
+        "logs/domain_cache/{domain}.log",
+    script:
+        "../scripts/domain_cache.py"

@@ -1,0 +1,13 @@
+from hemaflow.logs import setup_logging
+from hemaflow.subgroup import subgroup_files
+
+setup_logging(snakemake.log[0])
+subgroup_files(
+    snakemake.config,
+    list(snakemake.input.manifests),
+    snakemake.input.assignments,
+    out_manifest=snakemake.output.manifest,
+    out_counts=snakemake.output.counts,
+    out_quarantine=snakemake.output.quarantine,
+    out_summary=snakemake.output.summary,
+)
