@@ -56,12 +56,16 @@ def contact_sheet(pairs, frame, caches, path: Path, title: str, limit: int = 24)
     for axis, (_, pair) in zip(axes.ravel(), pairs.iterrows()):
         left, right = frame.loc[pair["a"]], frame.loc[pair["b"]]
         image = np.concatenate(
-            [caches[left["dataset"]][left["cache_index"]], caches[right["dataset"]][right["cache_index"]]],
+            [
+                caches[left["dataset"]][left["cache_index"]],
+                caches[right["dataset"]][right["cache_index"]],
+            ],
             axis=1,
         )
         axis.imshow(image)
         axis.set_title(
-            f"d={pair['distance']} r={pair['correlation']:.3f} {left['canonical_class'] or '-'} | {right['canonical_class'] or '-'}\n"
+            f"d={pair['distance']} r={pair['correlation']:.3f} "
+            f"{left['canonical_class'] or '-'} | {right['canonical_class'] or '-'}\n"
             f"{Path(left['source_path']).name} | {Path(right['source_path']).name}",
             fontsize=6,
         )
@@ -77,8 +81,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ingest-dir", type=Path, default=Path("results/ingest"))
     parser.add_argument("--out", type=Path, default=Path("results/bench/near_dup"))
     parser.add_argument("--max-distance", type=int, default=8)
-    parser.add_argument("--min-correlation", type=float, default=None,
-                        help="verification threshold (default: the config's)")
+    parser.add_argument(
+        "--min-correlation",
+        type=float,
+        default=None,
+        help="verification threshold (default: the config's)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -106,18 +114,26 @@ def main(argv=None) -> int:
         thumbs[pairs["a"].to_numpy()], thumbs[pairs["b"].to_numpy()]
     )
     pairs["verified"] = pairs["correlation"] >= threshold
-    print(f"{len(frame)} accepted images; pairs with different content by Hamming distance "
-          f"(verified: thumbnail correlation >= {threshold}):")
-    print(f"{'distance':>8} {'pairs':>7} {'conflicts':>9} {'cross-dataset':>13} "
-          f"{'verified':>8} {'verified conflicts':>18}")
+    print(
+        f"{len(frame)} accepted images; pairs with different content by Hamming distance "
+        f"(verified: thumbnail correlation >= {threshold}):"
+    )
+    print(
+        f"{'distance':>8} {'pairs':>7} {'conflicts':>9} {'cross-dataset':>13} "
+        f"{'verified':>8} {'verified conflicts':>18}"
+    )
     for d in range(args.max_distance + 1):
         at = pairs.loc[pairs["distance"] == d]
         kept = at.loc[at["verified"]]
-        print(f"{d:>8} {len(at):>7} {int(at['conflict'].sum()):>9} "
-              f"{int(at['cross_dataset'].sum()):>13} {len(kept):>8} {int(kept['conflict'].sum()):>18}")
+        print(
+            f"{d:>8} {len(at):>7} {int(at['conflict'].sum()):>9} "
+            f"{int(at['cross_dataset'].sum()):>13} {len(kept):>8} {int(kept['conflict'].sum()):>18}"
+        )
     bands = pd.cut(pairs["correlation"], [-1, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 1.0001])
     table = pairs.groupby(bands, observed=False).agg(
-        pairs=("distance", "size"), conflicts=("conflict", "sum"), mean_distance=("distance", "mean")
+        pairs=("distance", "size"),
+        conflicts=("conflict", "sum"),
+        mean_distance=("distance", "mean"),
     )
     print("\nby thumbnail correlation:")
     print(table.to_string())

@@ -51,4 +51,8 @@ def unmapped_labels(manifest: pd.DataFrame, classes: pd.Series) -> dict[str, lis
 
 
 def _none_if_na(value: Any) -> Any:
-    return None if value is None or value is pd.NA or (isinstance(value, float) and value != value) else value
+    return (
+        None
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value)
+        else value
+    )

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.dedup.groups import ROLE_CONFLICT, ROLE_DUPLICATE, find_duplicates
 from hemaflow.data.ingest import QUARANTINE_COLUMNS
+from hemaflow.dedup.groups import ROLE_CONFLICT, ROLE_DUPLICATE, find_duplicates
 from hemaflow.dedup.verify import THUMB_SIZE, gray_thumbnails
 from hemaflow.errors import UnmappedLabelsError
 from hemaflow.labels import UNMAPPED, canonical_classes, unmapped_labels
@@ -27,7 +27,9 @@ def combine_manifests(manifests: list[pd.DataFrame]) -> pd.DataFrame:
     frame = pd.concat(manifests, ignore_index=True)
     duplicated = frame["record_id"].duplicated()
     if duplicated.any():
-        raise ValueError(f"record ids are not unique: {frame.loc[duplicated, 'record_id'].tolist()[:5]}")
+        raise ValueError(
+            f"record ids are not unique: {frame.loc[duplicated, 'record_id'].tolist()[:5]}"
+        )
     return frame
 
 
@@ -68,7 +70,9 @@ def subgroup(
         merged.loc[unmapped, "status"] = "unmapped"
         merged.loc[unmapped, "reason_code"] = "unmapped_label"
         merged.loc[unmapped, "reason"] = "label not in class_map (subgroup.unmapped: drop)"
-        log.warning("dropped %d rows whose labels the class map misses: %s", unmapped.sum(), missing)
+        log.warning(
+            "dropped %d rows whose labels the class map misses: %s", unmapped.sum(), missing
+        )
 
     labelled = merged["dataset"].map(lambda d: config["datasets"][d]["labelled"])
     dropped_on_purpose = accepted & labelled & merged["canonical_class"].isna()
@@ -139,7 +143,8 @@ def status_summary(merged: pd.DataFrame) -> dict[str, Any]:
         "by_dataset": by_dataset,
         "by_reason": {str(k): int(v) for k, v in reasons.items()},
         "classes": sorted(
-            str(c) for c in merged.loc[merged["status"] == "ok", "canonical_class"].dropna().unique()
+            str(c)
+            for c in merged.loc[merged["status"] == "ok", "canonical_class"].dropna().unique()
         ),
     }
 
@@ -147,21 +152,18 @@ def status_summary(merged: pd.DataFrame) -> dict[str, Any]:
 def domain_cache(
     merged: pd.DataFrame, dataset_caches: Mapping[str, np.ndarray], domain: str
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """The kept images of one domain as one array, with an index of manifest columns."""
+    """The kept images of one domain as one array (rows ordered by record id), with an
+    index of manifest columns whose ``domain_index`` is the array row."""
     rows = merged.loc[(merged["domain"] == domain) & (merged["status"] == "ok")]
     rows = rows.sort_values("record_id").reset_index(drop=True)
-    parts = [dataset_caches[d][rows.loc[rows["dataset"] == d, "cache_index"].to_numpy()]
-             for d in rows["dataset"].unique()]  # fmt: skip
-    order = np.concatenate([np.flatnonzero(rows["dataset"].to_numpy() == d)
-                            for d in rows["dataset"].unique()]) if len(rows) else np.zeros(0, int)  # fmt: skip
-    images = np.concatenate(parts) if parts else None
-    if images is None:
-        return np.zeros((0, 1, 1, 3), np.uint8), rows.assign(domain_index=[])
-    out = np.empty_like(images)
-    out[order] = images
+    cache_index = rows["cache_index"].to_numpy()
+    shape = next(iter(dataset_caches.values())).shape[1:] if dataset_caches else (1, 1, 3)
+    images = np.empty((len(rows), *shape), dtype=np.uint8)
+    for dataset, positions in rows.groupby("dataset").indices.items():
+        images[positions] = dataset_caches[dataset][cache_index[positions]]
     index = rows[["record_id", "dataset", "source_path", "canonical_class", "split"]].copy()
     index["domain_index"] = np.arange(len(rows))
-    return out, index
+    return images, index
 
 
 def read_manifests(paths: list[str]) -> pd.DataFrame:
@@ -192,8 +194,12 @@ def dedup_files(
         "exact_groups": int((groups["kind"] == "exact").sum()) if len(groups) else 0,
         "near_groups": int((groups["kind"] == "near").sum()) if len(groups) else 0,
         "label_conflict_groups": int(groups["label_conflict"].sum()) if len(groups) else 0,
-        "cross_dataset_groups": int(groups["datasets"].str.contains(",").sum()) if len(groups) else 0,
-        "by_role": {str(k): int(v) for k, v in result.assignments["dedup_role"].value_counts().items()},
+        "cross_dataset_groups": int(groups["datasets"].str.contains(",").sum())
+        if len(groups)
+        else 0,
+        "by_role": {
+            str(k): int(v) for k, v in result.assignments["dedup_role"].value_counts().items()
+        },
         "near_candidates": int(len(result.pairs)),
         "near_verified": int(result.pairs["verified"].sum()) if len(result.pairs) else 0,
         "near_threshold": config["dedup"]["near_threshold"],

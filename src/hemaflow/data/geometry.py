@@ -39,9 +39,7 @@ def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
     pad_right, pad_bottom = max(0, x1 - width), max(0, y1 - height)
     inside = rgb[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
     if pad_left or pad_top or pad_right or pad_bottom:
-        inside = np.pad(
-            inside, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="edge"
-        )
+        inside = np.pad(inside, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="edge")
     return inside
 
 

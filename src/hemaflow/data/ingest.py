@@ -210,7 +210,14 @@ def run_ingest(
     return ingest_dataset(items, options, workers)
 
 
-QUARANTINE_COLUMNS = ["dataset", "record_id", "source_path", "source_label", "reason_code", "reason"]
+QUARANTINE_COLUMNS = [
+    "dataset",
+    "record_id",
+    "source_path",
+    "source_label",
+    "reason_code",
+    "reason",
+]
 
 
 def quarantine_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -241,5 +248,7 @@ def ingest_to_files(
     counts = manifest["status"].value_counts().to_dict()
     log.info("%s: wrote %d rows (%s), cache %s", dataset, len(manifest), counts, cache.shape)
     for _, row in quarantine_table(manifest).iterrows():
-        log.warning("quarantined %s: %s (%s)", row["source_path"], row["reason"], row["reason_code"])
+        log.warning(
+            "quarantined %s: %s (%s)", row["source_path"], row["reason"], row["reason_code"]
+        )
     return manifest

@@ -50,7 +50,9 @@ def _walk_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def list_imagefolder(root: Path, spec: dict[str, Any], extensions: tuple[str, ...]) -> list[SourceItem]:
+def list_imagefolder(
+    root: Path, spec: dict[str, Any], extensions: tuple[str, ...]
+) -> list[SourceItem]:
     """Label = first folder below the dataset root; fine label from a file-name regex."""
     regex = re.compile(spec["fine_label_regex"]) if spec.get("fine_label_regex") else None
     items = []
@@ -106,17 +108,24 @@ def list_csv(root: Path, spec: dict[str, Any], extensions: tuple[str, ...]) -> l
         where = f"{spec['csv']} line {line_number}"
         if not raw_id:
             items.append(
-                SourceItem(rel_path=f"{spec['csv']}#line{line_number}",
-                           rejection=("empty_id", f"{where}: empty id"))
+                SourceItem(
+                    rel_path=f"{spec['csv']}#line{line_number}",
+                    rejection=("empty_id", f"{where}: empty id"),
+                )
             )
             continue
         try:
             name = _format_filename(spec["filename_pattern"], raw_id)
         except (TypeError, ValueError):
             items.append(
-                SourceItem(rel_path=f"{spec['csv']}#line{line_number}",
-                           rejection=("bad_id", f"{where}: id {raw_id!r} does not fit "
-                                                f"filename_pattern {spec['filename_pattern']!r}"))
+                SourceItem(
+                    rel_path=f"{spec['csv']}#line{line_number}",
+                    rejection=(
+                        "bad_id",
+                        f"{where}: id {raw_id!r} does not fit "
+                        f"filename_pattern {spec['filename_pattern']!r}",
+                    ),
+                )
             )
             continue
         rel = os.path.normpath(os.path.join(images_dir, name)).replace(os.sep, "/")

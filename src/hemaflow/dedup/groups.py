@@ -119,7 +119,7 @@ def find_duplicates(
         members_by_group.setdefault(root, []).append(index)
     record_ids = frame["record_id"].astype(str).to_numpy()
     image_ids = frame["image_id"].astype(str).to_numpy()
-    for root, members in members_by_group.items():
+    for members in members_by_group.values():
         if len(members) < 2:
             continue
         members.sort(key=lambda m: rank[m])

@@ -232,6 +232,19 @@ def _expand(first: np.ndarray, count: np.ndarray, arange: np.ndarray) -> np.ndar
     return out
 
 
+#: Buckets up to this size are verified as dense (K, A, B) blocks by broadcasting, bigger
+#: ones by expanding explicit candidate rows (np.repeat is ~4x slower per candidate).
+_SMALL_BUCKET = 256
+#: Block sizes: a bucket of c items is padded to the next class size (<= ~25 % waste).
+_CLASS_SIZES = np.array(
+    [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128]
+    + [160, 192, 224, 256],
+    dtype=np.int64,
+)
+_CLASS_OF = np.searchsorted(_CLASS_SIZES, np.arange(_SMALL_BUCKET + 1))
+_N_CLASSES = _CLASS_SIZES.size
+
+
 class _ChunkSearch:
     """State for one chunk: items sorted by chunk key, hashes in that order, buckets."""
 
@@ -255,40 +268,107 @@ class _ChunkSearch:
 
     def pair_keys(self, batch_pairs: int):
         """Yield int64 arrays of i*n + j (i < j) for the true pairs owned by this chunk."""
-        # 1. pairs inside a bucket: item at sorted position p vs positions p+1 .. bucket end
-        big = self.bcount >= 2
-        if big.any():
-            bs, bc = self.bstart[big], self.bcount[big]
-            p = _expand(bs, bc, self.arange)
-            end = np.repeat(bs + bc, bc)
-            length = end - p - 1
-            keep = length > 0
-            yield from self._verify_rows(p[keep], p[keep] + 1, length[keep], batch_pairs)
-        # 2. pairs across buckets within the chunk radius
+        # 1. pairs inside one bucket
+        u = np.flatnonzero(self.bcount >= 2)
+        if u.size:
+            yield from self._bucket_pairs(u, u, batch_pairs, same=True)
+        # 2. pairs across buckets within the chunk radius; bucket pairs are buffered so
+        #    that the per-block Python overhead is amortised over many candidates
         if self.chunk.radius < 1:
             return
         table = None
         if self.chunk.bits <= _TABLE_BITS:
             table = np.full(1 << self.chunk.bits, -1, dtype=np.int32)
             table[self.ukeys] = np.arange(self.ukeys.size, dtype=np.int32)
-        for u1, u2 in _bucket_neighbours(self.ukeys, self.chunk.bits, self.chunk.radius, table):
-            # rows come from the smaller bucket, each row scans the whole other bucket
-            c1, c2 = self.bcount[u1], self.bcount[u2]
-            swap = c1 > c2
-            ur = np.where(swap, u2, u1)
-            uc = np.where(swap, u1, u2)
-            cr = np.minimum(c1, c2)
-            # process bucket pairs in slices so the row arrays stay bounded as well
-            cum = np.cumsum(cr)
-            a = 0
-            while a < ur.size:
-                base = cum[a - 1] if a else 0
-                b = max(a + 1, int(np.searchsorted(cum, base + batch_pairs, side="right")))
-                p = _expand(self.bstart[ur[a:b]], cr[a:b], self.arange)
-                t = np.repeat(self.bstart[uc[a:b]], cr[a:b])
-                length = np.repeat(self.bcount[uc[a:b]], cr[a:b])
-                yield from self._verify_rows(p, t, length, batch_pairs)
-                a = b
+        buf1, buf2, held, held_pairs = [], [], 0, 0
+        neighbours = _bucket_neighbours(self.ukeys, self.chunk.bits, self.chunk.radius, table)
+        for u1, u2 in neighbours:
+            buf1.append(u1)
+            buf2.append(u2)
+            held += int(np.dot(self.bcount[u1], self.bcount[u2]))
+            held_pairs += u1.size
+            if held >= batch_pairs or held_pairs >= batch_pairs // 4:
+                yield from self._bucket_pairs(
+                    np.concatenate(buf1), np.concatenate(buf2), batch_pairs, same=False
+                )
+                buf1, buf2, held, held_pairs = [], [], 0, 0
+        if buf1:
+            yield from self._bucket_pairs(
+                np.concatenate(buf1), np.concatenate(buf2), batch_pairs, same=False
+            )
+
+    def _bucket_pairs(self, u1: np.ndarray, u2: np.ndarray, batch_pairs: int, *, same: bool):
+        """All item pairs between buckets u1[k] and u2[k] (or inside u1[k] when same)."""
+        a, b = self.bcount[u1], self.bcount[u2]
+        if not same:  # the smaller bucket on the row side
+            swap = a > b
+            u1, u2 = np.where(swap, u2, u1), np.where(swap, u1, u2)
+            a, b = np.minimum(a, b), np.maximum(a, b)
+        big = b > _SMALL_BUCKET
+        if big.any():
+            yield from self._rows(u1[big], u2[big], batch_pairs, same=same)
+            small = ~big
+            u1, u2, a, b = u1[small], u2[small], a[small], b[small]
+        if u1.size == 0:
+            return
+        # group bucket pairs by padded block shape (A, B); radix sort on a uint16 key
+        gkey = (_CLASS_OF[a] * _N_CLASSES + _CLASS_OF[b]).astype(np.uint16)
+        order = np.argsort(gkey, kind="stable")
+        counts = np.bincount(gkey, minlength=_N_CLASSES * _N_CLASSES)
+        ends = np.cumsum(counts)
+        for g in np.flatnonzero(counts):
+            big_a, big_b = _CLASS_SIZES[g // _N_CLASSES], _CLASS_SIZES[g % _N_CLASSES]
+            sel = order[ends[g] - counts[g] : ends[g]]
+            step = max(1, batch_pairs // int(big_a * big_b))
+            for s in range(0, sel.size, step):
+                k = sel[s : s + step]
+                yield from self._block(u1[k], u2[k], a[k], b[k], int(big_a), int(big_b), same)
+
+    def _block(self, u1, u2, a, b, big_a: int, big_b: int, same: bool):
+        """Verify K bucket pairs as one (K, A, B) broadcast; padding repeats a bucket's last
+        item (clamped index), and padded hits are dropped after the distance test."""
+        ar = self.arange
+        ra = self.bstart[u1][:, None] + ar[:big_a]
+        if big_a > 1:
+            np.minimum(ra, (self.bstart[u1] + a - 1)[:, None], out=ra)
+        ha = self.hs[ra]
+        if same:
+            rb, hb = ra, ha
+        else:
+            rb = self.bstart[u2][:, None] + ar[:big_b]
+            if big_b > 1:
+                np.minimum(rb, (self.bstart[u2] + b - 1)[:, None], out=rb)
+            hb = self.hs[rb]
+        x = ha[:, :, None] ^ hb[:, None, :]
+        hit = np.flatnonzero(np.bitwise_count(x) <= np.uint8(self.r))
+        if hit.size == 0:
+            return
+        k, rest = np.divmod(hit, big_a * big_b)
+        ia, ib = np.divmod(rest, big_b)
+        valid = (ia < ib) & (ib < a[k]) if same else (ia < a[k]) & (ib < b[k])
+        if not valid.all():
+            hit, k, ia, ib = hit[valid], k[valid], ia[valid], ib[valid]
+        out = self._emit(ra[k, ia], rb[k, ib], x.reshape(-1)[hit])
+        if out is not None:
+            yield out
+
+    def _rows(self, u1, u2, batch_pairs: int, *, same: bool):
+        """Fallback for big buckets: one row per item of bucket u1 scanning bucket u2."""
+        c1, c2 = self.bcount[u1], self.bcount[u2]
+        cum = np.cumsum(c1)
+        a = 0
+        while a < u1.size:
+            base = cum[a - 1] if a else 0
+            b = max(a + 1, int(np.searchsorted(cum, base + batch_pairs, side="right")))
+            p = _expand(self.bstart[u1[a:b]], c1[a:b], self.arange)
+            if same:  # item at sorted position p vs p+1 .. end of its bucket
+                end = np.repeat(self.bstart[u1[a:b]] + c1[a:b], c1[a:b])
+                t, length = p + 1, end - p - 1
+            else:
+                t = np.repeat(self.bstart[u2[a:b]], c1[a:b])
+                length = np.repeat(c2[a:b], c1[a:b])
+            yield from self._verify_rows(p, t, length, batch_pairs)
+            a = b
 
     def _verify_rows(self, p: np.ndarray, t: np.ndarray, length: np.ndarray, batch_pairs: int):
         """Rows (p, t, L): sorted position p against positions t .. t+L-1. Verify exact
@@ -306,21 +386,24 @@ class _ChunkSearch:
             sel = np.flatnonzero(np.bitwise_count(x) <= r)
             if sel.size:
                 row = np.searchsorted(cum[a:b] - base, sel, side="right")
-                pp, qq, xx = p[a:b][row], q[sel], x[sel]
-                owned = self._owned(xx)
-                if not owned.all():
-                    pp, qq = pp[owned], qq[owned]
-                i, j = self.order[pp], self.order[qq]
-                lo, hi = np.minimum(i, j), np.maximum(i, j)
-                yield lo.astype(np.int64) * self.n + hi
+                out = self._emit(p[a:b][row], q[sel], x[sel])
+                if out is not None:
+                    yield out
             a = b
 
-    def _owned(self, x: np.ndarray) -> np.ndarray:
-        """True where no earlier chunk is within its radius, i.e. this chunk owns the pair."""
-        owned = np.ones(x.shape, dtype=bool)
+    def _emit(self, pp: np.ndarray, qq: np.ndarray, xx: np.ndarray) -> np.ndarray | None:
+        """Verified pairs of sorted positions -> keys i*n + j, keeping only the pairs this
+        chunk owns (no earlier chunk within its own radius)."""
+        owned = np.ones(xx.shape, dtype=bool)
         for c in self.earlier:
-            owned &= np.bitwise_count(x & c.mask) > c.radius
-        return owned
+            owned &= np.bitwise_count(xx & c.mask) > c.radius
+        if not owned.all():
+            pp, qq = pp[owned], qq[owned]
+        if pp.size == 0:
+            return None
+        i, j = self.order[pp], self.order[qq]
+        lo, hi = np.minimum(i, j), np.maximum(i, j)
+        return lo.astype(np.int64) * self.n + hi
 
 
 def near_pairs(

@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (Python 3.11, no GPU), both idempotent:
+#   make run    install into .venv, then run the workflow on config/config.yaml
+#   make test   install into .venv, then run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hemaflow-installed
+
+.PHONY: install run test lint report clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: a local CPU wheel here; never an unpinned (CUDA) torch
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/snakemake
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench workflow/scripts
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+report: install
+	$(BIN)/snakemake --report report.html

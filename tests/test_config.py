@@ -1,0 +1,102 @@
+"""Config validation: defaults filled, and every error names its key."""
+
+import copy
+import pytest
+import yaml
+
+from hemaflow.config import canonical_json, load_config, validate_config
+from hemaflow.errors import ConfigError
+
+from .realdata import REPO, require_shared_datasets
+
+
+@pytest.fixture
+def shared_datasets():
+    return require_shared_datasets()
+
+
+@pytest.fixture
+def raw_config(shared_datasets):
+    with open(REPO / "config" / "config.yaml") as handle:
+        config = yaml.safe_load(handle)
+    config["data_root"] = str(shared_datasets)
+    return config
+
+
+def test_default_config_validates_and_fills_defaults(raw_config):
+    config = validate_config(copy.deepcopy(raw_config))
+    assert config["ingest"]["max_image_pixels"] == 40_000_000
+    assert config["results_dir"] == "results"
+    assert config["datasets"]["pbc"]["labelled"] is True
+    assert config["datasets"]["raabin_frames"]["labelled"] is False
+    # layout defaults are filled per layout only
+    assert config["datasets"]["bccd"]["multi_label_separator"] == ","
+    assert "box_margin" not in config["datasets"]["pbc"]
+
+
+def test_minimal_config_gets_all_section_defaults(shared_datasets):
+    config = validate_config(
+        {
+            "data_root": str(shared_datasets),
+            "datasets": {"z": {"path": "zheng_tecom", "domain": "z", "layout": "imagefolder"}},
+            "class_map": {"z": {}},
+        }
+    )
+    assert config["dedup"] == {
+        "near_threshold": 8,
+        "near_min_correlation": 0.95,
+        "conflict_policy": "drop",
+    }
+    assert config["split"]["train"] == 0.7
+    assert config["subgroup"]["unmapped"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "reason"),
+    [
+        (lambda c: c.update(unknown_key=1), "unknown_key", "unknown key"),
+        (lambda c: c["datasets"]["pbc"].update(layuot="x"), "datasets.pbc.layuot", "unknown key"),
+        (lambda c: c.update(image_size="big"), "image_size", "wrong type"),
+        (lambda c: c["datasets"]["pbc"].update(layout="zip"), "datasets.pbc.layout", "not one of"),
+        (lambda c: c["datasets"]["pbc"].update(path="no_such"), "datasets.pbc.path", "does not exist"),
+        (lambda c: c["datasets"]["bccd"].pop("csv"), "datasets.bccd.csv", "required by layout"),
+        (lambda c: c["datasets"]["bccd"].update(csv="x.csv"), "datasets.bccd.csv", "does not exist"),
+        (lambda c: c["datasets"]["pbc"].pop("domain"), "datasets.pbc.domain", "required"),
+        (lambda c: c["dedup"].update(near_threshold=40), "dedup.near_threshold", "40"),
+        (lambda c: c["dedup"].update(conflict_policy="vote"), "dedup.conflict_policy", "not one of"),
+        (lambda c: c["split"].update(test=0.5), "split", "sum to 1"),
+        (lambda c: c["class_map"].update(nope={}), "class_map.nope", "names no dataset"),
+        (lambda c: c["class_map"].pop("pbc"), "class_map.pbc", "no class map"),
+        (lambda c: c.update(data_root="/no/such/root"), "data_root", "does not exist"),
+        (
+            lambda c: c["datasets"]["pbc"].update(box_margin=0.1),
+            "datasets.pbc.box_margin",
+            "not used by layout",
+        ),
+        (
+            lambda c: c["datasets"]["pbc"].update(fine_label_regex="^([A-Z]+)_"),
+            "datasets.pbc.fine_label_regex",
+            "(?P<fine>",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(raw_config, mutate, key, reason):
+    mutate(raw_config)
+    with pytest.raises(ConfigError) as caught:
+        validate_config(raw_config)
+    assert caught.value.key == key
+    assert reason in str(caught.value)
+    assert f"'{key}'" in str(caught.value)
+
+
+def test_load_config_reports_bad_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_canonical_json_is_order_independent():
+    assert canonical_json({"b": 1, "a": {"y": 2, "x": 1}}) == canonical_json(
+        {"a": {"x": 1, "y": 2}, "b": 1}
+    )

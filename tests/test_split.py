@@ -1,0 +1,48 @@
+"""Stratified, deterministic split that keeps groups together."""
+
+import pandas as pd
+import pytest
+
+from hemaflow.split import allocate, stratified_group_split
+
+RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 10, 99, 1000])
+def test_allocate_sums_and_follows_ratios(n):
+    counts = allocate(n, RATIOS)
+    assert sum(counts.values()) == n
+    for name, ratio in RATIOS.items():
+        assert abs(counts[name] - n * ratio) < 1.0 + 1e-9
+
+
+def _frame():
+    rows = []
+    for cls, n in (("a", 500), ("b", 120), ("c", 9)):
+        for domain in ("x", "y"):
+            for k in range(n):
+                group = f"{domain}{cls}{k // 3}"  # groups of three rows
+                rows.append({"stratum": f"{domain}/{cls}", "group": group})
+    return pd.DataFrame(rows)
+
+
+def test_split_is_stratified_deterministic_and_keeps_groups():
+    frame = _frame()
+    first = stratified_group_split(frame["stratum"], frame["group"], RATIOS, seed=1)
+    second = stratified_group_split(
+        frame["stratum"].iloc[::-1], frame["group"].iloc[::-1], RATIOS, seed=1
+    )
+    assert first.equals(second.sort_index())  # row order does not matter
+    assert (frame.assign(split=first).groupby("group")["split"].nunique() == 1).all()
+    shares = frame.assign(split=first).groupby("stratum")["split"].value_counts(normalize=True)
+    for stratum in ("x/a", "y/a", "x/b"):
+        assert abs(shares[stratum]["train"] - 0.7) < 0.05
+        assert abs(shares[stratum]["test"] - 0.2) < 0.05
+    other_seed = stratified_group_split(frame["stratum"], frame["group"], RATIOS, seed=2)
+    assert not first.equals(other_seed)
+
+
+def test_every_split_present_in_a_small_stratum():
+    frame = pd.DataFrame({"stratum": ["s"] * 10, "group": [f"g{k}" for k in range(10)]})
+    split = stratified_group_split(frame["stratum"], frame["group"], RATIOS, seed=0)
+    assert split.value_counts().to_dict() == {"train": 7, "test": 2, "val": 1}
