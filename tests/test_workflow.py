@@ -1,0 +1,192 @@
+"""The Snakemake workflow on a few hundred real images: outputs, reruns, config errors.
+
+The data root is a temporary folder of symbolic links into the shared datasets (a
+subset of each), so nothing is copied and the originals are never touched."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .realdata import REPO, require_shared_datasets
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+PER_PBC_CLASS = 30
+RAABIN_FRAMES = 60
+
+
+def link_subset(shared: Path, root: Path) -> None:
+    for class_dir in sorted((shared / "pbc").iterdir()):
+        target = root / "pbc" / class_dir.name
+        target.mkdir(parents=True)
+        images = [p for p in sorted(class_dir.iterdir()) if not p.name.startswith(".")]
+        for image in images[:PER_PBC_CLASS]:
+            (target / image.name).symlink_to(image)
+    non_image = root / "pbc" / "neutrophil" / ".DS_169665.jpg"  # the real macOS file
+    non_image.symlink_to(shared / "pbc" / "neutrophil" / ".DS_169665.jpg")
+    (root / "bccd").symlink_to(shared / "bccd")
+    (root / "zheng_tecom").symlink_to(shared / "zheng_tecom")
+    for sub in ("images", "labels"):
+        (root / "raabin_frames" / sub).mkdir(parents=True)
+    for image in sorted((shared / "raabin_frames" / "images").iterdir())[:RAABIN_FRAMES]:
+        (root / "raabin_frames" / "images" / image.name).symlink_to(image)
+        label = shared / "raabin_frames" / "labels" / (image.stem + ".txt")
+        (root / "raabin_frames" / "labels" / label.name).symlink_to(label)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry-run."""
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        name, _, count = line.strip().rpartition(" ")
+        if name.strip() and count.isdigit() and name.strip() != "total":
+            jobs[name.strip()] = int(count)
+    return jobs
+
+
+def write_config(workdir: Path, data_root: Path, **changes) -> None:
+    with open(REPO / "config" / "config.yaml") as handle:
+        config = yaml.safe_load(handle)
+    config["data_root"] = str(data_root)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    shared = require_shared_datasets()
+    base = tmp_path_factory.mktemp("workflow")
+    data_root, workdir = base / "data", base / "work"
+    data_root.mkdir()
+    workdir.mkdir()
+    link_subset(shared, data_root)
+    write_config(workdir, data_root)
+    snakemake(workdir)
+    return data_root, workdir
+
+
+def test_outputs_of_ingest_dedup_subgroup(workflow_run):
+    _, workdir = workflow_run
+    results = workdir / "results"
+    pbc = pd.read_parquet(results / "ingest" / "pbc" / "manifest.parquet")
+    assert len(pbc) == 8 * PER_PBC_CLASS + 1
+    assert pbc.loc[pbc["status"] == "quarantined", "reason_code"].tolist() == ["not_an_image"]
+    merged = pd.read_parquet(results / "data" / "manifest.parquet")
+    assert set(merged["dataset"]) == {"pbc", "bccd", "zheng_tecom", "raabin_frames"}
+    summary = json.loads((results / "data" / "summary.json").read_text())
+    quarantine = pd.read_csv(results / "data" / "quarantine.csv")
+    assert (
+        summary["quarantined"]
+        == len(quarantine)
+        == 1 + 53 + (quarantine["dataset"] == "raabin_frames").sum()
+    )
+    assert summary["by_reason"]["missing_file"] == 44
+    groups = pd.read_csv(results / "dedup" / "groups.csv")
+    members = [set(m.split(";")) for m in groups["members"]]
+    assert {"zheng_tecom:Dataset 1/112.bmp", "zheng_tecom:Dataset 1/139.bmp"} in members
+    counts = pd.read_csv(results / "data" / "counts.csv")
+    assert counts["total"].sum() == summary["kept"]
+    assert (results / "data" / "counts.png").stat().st_size > 10_000
+    for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
+        index = pd.read_parquet(results / "cache" / domain / "index.parquet")
+        assert len(index) == ((merged["domain"] == domain) & (merged["status"] == "ok")).sum()
+    for log in ("ingest/pbc.log", "dedup.log", "subgroup.log"):
+        assert (workdir / "logs" / log).stat().st_size > 0
+    assert (workdir / "benchmarks" / "ingest" / "pbc.tsv").exists()
+
+
+def test_rerun_behaviour(workflow_run):
+    data_root, workdir = workflow_run
+    assert planned_jobs(snakemake(workdir, "-n")) == {}
+    # a hospital sends one more image: only that dataset's ingest and what follows
+    new_image = data_root / "pbc" / "basophil" / "BA_added_for_test.jpg"
+    shutil.copyfile(require_shared_datasets() / "pbc" / "basophil" / "BA_999747.jpg", new_image)
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert jobs.get("ingest") == 1 and jobs.get("dedup") == 1 and jobs.get("subgroup") == 1
+        dry = snakemake(workdir, "-n").stdout
+        assert "wildcards: dataset=pbc" in dry and "wildcards: dataset=bccd" not in dry
+    finally:
+        new_image.unlink()
+    # a dedup parameter changes: dedup and downstream, no ingest
+    write_config(workdir, data_root, **{"dedup.near_threshold": 6})
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert "ingest" not in jobs and jobs.get("dedup") == 1 and jobs.get("subgroup") == 1
+    finally:
+        write_config(workdir, data_root)
+    assert planned_jobs(snakemake(workdir, "-n")) == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"image_sizee": 64}, "image_sizee"),
+        ({"image_size": "large"}, "image_size"),
+    ],
+)
+def test_config_error_stops_before_any_job(tmp_path, change, key):
+    data_root = require_shared_datasets()
+    write_config(tmp_path, data_root)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config.update(change)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert f"config key '{key}'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_dataset_path_and_unknown_layout_are_refused(tmp_path):
+    data_root = require_shared_datasets()
+    write_config(tmp_path, data_root)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["datasets"]["pbc"]["path"] = "pbc_missing"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert (
+        result.returncode != 0 and "config key 'datasets.pbc.path'" in result.stderr + result.stdout
+    )
+    config["datasets"]["pbc"].update(path="pbc", layout="tarball")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert (
+        result.returncode != 0
+        and "config key 'datasets.pbc.layout'" in result.stderr + result.stdout
+    )
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    data_root = require_shared_datasets()
+    write_config(tmp_path, data_root)
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
+    assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
