@@ -33,7 +33,7 @@ class RejectedImage(Exception):
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # RGB; may be smaller than width x height when decoded in draft mode
-    width: int  # stored size, before any draft reduction
+    width: int  # full size as displayed (after EXIF rotation), before any draft reduction
     height: int
     format: str
     mode: str  # the mode the file was stored in, before conversion
@@ -121,7 +121,10 @@ def decode_image(
             if draft_size is not None and fmt in ("JPEG", "MPO"):
                 image.draft(None, draft_size(width, height))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            oriented = ImageOps.exif_transpose(image)
+            if oriented.size != image.size:  # rotated by 90 degrees: report what a viewer shows
+                width, height = height, width
+            image = oriented
             rgb = _to_rgb(image)
             rgb.load()
     except RejectedImage:

@@ -130,19 +130,46 @@ def _draft_request(item: SourceItem, options: IngestOptions):
     return request
 
 
-def _worker(args: tuple[SourceItem, IngestOptions]):
-    return process_item(*args)
+# Work is shipped to worker processes in batches whose images come back as one array:
+# one pickle per batch instead of one per image keeps the parent process nearly idle.
+_BATCH = 64
+_worker_options: IngestOptions | None = None
+
+
+def _init_worker(options: IngestOptions) -> None:
+    global _worker_options
+    _worker_options = options
+
+
+def _process_batch(batch: list[SourceItem]) -> tuple[list[list[dict[str, Any]]], np.ndarray | None]:
+    assert _worker_options is not None
+    return _pack([process_item(item, _worker_options) for item in batch])
+
+
+def _pack(results: list[list[tuple[dict[str, Any], np.ndarray | None]]]):
+    """Rows per item, with ``_image`` numbering the item's images in one stacked array."""
+    rows, images = [], []
+    for item_results in results:
+        item_rows = []
+        for row, image in item_results:
+            row["_image"] = -1 if image is None else len(images)
+            if image is not None:
+                images.append(image)
+            item_rows.append(row)
+        rows.append(item_rows)
+    return rows, (np.stack(images) if images else None)
 
 
 def _iterate(items: list[SourceItem], options: IngestOptions, workers: int) -> Iterator:
+    """Yields (rows of one item..., stacked images of a batch) in listing order."""
+    batches = [items[k : k + _BATCH] for k in range(0, len(items), _BATCH)]
     if workers <= 1:
-        for item in items:
-            yield process_item(item, options)
+        _init_worker(options)
+        yield from (_process_batch(batch) for batch in batches)
         return
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers) as pool:
-        chunk = max(1, min(64, len(items) // (workers * 8) or 1))
-        yield from pool.imap(_worker, ((item, options) for item in items), chunksize=chunk)
+    with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
+        yield from pool.imap(_process_batch, batches)
 
 
 def ingest_dataset(
@@ -151,34 +178,48 @@ def ingest_dataset(
     """Process every listed item; returns the manifest and the (N, S, S, 3) uint8 cache,
     whose row k is the image of the manifest row with ``cache_index == k``."""
     rows: list[dict[str, Any]] = []
-    images: list[np.ndarray] = []
+    image_batches: list[np.ndarray] = []
+    cached = 0
+    done = 0
     start = time.monotonic()
     report_every = max(500, len(items) // 20)
-    for done, results in enumerate(_iterate(items, options, workers), start=1):
-        for row, image in results:
-            if image is not None:
-                row["cache_index"] = len(images)
-                images.append(image)
-            else:
-                row["cache_index"] = -1
-            rows.append(row)
-        if done % report_every == 0 or done == len(items):
+    next_report = report_every
+    for batch_rows, batch_images in _iterate(items, options, workers):
+        for item_rows in batch_rows:
+            for row in item_rows:
+                local = row.pop("_image")
+                row["cache_index"] = -1 if local < 0 else cached + local
+                rows.append(row)
+        if batch_images is not None:
+            image_batches.append(batch_images)
+            cached += len(batch_images)
+        done += len(batch_rows)
+        if done >= next_report or done == len(items):
+            next_report += report_every
             elapsed = time.monotonic() - start
             rate = done / elapsed if elapsed > 0 else float("inf")
             log.info("%s: %d/%d files, %.0f files/s, %d images cached, eta %.0f s",
-                     options.dataset, done, len(items), rate, len(images),
+                     options.dataset, done, len(items), rate, cached,
                      (len(items) - done) / rate if rate else 0)  # fmt: skip
     size = options.image_size
-    cache = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    if image_batches:
+        cache = np.concatenate(image_batches)
+    else:
+        cache = np.zeros((0, size, size, 3), np.uint8)
     return manifest_frame(rows), cache
 
 
 def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    # Built apart: pandas would store 64-bit hashes mixed with None as float64 (53 bits).
+    hashes = pd.array([row.get("phash") for row in rows], dtype="UInt64")
+    frame = pd.DataFrame(
+        [{k: v for k, v in row.items() if k != "phash"} for row in rows],
+        columns=[c for c in MANIFEST_COLUMNS if c != "phash"],
+    )
+    frame["phash"] = hashes
     for column in ("box_x0", "box_y0", "box_x1", "box_y1", "width", "height"):
         frame[column] = frame[column].astype("Int64")
     frame["cache_index"] = frame["cache_index"].astype("int64")
-    frame["phash"] = frame["phash"].astype("UInt64")
     for column in ("image_id", "sha256", "source_label", "fine_label", "format", "mode",
                    "reason_code", "reason"):  # fmt: skip
         frame[column] = frame[column].astype("string")

@@ -9,6 +9,7 @@ quarantine report instead of vanishing.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -78,7 +79,10 @@ def list_imagefolder(
 
 def _format_filename(pattern: str, raw_id: str) -> str:
     if re.search(r"%[0-9]*d", pattern):
-        return pattern % int(float(raw_id))
+        value = float(raw_id)
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"id {raw_id!r} is not a whole number")
+        return pattern % int(value)
     return pattern % raw_id
 
 
@@ -116,7 +120,7 @@ def list_csv(root: Path, spec: dict[str, Any], extensions: tuple[str, ...]) -> l
             continue
         try:
             name = _format_filename(spec["filename_pattern"], raw_id)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             items.append(
                 SourceItem(
                     rel_path=f"{spec['csv']}#line{line_number}",
@@ -144,23 +148,29 @@ def list_csv(root: Path, spec: dict[str, Any], extensions: tuple[str, ...]) -> l
         elif parts[0] != raw_label:
             item.notes.append(f"{where}: label {raw_label!r} repeats one type")
         previous = by_file.get(rel)
-        if previous is not None:
-            if previous.rejection is None and item.rejection is None:
-                if previous.source_label != item.source_label:
-                    previous.rejection = (
-                        "conflicting_rows",
-                        f"{where}: {rel!r} listed again with label {item.source_label!r} "
-                        f"(was {previous.source_label!r})",
-                    )
-                else:
-                    previous.notes.append(f"listed again at {where}")
-                continue
-            if item.rejection is not None and item.rejection[0] == "missing_file":
-                continue  # one quarantine row per missing file is enough
-            item.rel_path = f"{rel}#line{line_number}"  # keep record ids unique
-        else:
+        if previous is None:
             by_file[rel] = item
-        items.append(item)
+            items.append(item)
+            continue
+        # The file is named again: one manifest row per file, its verdict from all rows.
+        if item.rejection is not None and item.rejection[0] == "missing_file":
+            continue
+        if previous.rejection is None and item.rejection is None:
+            if previous.source_label == item.source_label:
+                previous.notes.append(f"listed again at {where}")
+                continue
+            previous.rejection = (
+                "conflicting_rows",
+                f"{where}: {rel!r} listed again with label {item.source_label!r} "
+                f"(was {previous.source_label!r})",
+            )
+        elif previous.rejection is None:
+            previous.rejection = (
+                "conflicting_rows",
+                f"{where}: {rel!r} listed again, and that row is rejected: {item.rejection[1]}",
+            )
+        else:
+            previous.notes.append(f"{where}: listed again ({item.rejection or item.source_label})")
     image_root = root / images_dir
     listed = set(by_file)
     for rel_in_images in _walk_files(image_root):
@@ -188,7 +198,12 @@ def parse_yolo_labels(text: str, source: str) -> list[tuple[int, NormalizedBox]]
             cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError:
             raise LayoutError(f"{source} line {number}: not numbers: {line.strip()!r}") from None
-        boxes.append((cls, (cx, cy, w, h)))
+        values = (cx, cy, w, h)
+        if not all(math.isfinite(v) and -0.01 <= v <= 1.01 for v in values) or w <= 0 or h <= 0:
+            raise LayoutError(
+                f"{source} line {number}: box {values} is not a normalized box in [0, 1]"
+            )
+        boxes.append((cls, values))
     return boxes
 
 

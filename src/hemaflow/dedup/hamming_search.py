@@ -243,6 +243,8 @@ _CLASS_SIZES = np.array(
 )
 _CLASS_OF = np.searchsorted(_CLASS_SIZES, np.arange(_SMALL_BUCKET + 1))
 _N_CLASSES = _CLASS_SIZES.size
+#: Bucket pairs buffered before verification (their arrays should stay cache-resident).
+_FLUSH_PAIRS = 1 << 20
 
 
 class _ChunkSearch:
@@ -287,7 +289,7 @@ class _ChunkSearch:
             buf2.append(u2)
             held += int(np.dot(self.bcount[u1], self.bcount[u2]))
             held_pairs += u1.size
-            if held >= batch_pairs or held_pairs >= batch_pairs // 4:
+            if held >= batch_pairs or held_pairs >= _FLUSH_PAIRS:
                 yield from self._bucket_pairs(
                     np.concatenate(buf1), np.concatenate(buf2), batch_pairs, same=False
                 )
@@ -325,30 +327,32 @@ class _ChunkSearch:
                 yield from self._block(u1[k], u2[k], a[k], b[k], int(big_a), int(big_b), same)
 
     def _block(self, u1, u2, a, b, big_a: int, big_b: int, same: bool):
-        """Verify K bucket pairs as one (K, A, B) broadcast; padding repeats a bucket's last
-        item (clamped index), and padded hits are dropped after the distance test."""
-        ar = self.arange
-        ra = self.bstart[u1][:, None] + ar[:big_a]
+        """Verify K bucket pairs as one (A, B, K) broadcast; padding repeats a bucket's last
+        item (clamped index), and padded hits are dropped after the distance test. K is the
+        innermost axis so that numpy's inner loops are long."""
+        col = self.arange[:, None]
+        ra = self.bstart[u1] + col[:big_a]  # (A, K)
         if big_a > 1:
-            np.minimum(ra, (self.bstart[u1] + a - 1)[:, None], out=ra)
+            np.minimum(ra, self.bstart[u1] + (a - 1), out=ra)
         ha = self.hs[ra]
         if same:
             rb, hb = ra, ha
         else:
-            rb = self.bstart[u2][:, None] + ar[:big_b]
+            rb = self.bstart[u2] + col[:big_b]
             if big_b > 1:
-                np.minimum(rb, (self.bstart[u2] + b - 1)[:, None], out=rb)
+                np.minimum(rb, self.bstart[u2] + (b - 1), out=rb)
             hb = self.hs[rb]
-        x = ha[:, :, None] ^ hb[:, None, :]
+        x = ha[:, None, :] ^ hb[None, :, :]  # (A, B, K)
         hit = np.flatnonzero(np.bitwise_count(x) <= np.uint8(self.r))
         if hit.size == 0:
             return
-        k, rest = np.divmod(hit, big_a * big_b)
-        ia, ib = np.divmod(rest, big_b)
+        n_k = u1.size
+        ab, k = np.divmod(hit, n_k)
+        ia, ib = np.divmod(ab, big_b)
         valid = (ia < ib) & (ib < a[k]) if same else (ia < a[k]) & (ib < b[k])
         if not valid.all():
             hit, k, ia, ib = hit[valid], k[valid], ia[valid], ib[valid]
-        out = self._emit(ra[k, ia], rb[k, ib], x.reshape(-1)[hit])
+        out = self._emit(ra[ia, k], rb[ib, k], x.reshape(-1)[hit])
         if out is not None:
             yield out
 
