@@ -216,8 +216,8 @@ def test_exif_orientation_is_applied():
     decoded = decode_image(data)
     rgb = decoded.rgb
     assert rgb.shape == (40, 20, 3)  # transposed
-    # stored width/height are reported as stored, before rotation
-    assert (decoded.width, decoded.height) == (40, 20)
+    # width/height are reported as displayed, after the rotation (crops use them)
+    assert (decoded.width, decoded.height) == (20, 40)
     # clockwise: the stored top-left corner is now the top-right corner
     assert rgb[:6, -6:, 0].mean() > 200 and rgb[:6, -6:, 1].mean() < 60
     assert rgb[:6, :6, 1].mean() > 100  # top-left is the grey background
