@@ -15,6 +15,6 @@ include: "workflow/rules/subgroup.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

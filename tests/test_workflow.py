@@ -190,3 +190,16 @@ def test_dry_run_of_the_default_config(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    lint = subprocess.run(
+        [SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "good condition" in lint.stdout + lint.stderr
+    snakefmt = str(Path(sys.executable).parent / "snakefmt")
+    files = [str(REPO / "Snakefile"), str(REPO / "workflow" / "rules")]
+    fmt = subprocess.run([snakefmt, "--check", *files], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

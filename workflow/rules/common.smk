@@ -3,7 +3,12 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from hemaflow.config import SCHEMA_PATH, canonical_json, resolve_data_root, validate_config
+from hemaflow.config import (
+    SCHEMA_PATH,
+    canonical_json,
+    resolve_data_root,
+    validate_config,
+)
 from hemaflow.data.layouts import dataset_input_files
 
 # Our own check first: its messages name the key; then the schema via Snakemake.
@@ -27,7 +32,9 @@ def dataset_root(dataset):
 
 def ingest_inputs(wildcards):
     """Every file of the dataset, so that an added or changed image reruns its ingest."""
-    return dataset_input_files(dataset_root(wildcards.dataset), config["datasets"][wildcards.dataset])
+    return dataset_input_files(
+        dataset_root(wildcards.dataset), config["datasets"][wildcards.dataset]
+    )
 
 
 def ingest_params(wildcards):

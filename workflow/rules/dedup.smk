@@ -13,12 +13,14 @@ rule dedup:
         ),
         pairs=f"{RESULTS}/dedup/near_pairs.csv",
         summary=f"{RESULTS}/dedup/summary.json",
-    params:
-        settings=dedup_params(),
-        datasets=DATASETS,
     log:
         "logs/dedup.log",
     benchmark:
         "benchmarks/dedup.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        settings=dedup_params(),
+        datasets=DATASETS,
     script:
         "../scripts/dedup.py"

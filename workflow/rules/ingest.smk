@@ -6,12 +6,14 @@ rule ingest:
         manifest=f"{RESULTS}/ingest/{{dataset}}/manifest.parquet",
         images=f"{RESULTS}/ingest/{{dataset}}/images.npy",
         quarantine=f"{RESULTS}/ingest/{{dataset}}/quarantine.csv",
-    params:
-        settings=ingest_params,
-    threads: 8
     log:
         "logs/ingest/{dataset}.log",
     benchmark:
         "benchmarks/ingest/{dataset}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 8
+    params:
+        settings=ingest_params,
     script:
         "../scripts/ingest.py"

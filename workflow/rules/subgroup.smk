@@ -18,10 +18,12 @@ rule subgroup:
             subcategory="quarantine",
         ),
         summary=f"{RESULTS}/data/summary.json",
-    params:
-        settings=subgroup_params(),
     log:
         "logs/subgroup.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        settings=subgroup_params(),
     script:
         "../scripts/subgroup.py"
 
@@ -38,6 +40,8 @@ rule plot_counts:
         ),
     log:
         "logs/plot_counts.log",
+    conda:
+        "../envs/hemaflow.yaml"
     script:
         "../scripts/plot_counts.py"
 
@@ -50,9 +54,11 @@ rule domain_cache:
     output:
         images=f"{RESULTS}/cache/{{domain}}/images.npy",
         index=f"{RESULTS}/cache/{{domain}}/index.parquet",
-    params:
-        datasets=DATASETS,
     log:
         "logs/domain_cache/{domain}.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        datasets=DATASETS,
     script:
         "../scripts/domain_cache.py"
