@@ -62,9 +62,11 @@ def crop_image(image: Image.Image, box: Box) -> Image.Image:
 
 
 def resize_square(image: Image.Image | np.ndarray, size: int) -> Image.Image:
-    """Antialiased (bicubic) resize of a square crop to ``size`` x ``size``."""
+    """Antialiased resize of a square crop to ``size`` x ``size`` (PIL's bilinear filter
+    widens its support when downscaling, so it averages like a box filter; bicubic cost
+    ~60 % more per image for no visible gain at 64 px)."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return image
