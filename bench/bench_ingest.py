@@ -61,8 +61,13 @@ def time_ingest(config, workers: int, out: Path) -> tuple[float, int]:
     rows = 0
     for dataset in config["datasets"]:
         manifest, cache = run_ingest(config, dataset, resolve_data_root(config), workers)
-        write_outputs(manifest, cache, str(out / f"{dataset}.parquet"),
-                      str(out / f"{dataset}.npy"), str(out / f"{dataset}_q.csv"))  # fmt: skip
+        write_outputs(
+            manifest,
+            cache,
+            str(out / f"{dataset}.parquet"),
+            str(out / f"{dataset}.npy"),
+            str(out / f"{dataset}_q.csv"),
+        )
         rows += len(manifest)
     return time.perf_counter() - start, rows
 
@@ -75,8 +80,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     files = source_files(config)
-    print(f"{len(files)} decodable source files in {len(config['datasets'])} datasets, "
-          f"{args.workers} workers, image_size {config['image_size']}")  # fmt: skip
+    print(
+        f"{len(files)} decodable source files in {len(config['datasets'])} datasets, "
+        f"{args.workers} workers, image_size {config['image_size']}"
+    )
     print(f"{'round':>5} {'decode-only img/s':>18} {'ingest img/s':>13} {'ratio':>6}")
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """Config validation: defaults filled, and every error names its key."""
 
 import copy
+
 import pytest
 import yaml
 

@@ -74,16 +74,19 @@ def real_items(_session_config):
     out = {}
     for name in REAL:
         options = options_from_config(config, name, Path(config["data_root"]))
-        listed = list_dataset(Path(options.root), config["datasets"][name],
-                              tuple(config["ingest"]["extensions"]))  # fmt: skip
+        listed = list_dataset(
+            Path(options.root), config["datasets"][name], tuple(config["ingest"]["extensions"])
+        )
         out[name] = (options, _subset(name, listed))
     return out
 
 
 @pytest.fixture(scope="module")
 def real_ingest(real_items):
-    return {name: ingest_dataset(items, options, workers=1)
-            for name, (options, items) in real_items.items()}  # fmt: skip
+    return {
+        name: ingest_dataset(items, options, workers=1)
+        for name, (options, items) in real_items.items()
+    }
 
 
 def test_real_subset_sizes(real_items):
@@ -183,9 +186,15 @@ def test_pbc_rows(real_ingest, real_items):
     assert (ok["width"] == 224).all() and (ok["height"] == 224).all()
     assert (ok["format"] == "JPEG").all()
     assert set(ok["source_label"]) == {
-        "basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
-        "neutrophil", "platelet",
-    }  # fmt: skip
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "ig",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    }
     assert by_id.loc["pbc:neutrophil/BNE_191112.jpg", "fine_label"] == "BNE"
     # byte-identical files across classes: same id, same cached image
     a = by_id.loc["pbc:eosinophil/EO_225902.jpg"]
@@ -203,8 +212,10 @@ def test_cached_image_matches_full_decode(real_ingest, real_items):
     for _, row in ok.iterrows():
         rel = row["source_path"].split("/", 1)[1]
         full = decode_image((Path(options.root) / rel).read_bytes()).image
-        expected = np.asarray(resize_square(crop_image(full, center_square_box(*full.size)),
-                                            options.image_size), dtype=np.int16)  # fmt: skip
+        expected = np.asarray(
+            resize_square(crop_image(full, center_square_box(*full.size)), options.image_size),
+            dtype=np.int16,
+        )
         diff = np.abs(cache[row["cache_index"]].astype(np.int16) - expected).mean()
         assert diff < 4, f"{rel}: mean abs difference {diff:.1f}"
 
@@ -214,8 +225,12 @@ def test_zheng_tecom_rows(real_ingest):
     assert (manifest["status"] == "ok").all()
     assert (manifest["format"] == "BMP").all()
     assert Counter(manifest["source_label"]) == {
-        "neutrophil": 176, "lymphocyte": 53, "monocyte": 48, "eosinophil": 22, "basophil": 1,
-    }  # fmt: skip
+        "neutrophil": 176,
+        "lymphocyte": 53,
+        "monocyte": 48,
+        "eosinophil": 22,
+        "basophil": 1,
+    }
     by_id = manifest.set_index("record_id")
     # README: 112.bmp and 139.bmp are identical
     assert (
@@ -234,10 +249,14 @@ def test_bccd_rows(real_ingest, real_items):
     assert bad.to_dict() == listed  # listing rejections reach the manifest unchanged
     ok = manifest[manifest["status"] == "ok"]
     assert (ok["width"] == 640).all() and (ok["height"] == 480).all()
-    assert (ok[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy().tolist()
-            == [[80, 0, 560, 480]] * len(ok))  # fmt: skip
-    assert ok["source_label"].isin(["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE",
-                                    "BASOPHIL"]).all()  # fmt: skip
+    assert ok[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy().tolist() == [
+        [80, 0, 560, 480]
+    ] * len(ok)
+    assert (
+        ok["source_label"]
+        .isin(["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "BASOPHIL"])
+        .all()
+    )
 
 
 def test_raabin_crops(real_ingest, real_items):
@@ -353,21 +372,33 @@ def mixed_folder(tmp_path: Path, make_image) -> Path:
 
 
 def mixed_options(root: Path) -> IngestOptions:
-    return IngestOptions(dataset="mixed", domain="synthetic", root=str(root),
-                         data_prefix="mixed", image_size=16, max_pixels=1_000_000,
-                         formats=DEFAULT_FORMATS)  # fmt: skip
+    return IngestOptions(
+        dataset="mixed",
+        domain="synthetic",
+        root=str(root),
+        data_prefix="mixed",
+        image_size=16,
+        max_pixels=1_000_000,
+        formats=DEFAULT_FORMATS,
+    )
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_mixed_folder_quarantines_every_bad_file(mixed_folder: Path):
     before = snapshot(mixed_folder)
     assert set(before) == GOOD | set(BAD)
-    items = list_dataset(mixed_folder, {"layout": "imagefolder"},
-                         (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"))  # fmt: skip
+    items = list_dataset(
+        mixed_folder,
+        {"layout": "imagefolder"},
+        (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"),
+    )
     manifest, cache = ingest_dataset(items, mixed_options(mixed_folder))
 
     assert list(manifest.columns) == MANIFEST_COLUMNS
@@ -469,8 +500,14 @@ def test_exif_rotated_non_square_jpeg_crop_not_distorted(tmp_path: Path):
 def test_csv_repeated_conflicting_rows_no_bogus_missing_file(tmp_path: Path, make_image):
     make_image("c/imgs/001.png")
     (tmp_path / "c" / "labels.csv").write_text("id,label\n1,A\n1,B\n1,A\n")
-    spec = {"layout": "csv", "csv": "labels.csv", "images_dir": "imgs", "id_column": "id",
-            "label_column": "label", "filename_pattern": "%03d.png"}  # fmt: skip
+    spec = {
+        "layout": "csv",
+        "csv": "labels.csv",
+        "images_dir": "imgs",
+        "id_column": "id",
+        "label_column": "label",
+        "filename_pattern": "%03d.png",
+    }
     items = list_dataset(tmp_path / "c", spec, (".png",))
     manifest, _ = ingest_dataset(items, mixed_options(tmp_path / "c"))
     assert "conflicting_rows" in set(manifest["reason_code"].dropna())

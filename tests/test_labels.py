@@ -6,8 +6,13 @@ import pytest
 from hemaflow.errors import UnmappedLabelsError
 from hemaflow.labels import UNMAPPED, canonical_classes, lookup_class, unmapped_labels
 
-CLASS_MAP = {"BNE": "neutrophil", "neutrophil": "neutrophil", "MY": "immature_granulocyte",
-             "ig": "immature_granulocyte", "junk": None}  # fmt: skip
+CLASS_MAP = {
+    "BNE": "neutrophil",
+    "neutrophil": "neutrophil",
+    "MY": "immature_granulocyte",
+    "ig": "immature_granulocyte",
+    "junk": None,
+}
 
 
 @pytest.mark.parametrize(

@@ -102,8 +102,9 @@ def test_bccd_csv_counts(real):
             assert (root / item.rel_path).is_file()
             assert item.rel_path.startswith("Original_Images/BloodImage_")
     # no image file is left out of the listing (index.txt is not an image)
-    on_disk = {f"Original_Images/{n}" for n in os.listdir(root / "Original_Images")
-               if n.endswith(".jpg")}  # fmt: skip
+    on_disk = {
+        f"Original_Images/{n}" for n in os.listdir(root / "Original_Images") if n.endswith(".jpg")
+    }
     assert on_disk <= {item.rel_path for item in items}
 
 
@@ -366,9 +367,14 @@ def test_yolo_synthetic_cases(tmp_path: Path):
     items = list_dataset(tmp_path, yolo_spec(), EXTENSIONS)
     got = {i.rel_path: i for i in items}
     assert set(got) == {
-        "images/good.png", "images/nolabel.png", "images/badfields.png",
-        "images/badnumber.png", "images/rbconly.png", "images/empty.png", "images/readme.md",
-    }  # fmt: skip
+        "images/good.png",
+        "images/nolabel.png",
+        "images/badfields.png",
+        "images/badnumber.png",
+        "images/rbconly.png",
+        "images/empty.png",
+        "images/readme.md",
+    }
     assert got["images/good.png"].rejection is None
     assert got["images/good.png"].boxes == [(0.5, 0.5, 0.2, 0.3), (0.25, 0.75, 0.1, 0.1)]
     assert got["images/nolabel.png"].rejection[0] == "no_label_file"
@@ -411,9 +417,12 @@ def test_synthetic_dataset_input_files(tmp_path: Path):
     (tmp_path / "c" / "labels.csv").write_text("id,label\n1,A\n")
     files = dataset_input_files(tmp_path / "c", csv_spec())
     assert files == sorted(
-        [str(tmp_path / "c" / "imgs" / "001.png"), str(tmp_path / "c" / "imgs" / "notes.txt"),
-         str(tmp_path / "c" / "labels.csv")]
-    )  # fmt: skip
+        [
+            str(tmp_path / "c" / "imgs" / "001.png"),
+            str(tmp_path / "c" / "imgs" / "notes.txt"),
+            str(tmp_path / "c" / "labels.csv"),
+        ]
+    )
 
     png(tmp_path / "y" / "images" / "a.png")
     png(tmp_path / "y" / "images" / "b.png")
@@ -421,8 +430,10 @@ def test_synthetic_dataset_input_files(tmp_path: Path):
     (tmp_path / "y" / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     files = dataset_input_files(tmp_path / "y", yolo_spec())
     assert [os.path.relpath(f, tmp_path / "y") for f in files] == [
-        "images/a.png", "images/b.png", "labels/a.txt",
-    ]  # fmt: skip
+        "images/a.png",
+        "images/b.png",
+        "labels/a.txt",
+    ]
 
     png(tmp_path / "f" / "k" / "a.png")
     (tmp_path / "f" / "loose.txt").write_text("x")

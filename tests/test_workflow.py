@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,6 +22,18 @@ pytestmark = pytest.mark.workflow
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 PER_PBC_CLASS = 30
 RAABIN_FRAMES = 60
+# the smallest CycleGAN that exercises every step of the normalization stage
+TINY_CYCLEGAN = {
+    "preset": "cpu",
+    "image_size": 32,
+    "ngf": 8,
+    "ndf": 8,
+    "batch_size": 4,
+    "iterations": 4,
+    "decay_iterations": 2,
+    "checkpoint_every": 2,
+    "log_every": 1,
+}
 
 
 def link_subset(shared: Path, root: Path) -> None:
@@ -43,8 +56,18 @@ def link_subset(shared: Path, root: Path) -> None:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]  # fmt: skip
+    command = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -71,6 +94,8 @@ def write_config(workdir: Path, data_root: Path, **changes) -> None:
     with open(REPO / "config" / "config.yaml") as handle:
         config = yaml.safe_load(handle)
     config["data_root"] = str(data_root)
+    config["normalization"]["cyclegan"] = dict(TINY_CYCLEGAN)
+    config["normalization"]["metrics_max_images"] = 20
     for key, value in changes.items():
         section, _, name = key.partition(".")
         if name:
@@ -123,6 +148,31 @@ def test_outputs_of_ingest_dedup_subgroup(workflow_run):
     assert (workdir / "benchmarks" / "ingest" / "pbc.tsv").exists()
 
 
+def test_normalization_outputs(workflow_run):
+    _, workdir = workflow_run
+    results = workdir / "results"
+    plan = json.loads((results / "normalization" / "plan.json").read_text())
+    target = plan["target"]
+    metrics = pd.read_csv(results / "normalization" / "metrics.csv")
+    assert sorted(metrics["pair"]) == sorted(f"{a}_to_{b}" for a, b in plan["pairs"])
+    for column in ("fid_raw", "fid_reinhard", "fid_cyclegan", "kid_raw", "ssim_reconstruction"):
+        assert metrics[column].notna().all() and (metrics[column] != float("inf")).all()
+    for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
+        original = np.load(results / "cache" / domain / "images.npy")
+        normalized = np.load(results / "normalized" / "cyclegan" / domain / "images.npy")
+        assert normalized.shape == original.shape and normalized.dtype == np.uint8
+        if domain == target:  # the target domain is left as it is
+            assert np.array_equal(normalized, original)
+        else:
+            assert not np.array_equal(normalized, original)
+    for a, b in plan["pairs"]:
+        losses = pd.read_csv(results / "normalization" / "cyclegan" / f"{a}_to_{b}" / "losses.csv")
+        assert losses["iteration"].max() == 6 and np.isfinite(losses["loss_G"]).all()
+        assert (results / "normalization" / "grids" / f"{a}_to_{b}.png").stat().st_size > 5_000
+    log = (workdir / "logs" / "normalization" / "train_cyclegan" / f"{a}_to_{b}.log").read_text()
+    assert "cpu" in log
+
+
 def test_rerun_behaviour(workflow_run):
     data_root, workdir = workflow_run
     assert planned_jobs(snakemake(workdir, "-n")) == {}
@@ -141,6 +191,14 @@ def test_rerun_behaviour(workflow_run):
     try:
         jobs = planned_jobs(snakemake(workdir, "-n"))
         assert "ingest" not in jobs and jobs.get("dedup") == 1 and jobs.get("subgroup") == 1
+    finally:
+        write_config(workdir, data_root)
+    # a normalization parameter changes: normalization and downstream, no ingest or dedup
+    write_config(workdir, data_root, **{"normalization.metrics_max_images": 15})
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert "ingest" not in jobs and "dedup" not in jobs and "subgroup" not in jobs
+        assert jobs.get("normalization_metrics", 0) >= 1
     finally:
         write_config(workdir, data_root)
     assert planned_jobs(snakemake(workdir, "-n")) == {}
@@ -195,8 +253,11 @@ def test_dry_run_of_the_default_config(tmp_path):
 def test_snakemake_lint_and_snakefmt_are_clean():
     lint = subprocess.run(
         [SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "good condition" in lint.stdout + lint.stderr
     snakefmt = str(Path(sys.executable).parent / "snakefmt")

@@ -171,6 +171,14 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
                 "labelled dataset has no class map (add one, or set "
                 f"datasets.{name}.labelled: false)",
             )
+    domains = {spec["domain"] for spec in config["datasets"].values()}
+    target = config["normalization"]["target"]
+    if target != "auto" and target not in domains:
+        raise ConfigError(
+            "normalization.target", f"{target!r} is not a domain ({', '.join(sorted(domains))})"
+        )
+    if "preset" not in config["normalization"]["cyclegan"]:
+        config["normalization"]["cyclegan"]["preset"] = "cpu"
     ratios = config["split"]
     total = ratios["train"] + ratios["val"] + ratios["test"]
     if abs(total - 1.0) > 1e-6:

@@ -232,15 +232,23 @@ def subgroup_files(
     summary["quarantined"] = int(len(quarantined))
     with open(out_summary, "w") as handle:
         json.dump(summary, handle, indent=2)
-    log.info("subgroup: %d rows, %d kept, %d quarantined", summary["rows"], summary["kept"],
-             summary["quarantined"])  # fmt: skip
+    log.info(
+        "subgroup: %d rows, %d kept, %d quarantined",
+        summary["rows"],
+        summary["kept"],
+        summary["quarantined"],
+    )
     return summary
 
 
 def domain_cache_files(
-    manifest_path: str, image_paths: list[str], datasets: list[str], domain: str,
-    out_images: str, out_index: str,
-) -> int:  # fmt: skip
+    manifest_path: str,
+    image_paths: list[str],
+    datasets: list[str],
+    domain: str,
+    out_images: str,
+    out_index: str,
+) -> int:
     merged = pd.read_parquet(manifest_path)
     caches = {d: np.load(p, mmap_mode="r") for d, p in zip(datasets, image_paths, strict=True)}
     images, index = domain_cache(merged, caches, domain)

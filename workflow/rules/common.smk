@@ -1,4 +1,6 @@
 # Helpers shared by every rule: validated config, input functions, final targets.
+import json
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -21,9 +23,18 @@ DATASETS = list(config["datasets"])
 DOMAINS = sorted({spec["domain"] for spec in config["datasets"].values()})
 
 
+# Resumable training state lives outside declared outputs (a failed job's outputs are
+# deleted); keyed by options and data, see hemaflow.normalize.stages.
+STATE_DIR = os.environ.get("HEMAFLOW_STATE_DIR", ".hemaflow-state")
+NORMALIZATION = config["normalization"]
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     domain="|".join(DOMAINS),
+    source="|".join(DOMAINS),
+    target="|".join(DOMAINS),
+    method="none|reinhard|cyclegan",
 
 
 def dataset_root(dataset):
@@ -73,6 +84,100 @@ def per_dataset(pattern):
     return expand(pattern, dataset=DATASETS)
 
 
+def normalization_params():
+    return {
+        "method": NORMALIZATION["method"],
+        "target": NORMALIZATION["target"],
+        "direction": NORMALIZATION["direction"],
+    }
+
+
+def cyclegan_params():
+    """The CycleGAN options as given (preset + overrides), in canonical form."""
+    return json.loads(canonical_json(NORMALIZATION["cyclegan"]))
+
+
+def read_plan():
+    with open(checkpoints.normalization_plan.get().output[0]) as handle:
+        return json.load(handle)
+
+
+def plan_destinations(plan, domain):
+    """Domains that images of ``domain`` are mapped onto."""
+    return sorted({d for d in plan["mapping"].get(domain, {}).values() if d != domain})
+
+
+def pair_model(source, target):
+    return f"{RESULTS}/normalization/cyclegan/{source}_to_{target}/model.pt"
+
+
+def normalize_domain_models(wildcards):
+    if wildcards.method != "cyclegan":
+        return {}
+    plan = read_plan()
+    return {
+        f"{a}_to_{b}": pair_model(a, b)
+        for a, b in plan["pairs"]
+        if wildcards.domain in (a, b)
+    }
+
+
+def normalize_domain_stats(wildcards):
+    if wildcards.method != "reinhard":
+        return {}
+    return {
+        target: f"{RESULTS}/normalization/reinhard/{target}/stats.json"
+        for target in plan_destinations(read_plan(), wildcards.domain)
+    }
+
+
+def normalize_domain_inputs(wildcards):
+    inputs = {
+        "plan": checkpoints.normalization_plan.get().output[0],
+        "images": f"{RESULTS}/cache/{wildcards.domain}/images.npy",
+        "index": f"{RESULTS}/cache/{wildcards.domain}/index.parquet",
+    }
+    for name, path in normalize_domain_models(wildcards).items():
+        inputs[f"model_{name}"] = path
+    for target, path in normalize_domain_stats(wildcards).items():
+        inputs[f"stats_{target}"] = path
+    return inputs
+
+
+def normalize_domain_gpu(wildcards):
+    return 1 if wildcards.method == "cyclegan" else 0
+
+
+def normalization_metrics_inputs(wildcards):
+    inputs = {
+        "source_images": f"{RESULTS}/cache/{wildcards.source}/images.npy",
+        "source_index": f"{RESULTS}/cache/{wildcards.source}/index.parquet",
+        "target_images": f"{RESULTS}/cache/{wildcards.target}/images.npy",
+        "target_index": f"{RESULTS}/cache/{wildcards.target}/index.parquet",
+        "stats": f"{RESULTS}/normalization/reinhard/{wildcards.target}/stats.json",
+    }
+    if NORMALIZATION["method"] == "cyclegan":
+        inputs["model"] = pair_model(wildcards.source, wildcards.target)
+    return inputs
+
+
+def normalization_metric_files(wildcards):
+    return [
+        f"{RESULTS}/normalization/metrics/{a}_to_{b}.json"
+        for a, b in read_plan()["pairs"]
+    ]
+
+
+def normalization_outputs():
+    method = NORMALIZATION["method"]
+    outputs = expand(
+        f"{RESULTS}/normalized/{method}/{{domain}}/images.npy", domain=DOMAINS
+    )
+    if method != "none":
+        outputs.append(f"{RESULTS}/normalization/metrics.csv")
+    return outputs
+
+
 def get_final_output():
     """Targets of the stages built so far (config flags will add later stages)."""
     return [
@@ -83,4 +188,5 @@ def get_final_output():
         f"{RESULTS}/data/summary.json",
         f"{RESULTS}/dedup/groups.csv",
         *expand(f"{RESULTS}/cache/{{domain}}/images.npy", domain=DOMAINS),
+        *normalization_outputs(),
     ]

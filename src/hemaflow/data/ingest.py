@@ -29,11 +29,28 @@ from hemaflow.dedup.phash import phash
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
-    "record_id", "image_id", "sha256", "dataset", "domain", "source_path",
-    "source_label", "fine_label", "box_x0", "box_y0", "box_x1", "box_y1",
-    "width", "height", "format", "mode", "status", "reason_code", "reason",
-    "cache_index", "phash",
-]  # fmt: skip
+    "record_id",
+    "image_id",
+    "sha256",
+    "dataset",
+    "domain",
+    "source_path",
+    "source_label",
+    "fine_label",
+    "box_x0",
+    "box_y0",
+    "box_x1",
+    "box_y1",
+    "width",
+    "height",
+    "format",
+    "mode",
+    "status",
+    "reason_code",
+    "reason",
+    "cache_index",
+    "phash",
+]
 
 
 @dataclass(frozen=True)
@@ -87,8 +104,13 @@ def process_item(
     except RejectedImage as exc:
         row = _row(item, options)
         return [(_quarantine(row, exc.code, exc.message), None)]
-    common = dict(sha256=sha, width=decoded.width, height=decoded.height,
-                  format=decoded.format, mode=decoded.mode)  # fmt: skip
+    common = dict(
+        sha256=sha,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        mode=decoded.mode,
+    )
     width, height = decoded.width, decoded.height
     if item.boxes is None:
         crops: list[tuple[Box, str, str]] = [(center_square_box(width, height), sha, "")]
@@ -198,9 +220,15 @@ def ingest_dataset(
             next_report += report_every
             elapsed = time.monotonic() - start
             rate = done / elapsed if elapsed > 0 else float("inf")
-            log.info("%s: %d/%d files, %.0f files/s, %d images cached, eta %.0f s",
-                     options.dataset, done, len(items), rate, cached,
-                     (len(items) - done) / rate if rate else 0)  # fmt: skip
+            log.info(
+                "%s: %d/%d files, %.0f files/s, %d images cached, eta %.0f s",
+                options.dataset,
+                done,
+                len(items),
+                rate,
+                cached,
+                (len(items) - done) / rate if rate else 0,
+            )
     size = options.image_size
     if image_batches:
         cache = np.concatenate(image_batches)
@@ -220,8 +248,16 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in ("box_x0", "box_y0", "box_x1", "box_y1", "width", "height"):
         frame[column] = frame[column].astype("Int64")
     frame["cache_index"] = frame["cache_index"].astype("int64")
-    for column in ("image_id", "sha256", "source_label", "fine_label", "format", "mode",
-                   "reason_code", "reason"):  # fmt: skip
+    for column in (
+        "image_id",
+        "sha256",
+        "source_label",
+        "fine_label",
+        "format",
+        "mode",
+        "reason_code",
+        "reason",
+    ):
         frame[column] = frame[column].astype("string")
     return frame
 
@@ -245,8 +281,9 @@ def run_ingest(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """List and ingest one configured dataset."""
     options = options_from_config(config, dataset, data_root)
-    items = list_dataset(Path(options.root), config["datasets"][dataset],
-                         tuple(config["ingest"]["extensions"]))  # fmt: skip
+    items = list_dataset(
+        Path(options.root), config["datasets"][dataset], tuple(config["ingest"]["extensions"])
+    )
     log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
     return ingest_dataset(items, options, workers)
 
@@ -268,9 +305,12 @@ def quarantine_table(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_outputs(
-    manifest: pd.DataFrame, cache: np.ndarray, manifest_path: str, cache_path: str,
+    manifest: pd.DataFrame,
+    cache: np.ndarray,
+    manifest_path: str,
+    cache_path: str,
     quarantine_path: str,
-) -> None:  # fmt: skip
+) -> None:
     Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(manifest_path, index=False)
     np.save(cache_path, cache)
@@ -278,9 +318,13 @@ def write_outputs(
 
 
 def ingest_to_files(
-    config: dict[str, Any], dataset: str, workers: int, out_manifest: str, out_images: str,
+    config: dict[str, Any],
+    dataset: str,
+    workers: int,
+    out_manifest: str,
+    out_images: str,
     out_quarantine: str,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """The ingest stage of one dataset, from the config to its three outputs."""
     from hemaflow.config import resolve_data_root
 

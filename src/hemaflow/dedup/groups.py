@@ -99,13 +99,15 @@ def find_duplicates(
     labels = frame["canonical_class"]
     has_class = labels.map(lambda v: isinstance(v, str) and v != UNMAPPED)
     rank_dataset = {name: k for k, name in enumerate(dataset_order)}
-    priority = pd.DataFrame({
-        "no_class": (~has_class).astype(int),
-        "neg_pixels": -(frame["width"].astype("float64") * frame["height"].astype("float64")),
-        "dataset_rank": frame["dataset"].map(rank_dataset).fillna(len(rank_dataset)),
-        "source_path": frame["source_path"].astype(str),
-        "record_id": frame["record_id"].astype(str),
-    })  # fmt: skip
+    priority = pd.DataFrame(
+        {
+            "no_class": (~has_class).astype(int),
+            "neg_pixels": -(frame["width"].astype("float64") * frame["height"].astype("float64")),
+            "dataset_rank": frame["dataset"].map(rank_dataset).fillna(len(rank_dataset)),
+            "source_path": frame["source_path"].astype(str),
+            "record_id": frame["record_id"].astype(str),
+        }
+    )
     order = priority.sort_values(list(priority.columns), kind="stable").index.to_numpy()
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
@@ -149,37 +151,61 @@ def find_duplicates(
                 roles[m] = ROLE_DUPLICATE
                 kept_as[m] = record_ids[representative]
                 reasons[m] = f"duplicate of {record_ids[representative]}"
-        group_rows.append({
-            "group_id": group_id,
-            "kind": "exact" if exact else "near",
-            "size": len(members),
-            "datasets": ",".join(sorted({frame.at[m, "dataset"] for m in members})),
-            "classes": ",".join(classes),
-            "label_conflict": len(classes) > 1,
-            "action": action,
-            "kept": record_ids[representative] if representative is not None else "",
-            "members": ";".join(record_ids[m] for m in members),
-        })  # fmt: skip
-    group_of = np.array([record_ids[members_by_group[c][0]] if len(members_by_group[c]) > 1
-                         else record_ids[i] for i, c in enumerate(component.tolist())])  # fmt: skip
-    assignments = pd.DataFrame({
-        "record_id": record_ids,
-        "group_id": group_of,
-        "group_size": [len(members_by_group[c]) for c in component.tolist()],
-        "dedup_role": roles,
-        "duplicate_of": kept_as,
-        "dedup_reason": reasons,
-    })  # fmt: skip
-    groups = pd.DataFrame(group_rows, columns=[
-        "group_id", "kind", "size", "datasets", "classes", "label_conflict", "action", "kept",
-        "members",
-    ]).sort_values(["kind", "group_id"]).reset_index(drop=True)  # fmt: skip
+        group_rows.append(
+            {
+                "group_id": group_id,
+                "kind": "exact" if exact else "near",
+                "size": len(members),
+                "datasets": ",".join(sorted({frame.at[m, "dataset"] for m in members})),
+                "classes": ",".join(classes),
+                "label_conflict": len(classes) > 1,
+                "action": action,
+                "kept": record_ids[representative] if representative is not None else "",
+                "members": ";".join(record_ids[m] for m in members),
+            }
+        )
+    group_of = np.array(
+        [
+            record_ids[members_by_group[c][0]] if len(members_by_group[c]) > 1 else record_ids[i]
+            for i, c in enumerate(component.tolist())
+        ]
+    )
+    assignments = pd.DataFrame(
+        {
+            "record_id": record_ids,
+            "group_id": group_of,
+            "group_size": [len(members_by_group[c]) for c in component.tolist()],
+            "dedup_role": roles,
+            "duplicate_of": kept_as,
+            "dedup_reason": reasons,
+        }
+    )
+    groups = (
+        pd.DataFrame(
+            group_rows,
+            columns=[
+                "group_id",
+                "kind",
+                "size",
+                "datasets",
+                "classes",
+                "label_conflict",
+                "action",
+                "kept",
+                "members",
+            ],
+        )
+        .sort_values(["kind", "group_id"])
+        .reset_index(drop=True)
+    )
     keep = ~same_content
-    pairs = pd.DataFrame({
-        "record_id_a": record_ids[candidate_left[keep]],
-        "record_id_b": record_ids[candidate_right[keep]],
-        "distance": distance[keep].astype(int),
-        "correlation": correlation[keep].round(4),
-        "verified": verified[keep],
-    })  # fmt: skip
+    pairs = pd.DataFrame(
+        {
+            "record_id_a": record_ids[candidate_left[keep]],
+            "record_id_b": record_ids[candidate_right[keep]],
+            "distance": distance[keep].astype(int),
+            "correlation": correlation[keep].round(4),
+            "verified": verified[keep],
+        }
+    )
     return DedupResult(assignments=assignments, groups=groups, pairs=pairs)

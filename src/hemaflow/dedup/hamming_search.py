@@ -21,29 +21,44 @@ generated once (see :func:`_bucket_neighbours`).
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
 
-__all__ = ["MAX_DISTANCE", "brute_force_pairs", "choose_chunks", "near_pairs"]
+__all__ = [
+    "DATA_AWARE_MIN_N",
+    "MAX_DISTANCE",
+    "brute_force_pairs",
+    "choose_chunks",
+    "near_pairs",
+]
 
 #: Largest supported ``max_distance``; beyond 32 bits "near" is meaningless for 64-bit hashes.
 MAX_DISTANCE = 32
-#: Chunk keys must fit in uint32.
-_MAX_CHUNK_BITS = 32
 #: Radius cap used by the automatic chunk choice (keeps the number of variants moderate).
-_AUTO_MAX_CHUNK_RADIUS = 3
+_AUTO_MAX_CHUNK_RADIUS = 4
 #: Chunks at most this wide use a dense bucket table (2**24 int32 = 64 MiB) for lookups.
 _TABLE_BITS = 24
 #: Max variant lookups materialised at once (uint32 + int32 each).
 _LOOKUP_BATCH = 1 << 22
-#: Relative costs used by :func:`choose_chunks` (measured on numpy 2.x, x86-64): one
-#: variant lookup vs one candidate pair verified. Only their ratio matters.
-_COST_LOOKUP = 1.5
-_COST_CANDIDATE = 1.0
+#: Cost model, in ~ns per unit (numpy 2.x, x86-64; fitted on timings of the bench data),
+#: for the work counters of _uniform_stats / _sampled_stats: variant lookups in a dense
+#: table, variant lookups by binary search (chunks wider than _TABLE_BITS), neighbour
+#: bucket pairs found, bucket items gathered for the blocks, padded candidate pairs
+#: verified in blocks, candidate pairs verified on the big-bucket row path, items indexed.
+_COSTS = np.array([3.5, 30.0, 7.0, 7.0, 0.9, 3.0, 150.0])
+#: From this many hashes on, near_pairs picks the chunking from sampled bucket statistics
+#: of the actual data (skewed hash bits inflate buckets far beyond the uniform model).
+DATA_AWARE_MIN_N = 50_000
+#: Items sampled per chunk for the data-aware estimate, and cap on their variant lookups.
+_SAMPLE_ITEMS = 4096
+_SAMPLE_LOOKUPS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -76,47 +91,128 @@ def _plan(m: int, max_distance: int) -> list[_Chunk]:
     return chunks
 
 
-def _estimated_cost(n: int, chunks: list[_Chunk]) -> float:
-    """Uniform-hash cost model: per chunk, one lookup per distinct key and variant (half
-    of the variants, see _bucket_neighbours), plus n^2/2 * V / 2^b candidate pairs."""
-    cost = 0.0
-    for c in chunks:
-        if c.radius < 0:
-            continue
-        v = _n_variants(c.bits, c.radius)
-        space = 2.0**c.bits
-        distinct = space * -math.expm1(-n / space)  # expected number of non-empty buckets
-        cost += _COST_LOOKUP * distinct * (v - 1) / 2 + _COST_CANDIDATE * n * n / 2 * v / space
-        cost += _COST_CANDIDATE * n  # sort + bucket bookkeeping
-    return cost
+def _chunk_keys(h: np.ndarray, chunk: _Chunk) -> np.ndarray:
+    return ((h >> np.uint64(chunk.offset)) & np.uint64((1 << chunk.bits) - 1)).astype(np.uint32)
+
+
+def _pad(c: np.ndarray) -> np.ndarray:
+    """Block size a bucket of c items is padded to (0 for big buckets, see _SMALL_BUCKET)."""
+    return np.where(c <= _SMALL_BUCKET, _PAD_OF[np.minimum(c, _SMALL_BUCKET)], 0)
+
+
+def _uniform_stats(n: int, c: _Chunk) -> np.ndarray:
+    """Work counters (see _COSTS) for n uniformly random hashes."""
+    v = _n_variants(c.bits, c.radius)
+    space = 2.0**c.bits
+    lam = n / space
+    occupied = -math.expm1(-lam)  # P(bucket non-empty)
+    lookups = space * occupied * (v - 1) / 2  # half the variants: see _bucket_neighbours
+    pairs = lookups * occupied
+    sides = 2 * pairs * max(1.0, lam / occupied)
+    padded = 1.1 * (n * n / 2 * (v - 1) / space + n * (lam + 1))
+    wide = c.bits > _TABLE_BITS
+    return np.array([0 if wide else lookups, lookups if wide else 0, pairs, sides, padded, 0, n])
+
+
+def _sampled_stats(h: np.ndarray, c: _Chunk, rng: np.random.Generator) -> np.ndarray:
+    """Work counters (see _COSTS) estimated on the data: exact bucket sizes, and the
+    neighbour buckets of a uniform sample of items (each bucket weighted by its size,
+    so the heavy buckets that dominate the candidate count are seen)."""
+    n = h.shape[0]
+    keys = _chunk_keys(h, c)
+    if c.bits <= _TABLE_BITS:
+        table = np.bincount(keys, minlength=1 << c.bits)
+        sizes = table[table > 0]
+
+        def lookup(v: np.ndarray) -> np.ndarray:
+            return table[v]
+    else:
+        ukeys, sizes = np.unique(keys, return_counts=True)
+
+        def lookup(v: np.ndarray) -> np.ndarray:
+            pos = np.minimum(np.searchsorted(ukeys, v), ukeys.size - 1)
+            return np.where(ukeys[pos] == v, sizes[pos], 0)
+
+    small = sizes <= _SMALL_BUCKET
+    pad = _pad(sizes[small]).astype(np.float64)
+    # blocks inside a bucket: full A x A squares; big buckets: rows of c(c-1)/2 candidates
+    padded = float(np.dot(pad, pad))
+    big = float(np.dot(sizes[~small], sizes[~small] - 1.0)) / 2
+    sides = float(pad.sum())
+    pairs = float(small.sum())
+    lookups = 0.0
+    if c.radius >= 1:
+        masks = np.concatenate(_masks_by_top_bit(c.bits, c.radius))
+        lookups = sizes.size * masks.size / 2
+        budget = _SAMPLE_LOOKUPS if c.bits <= _TABLE_BITS else _SAMPLE_LOOKUPS // 64
+        m = int(min(n, _SAMPLE_ITEMS, max(64, budget // masks.size)))
+        k = keys[rng.integers(0, n, m)]
+        ck = lookup(k)
+        cv = lookup(k[:, None] ^ masks[None, :])
+        row, col = np.nonzero(cv)  # the neighbour buckets that exist
+        cv = cv[row, col]
+        cr = ck[row]
+        is_big = (cv > _SMALL_BUCKET) | (cr > _SMALL_BUCKET)
+        pk, pv = _pad(cr).astype(np.float64), _pad(cv).astype(np.float64)
+        w = (n / m / 2) / cr  # item sample -> sum over buckets; each pair seen twice
+        pairs += float(w.sum())
+        sides += float(np.dot(w, np.where(is_big, 0.0, pk + pv)))
+        padded += float(np.dot(w, pk * pv))
+        big += float(np.dot(w * is_big, cr.astype(np.float64) * cv))
+    wide = c.bits > _TABLE_BITS
+    return np.array([0 if wide else lookups, lookups if wide else 0, pairs, sides, padded, big, n])
+
+
+def _plan_cost(plan: list[_Chunk], stats) -> float:
+    return float(sum(np.dot(_COSTS, stats(c)) for c in plan if c.radius >= 0))
+
+
+def _feasible_plans(max_distance: int) -> dict[int, list[_Chunk]]:
+    """Chunk counts whose keys fit in 32 bits and whose radii stay <= the auto cap."""
+    plans = {}
+    for m in range(2, min(64, max_distance + 1) + 1):
+        plan = _plan(m, max_distance)
+        if max(c.radius for c in plan) <= _AUTO_MAX_CHUNK_RADIUS:
+            plans[m] = plan
+    return plans or {2: _plan(2, max_distance)}
 
 
 def _check_distance(max_distance: int) -> int:
     if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)):
-        raise ValueError(f"max_distance must be an integer in [0, {MAX_DISTANCE}], got {max_distance!r}")
+        raise ValueError(
+            f"max_distance must be an integer in [0, {MAX_DISTANCE}], got {max_distance!r}"
+        )
     r = int(max_distance)
     if not 0 <= r <= MAX_DISTANCE:
         raise ValueError(f"max_distance must be in [0, {MAX_DISTANCE}], got {r}")
     return r
 
 
-def choose_chunks(n: int, max_distance: int) -> int:
-    """Number of chunks m (2..33) minimising the estimated lookup + verification cost for
-    n uniformly distributed hashes. Few chunks: few candidates but many variants per key;
-    many chunks: cheap lookups but short keys, hence many chance collisions."""
+def choose_chunks(n: int, max_distance: int, *, hashes: np.ndarray | None = None) -> int:
+    """Number of chunks m minimising the estimated lookup + verification cost.
+
+    Few chunks: few candidates but many key variants to look up; many chunks: cheap
+    lookups but short keys, hence many chance collisions. Without ``hashes`` the estimate
+    assumes n uniformly random hashes. With ``hashes`` (what near_pairs passes for large
+    inputs) the few best uniform-model choices are re-scored on the data's own bucket
+    sizes: real perceptual hashes have biased, correlated bits, which inflate the buckets
+    of short chunks far more than those of long ones."""
     r = _check_distance(max_distance)
     n = max(int(n), 2)
-    best_m, best_cost = 2, math.inf
-    for m in range(2, min(64, r + 1) + 1):
-        chunks = _plan(m, r)
-        if max(c.bits for c in chunks) > _MAX_CHUNK_BITS:
-            continue
-        if max(c.radius for c in chunks) > _AUTO_MAX_CHUNK_RADIUS:
-            continue
-        cost = _estimated_cost(n, chunks)
-        if cost < best_cost:
-            best_m, best_cost = m, cost
-    return best_m
+    plans = _feasible_plans(r)
+    model = {m: _plan_cost(p, lambda c: _uniform_stats(n, c)) for m, p in plans.items()}
+    best = min(model, key=model.__getitem__)
+    if hashes is None:
+        return best
+    h = _as_uint64(hashes)
+    if h.shape[0] < 2:
+        return best
+    # the uniform model ranks within ~3x of the data on the bench distributions
+    shortlist = sorted(model, key=model.__getitem__)[:4]
+    shortlist = [m for m in shortlist if model[m] <= 6 * model[best]]
+    rng = np.random.default_rng(0)
+    data = {m: _plan_cost(plans[m], lambda c: _sampled_stats(h, c, rng)) for m in shortlist}
+    return min(data, key=data.__getitem__)
 
 
 @lru_cache(maxsize=256)
@@ -172,7 +268,7 @@ def brute_force_pairs(
     hashes: np.ndarray, max_distance: int, *, block_elems: int = 1 << 23
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """O(n^2) reference: compare row blocks against everything after them. Same output
-    contract as :func:`near_pairs`; used by the tests and as the small-n fallback."""
+    contract as :func:`near_pairs`; the ground truth for the tests and the benchmark."""
     r = _check_distance(max_distance)
     h = _as_uint64(hashes)
     n = h.shape[0]
@@ -192,17 +288,24 @@ def brute_force_pairs(
 
 
 def _bucket_neighbours(
-    ukeys: np.ndarray, bits: int, radius: int, lookup_table: np.ndarray | None
+    ukeys: np.ndarray,
+    bits: int,
+    radius: int,
+    lookup_table: np.ndarray | None,
+    lo: int = 0,
+    hi: int | None = None,
 ):
     """Yield (u1, u2) arrays of bucket indices with 1 <= popcount(k1 ^ k2) <= radius and
     k1 < k2, each unordered bucket pair exactly once.
 
     Only variants v = k ^ mask with v > k are looked up: that holds iff the mask's highest
     bit is 0 in k, so masks are grouped by highest bit and applied to the keys with that
-    bit clear. This halves the lookups and the candidate pairs."""
+    bit clear. This halves the lookups and the candidate pairs. Only source buckets in
+    [lo, hi) are enumerated (work split between threads)."""
     nu = ukeys.shape[0]
+    hi = nu if hi is None else hi
     for top, masks in enumerate(_masks_by_top_bit(bits, radius)):
-        src = np.flatnonzero((ukeys & np.uint32(1 << top)) == 0)
+        src = lo + np.flatnonzero((ukeys[lo:hi] & np.uint32(1 << top)) == 0)
         if src.size == 0:
             continue
         step = max(1, _LOOKUP_BATCH // masks.size)
@@ -232,7 +335,7 @@ def _expand(first: np.ndarray, count: np.ndarray, arange: np.ndarray) -> np.ndar
     return out
 
 
-#: Buckets up to this size are verified as dense (K, A, B) blocks by broadcasting, bigger
+#: Buckets up to this size are verified as dense (A, B, K) blocks by broadcasting; bigger
 #: ones by expanding explicit candidate rows (np.repeat is ~4x slower per candidate).
 _SMALL_BUCKET = 256
 #: Block sizes: a bucket of c items is padded to the next class size (<= ~25 % waste).
@@ -241,23 +344,29 @@ _CLASS_SIZES = np.array(
     + [160, 192, 224, 256],
     dtype=np.int64,
 )
+_N_CLASSES = _CLASS_SIZES.size  # class code _N_CLASSES = "big bucket"
 _CLASS_OF = np.searchsorted(_CLASS_SIZES, np.arange(_SMALL_BUCKET + 1))
-_N_CLASSES = _CLASS_SIZES.size
-#: Bucket pairs buffered before verification (their arrays should stay cache-resident).
+_PAD_OF = np.concatenate(([0], _CLASS_SIZES[_CLASS_OF[1:]]))
+#: Bucket pairs buffered before verification (amortises per-block Python overhead).
 _FLUSH_PAIRS = 1 << 20
+#: Candidates verified per numpy pass: small enough for the temporaries to stay in cache.
+_TILE = 1 << 20
+#: Below this many hashes threads cost more than they save.
+_THREADS_MIN_N = 20_000
 
 
 class _ChunkSearch:
-    """State for one chunk: items sorted by chunk key, hashes in that order, buckets."""
+    """One chunk: items sorted by chunk key (hashes stored in that order, so a bucket is a
+    contiguous slice), bucket starts/sizes, and reusable verification buffers."""
 
-    def __init__(self, h: np.ndarray, chunk: _Chunk, earlier: list[_Chunk], r: int, arange):
-        self.r = r
+    def __init__(
+        self, h: np.ndarray, chunk: _Chunk, earlier: list[_Chunk], r: int, batch_pairs: int
+    ):
+        self.r = np.uint8(r)
         self.chunk = chunk
         self.earlier = [c for c in earlier if c.radius >= 0]
-        self.arange = arange
-        keys = ((h >> np.uint64(chunk.offset)) & np.uint64((1 << chunk.bits) - 1)).astype(
-            np.uint32
-        )
+        self.batch_pairs = batch_pairs
+        keys = _chunk_keys(h, chunk)
         self.order = np.argsort(keys, kind="stable")
         sk = keys[self.order]
         self.hs = h[self.order]
@@ -265,129 +374,151 @@ class _ChunkSearch:
         edges = np.flatnonzero(sk[1:] != sk[:-1]) + 1
         self.bstart = np.concatenate(([0], edges)).astype(np.int64)
         self.bcount = np.diff(np.concatenate((self.bstart, [n])))
+        self.blast = self.bstart + self.bcount - 1
+        self.bclass = np.full(self.bcount.size, _N_CLASSES, dtype=np.uint16)
+        small = self.bcount <= _SMALL_BUCKET
+        self.bclass[small] = _CLASS_OF[self.bcount[small]]
         self.ukeys = sk[self.bstart]
         self.n = n
+        self.table = None
+        if chunk.radius >= 1 and chunk.bits <= _TABLE_BITS:
+            self.table = np.full(1 << chunk.bits, -1, dtype=np.int32)
+            self.table[self.ukeys] = np.arange(self.ukeys.size, dtype=np.int32)
+        self.tile = max(1, min(batch_pairs, _TILE))
 
-    def pair_keys(self, batch_pairs: int):
+    def run_part(self, part: int, parts: int) -> list[np.ndarray]:
+        """Pair keys owned by this chunk whose lower-key bucket is in the part-th slice of
+        the buckets. Parts are independent, so threads can run them concurrently; each gets
+        its own scratch buffers (a shallow copy shares the read-only index)."""
+        worker = copy.copy(self)
+        worker._alloc_scratch()
+        return list(worker._pair_keys(part, parts))
+
+    def _alloc_scratch(self) -> None:
+        # reused so that big temporaries are not page-faulted in again for every block
+        cap = max(self.tile, _SMALL_BUCKET * _SMALL_BUCKET)
+        self.xbuf = np.empty(cap, np.uint64)
+        self.cbuf = np.empty(cap, np.uint8)
+        self.mbuf = np.empty(cap, np.bool_)
+        self.arange = np.arange(cap + 1, dtype=np.int64)
+
+    def _pair_keys(self, part: int, parts: int):
         """Yield int64 arrays of i*n + j (i < j) for the true pairs owned by this chunk."""
+        nu = self.ukeys.size
+        lo, hi = nu * part // parts, nu * (part + 1) // parts
         # 1. pairs inside one bucket
-        u = np.flatnonzero(self.bcount >= 2)
+        u = lo + np.flatnonzero(self.bcount[lo:hi] >= 2)
         if u.size:
-            yield from self._bucket_pairs(u, u, batch_pairs, same=True)
+            yield from self._bucket_pairs(u, u, same=True)
         # 2. pairs across buckets within the chunk radius; bucket pairs are buffered so
         #    that the per-block Python overhead is amortised over many candidates
         if self.chunk.radius < 1:
             return
-        table = None
-        if self.chunk.bits <= _TABLE_BITS:
-            table = np.full(1 << self.chunk.bits, -1, dtype=np.int32)
-            table[self.ukeys] = np.arange(self.ukeys.size, dtype=np.int32)
-        buf1, buf2, held, held_pairs = [], [], 0, 0
-        neighbours = _bucket_neighbours(self.ukeys, self.chunk.bits, self.chunk.radius, table)
-        for u1, u2 in neighbours:
+        buf1, buf2, held = [], [], 0
+        chunk = self.chunk
+        for u1, u2 in _bucket_neighbours(self.ukeys, chunk.bits, chunk.radius, self.table, lo, hi):
             buf1.append(u1)
             buf2.append(u2)
-            held += int(np.dot(self.bcount[u1], self.bcount[u2]))
-            held_pairs += u1.size
-            if held >= batch_pairs or held_pairs >= _FLUSH_PAIRS:
-                yield from self._bucket_pairs(
-                    np.concatenate(buf1), np.concatenate(buf2), batch_pairs, same=False
-                )
-                buf1, buf2, held, held_pairs = [], [], 0, 0
+            held += u1.size
+            if held >= _FLUSH_PAIRS:
+                yield from self._bucket_pairs(np.concatenate(buf1), np.concatenate(buf2))
+                buf1, buf2, held = [], [], 0
         if buf1:
-            yield from self._bucket_pairs(
-                np.concatenate(buf1), np.concatenate(buf2), batch_pairs, same=False
-            )
+            yield from self._bucket_pairs(np.concatenate(buf1), np.concatenate(buf2))
 
-    def _bucket_pairs(self, u1: np.ndarray, u2: np.ndarray, batch_pairs: int, *, same: bool):
-        """All item pairs between buckets u1[k] and u2[k] (or inside u1[k] when same)."""
-        a, b = self.bcount[u1], self.bcount[u2]
-        if not same:  # the smaller bucket on the row side
-            swap = a > b
-            u1, u2 = np.where(swap, u2, u1), np.where(swap, u1, u2)
-            a, b = np.minimum(a, b), np.maximum(a, b)
-        big = b > _SMALL_BUCKET
-        if big.any():
-            yield from self._rows(u1[big], u2[big], batch_pairs, same=same)
-            small = ~big
-            u1, u2, a, b = u1[small], u2[small], a[small], b[small]
-        if u1.size == 0:
-            return
-        # group bucket pairs by padded block shape (A, B); radix sort on a uint16 key
-        gkey = (_CLASS_OF[a] * _N_CLASSES + _CLASS_OF[b]).astype(np.uint16)
+    def _bucket_pairs(self, u1: np.ndarray, u2: np.ndarray, *, same: bool = False):
+        """All item pairs between buckets u1[k] and u2[k] (inside u1[k] when same), grouped
+        by padded block shape (A, B) with a radix sort on a uint16 group key."""
+        nc = _N_CLASSES + 1
+        gkey = self.bclass[u1] if same else self.bclass[u1] * np.uint16(nc) + self.bclass[u2]
         order = np.argsort(gkey, kind="stable")
-        counts = np.bincount(gkey, minlength=_N_CLASSES * _N_CLASSES)
+        u1 = u1[order]
+        u2 = u1 if same else u2[order]
+        counts = np.bincount(gkey, minlength=nc * nc)
         ends = np.cumsum(counts)
         for g in np.flatnonzero(counts):
-            big_a, big_b = _CLASS_SIZES[g // _N_CLASSES], _CLASS_SIZES[g % _N_CLASSES]
-            sel = order[ends[g] - counts[g] : ends[g]]
-            step = max(1, batch_pairs // int(big_a * big_b))
-            for s in range(0, sel.size, step):
-                k = sel[s : s + step]
-                yield from self._block(u1[k], u2[k], a[k], b[k], int(big_a), int(big_b), same)
+            lo, hi = int(ends[g] - counts[g]), int(ends[g])
+            ca, cb = (g, g) if same else divmod(int(g), nc)
+            if ca == _N_CLASSES or cb == _N_CLASSES:
+                yield from self._rows(u1[lo:hi], u2[lo:hi], same=same)
+                continue
+            big_a, big_b = int(_CLASS_SIZES[ca]), int(_CLASS_SIZES[cb])
+            step = max(1, self.tile // (big_a * big_b))
+            for s in range(lo, hi, step):
+                e = min(hi, s + step)
+                yield from self._block(u1[s:e], u2[s:e], big_a, big_b, same)
 
-    def _block(self, u1, u2, a, b, big_a: int, big_b: int, same: bool):
-        """Verify K bucket pairs as one (A, B, K) broadcast; padding repeats a bucket's last
-        item (clamped index), and padded hits are dropped after the distance test. K is the
+    def _block(self, u1, u2, big_a: int, big_b: int, same: bool):
+        """Verify K bucket pairs as one (A, B, K) broadcast. Padding repeats a bucket's last
+        item (clamped index); padded hits are dropped after the distance test. K is the
         innermost axis so that numpy's inner loops are long."""
-        col = self.arange[:, None]
-        ra = self.bstart[u1] + col[:big_a]  # (A, K)
+        n_k = u1.size
+        ra = self.bstart[u1] + self.arange[:big_a, None]  # (A, K) sorted positions
         if big_a > 1:
-            np.minimum(ra, self.bstart[u1] + (a - 1), out=ra)
+            np.minimum(ra, self.blast[u1], out=ra)
         ha = self.hs[ra]
         if same:
             rb, hb = ra, ha
         else:
-            rb = self.bstart[u2] + col[:big_b]
+            rb = self.bstart[u2] + self.arange[:big_b, None]
             if big_b > 1:
-                np.minimum(rb, self.bstart[u2] + (b - 1), out=rb)
+                np.minimum(rb, self.blast[u2], out=rb)
             hb = self.hs[rb]
-        x = ha[:, None, :] ^ hb[None, :, :]  # (A, B, K)
-        hit = np.flatnonzero(np.bitwise_count(x) <= np.uint8(self.r))
+        size = big_a * big_b * n_k
+        x = self.xbuf[:size].reshape(big_a, big_b, n_k)
+        np.bitwise_xor(ha[:, None, :], hb[None, :, :], out=x)
+        cnt = np.bitwise_count(x, out=self.cbuf[:size].reshape(x.shape))
+        hit = np.flatnonzero(np.less_equal(cnt, self.r, out=self.mbuf[:size].reshape(x.shape)))
         if hit.size == 0:
             return
-        n_k = u1.size
         ab, k = np.divmod(hit, n_k)
         ia, ib = np.divmod(ab, big_b)
-        valid = (ia < ib) & (ib < a[k]) if same else (ia < a[k]) & (ib < b[k])
+        if same:
+            valid = (ia < ib) & (ib < self.bcount[u1[k]])
+        else:
+            valid = (ia < self.bcount[u1[k]]) & (ib < self.bcount[u2[k]])
         if not valid.all():
             hit, k, ia, ib = hit[valid], k[valid], ia[valid], ib[valid]
         out = self._emit(ra[ia, k], rb[ib, k], x.reshape(-1)[hit])
         if out is not None:
             yield out
 
-    def _rows(self, u1, u2, batch_pairs: int, *, same: bool):
-        """Fallback for big buckets: one row per item of bucket u1 scanning bucket u2."""
+    def _rows(self, u1: np.ndarray, u2: np.ndarray, *, same: bool):
+        """Fallback for big buckets: one row per item of the smaller bucket, scanning the
+        other bucket (or the rest of its own bucket when same)."""
+        if not same:
+            swap = self.bcount[u1] > self.bcount[u2]
+            u1, u2 = np.where(swap, u2, u1), np.where(swap, u1, u2)
         c1, c2 = self.bcount[u1], self.bcount[u2]
         cum = np.cumsum(c1)
         a = 0
         while a < u1.size:
             base = cum[a - 1] if a else 0
-            b = max(a + 1, int(np.searchsorted(cum, base + batch_pairs, side="right")))
+            b = max(a + 1, int(np.searchsorted(cum, base + self.tile, side="right")))
             p = _expand(self.bstart[u1[a:b]], c1[a:b], self.arange)
             if same:  # item at sorted position p vs p+1 .. end of its bucket
-                end = np.repeat(self.bstart[u1[a:b]] + c1[a:b], c1[a:b])
-                t, length = p + 1, end - p - 1
+                t = p + 1
+                length = np.repeat(self.blast[u1[a:b]], c1[a:b]) - p
             else:
                 t = np.repeat(self.bstart[u2[a:b]], c1[a:b])
                 length = np.repeat(c2[a:b], c1[a:b])
-            yield from self._verify_rows(p, t, length, batch_pairs)
+            yield from self._verify_rows(p, t, length)
             a = b
 
-    def _verify_rows(self, p: np.ndarray, t: np.ndarray, length: np.ndarray, batch_pairs: int):
-        """Rows (p, t, L): sorted position p against positions t .. t+L-1. Verify exact
-        distances in batches of at most ~batch_pairs candidates."""
-        hs, r = self.hs, np.uint8(self.r)
+    def _verify_rows(self, p: np.ndarray, t: np.ndarray, length: np.ndarray):
+        """Rows (p, t, L): sorted position p against positions t .. t+L-1, verified in
+        tiles of about self.tile candidates."""
+        hs = self.hs
         cum = np.cumsum(length)
         a = 0
         while a < p.size:
             base = cum[a - 1] if a else 0
-            b = max(a + 1, int(np.searchsorted(cum, base + batch_pairs, side="right")))
+            b = max(a + 1, int(np.searchsorted(cum, base + self.tile, side="right")))
             lb = length[a:b]
             q = _expand(t[a:b], lb, self.arange)
             x = hs[q]
             x ^= np.repeat(hs[p[a:b]], lb)
-            sel = np.flatnonzero(np.bitwise_count(x) <= r)
+            sel = np.flatnonzero(np.bitwise_count(x) <= self.r)
             if sel.size:
                 row = np.searchsorted(cum[a:b] - base, sel, side="right")
                 out = self._emit(p[a:b][row], q[sel], x[sel])
@@ -410,12 +541,20 @@ class _ChunkSearch:
         return lo.astype(np.int64) * self.n + hi
 
 
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def near_pairs(
     hashes: np.ndarray,
     max_distance: int,
     *,
     chunks: int | None = None,
     batch_pairs: int = 20_000_000,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i < j) with popcount(hashes[i] ^ hashes[j]) <= max_distance.
 
@@ -424,7 +563,10 @@ def near_pairs(
     hashes : 1-D uint64 (int64 is viewed as uint64).
     max_distance : Hamming radius r, 0..32.
     chunks : number of substrings m (2..64); default :func:`choose_chunks`.
-    batch_pairs : max candidate pairs materialised at once (bounds memory: ~25 bytes each).
+    batch_pairs : upper bound on the candidate pairs materialised at once by one worker
+        (~10 bytes of scratch each; the verifier works in cache-sized tiles below this).
+    workers : threads (numpy releases the GIL in the heavy loops); default: usable CPUs.
+        Results do not depend on it.
 
     Returns
     -------
@@ -433,20 +575,34 @@ def near_pairs(
     r = _check_distance(max_distance)
     h = _as_uint64(hashes)
     n = h.shape[0]
-    if chunks is not None and not (isinstance(chunks, (int, np.integer)) and 2 <= chunks <= 64):
-        raise ValueError(f"chunks must be an integer in [2, 64] (chunk keys <= 32 bits), got {chunks!r}")
+    if chunks is not None and not (
+        isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool) and 2 <= chunks <= 64
+    ):
+        raise ValueError(
+            f"chunks must be an integer in [2, 64] (chunk keys <= 32 bits), got {chunks!r}"
+        )
     if batch_pairs < 1:
         raise ValueError(f"batch_pairs must be positive, got {batch_pairs}")
+    workers = _default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if n < 2:
         return _empty()
-    m = int(chunks) if chunks is not None else choose_chunks(n, r)
+    if chunks is not None:
+        m = int(chunks)
+    else:
+        m = choose_chunks(n, r, hashes=h if n >= DATA_AWARE_MIN_N else None)
     plan = _plan(m, r)
-    arange = np.arange(min(batch_pairs, 1 << 26) + 1, dtype=np.int64)
-    keys: list[np.ndarray] = []
-    for k, chunk in enumerate(plan):
-        if chunk.radius < 0:
-            continue
-        search = _ChunkSearch(h, chunk, plan[:k], r, arange)
-        keys.extend(search.pair_keys(batch_pairs))
-        del search
+    searches = [
+        _ChunkSearch(h, chunk, plan[:k], r, batch_pairs)
+        for k, chunk in enumerate(plan)
+        if chunk.radius >= 0
+    ]
+    if workers == 1 or n < _THREADS_MIN_N:
+        keys = [key for s in searches for key in s.run_part(0, 1)]
+    else:
+        parts = 4  # several parts per chunk balance the uneven chunk costs
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(s.run_part, p, parts) for s in searches for p in range(parts)]
+            keys = [key for f in futures for key in f.result()]
     return _finish(keys, h)

@@ -1,0 +1,1 @@
+"""Networks: generators and critics, independent of how they are trained."""

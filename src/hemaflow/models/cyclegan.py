@@ -1,0 +1,229 @@
+"""CycleGAN networks for stain translation: U-Net and ResNet generators, PatchGAN critic.
+
+Layouts follow junyanz/pytorch-CycleGAN-and-pix2pix (``networks.py``) with the changes of
+the W-CycleGAN-GP stain normalizer: a U-Net generator (LeakyReLU, instance normalization,
+transposed convolutions, skip connections) and a critic without sigmoid, so that it can
+score images for a Wasserstein loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+UPSAMPLE_MODES = ("transpose", "resize")
+CRITIC_NORMS = ("instance", "none")
+
+
+def _instance_norm(channels: int) -> nn.InstanceNorm2d:
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+class UNetGenerator(nn.Module):
+    """pix2pix U-Net: ``log2(image_size)`` stride-2 4x4 convolutions down to a 1x1
+    bottleneck, the same number of upsampling steps back, and skip connections that
+    concatenate each encoder level's features to the decoder's input at that level.
+
+    Channels double per level from ``ngf`` up to ``min(8 * ngf, max_channels)``.
+    ``upsample="resize"`` replaces each transposed convolution by nearest-neighbour
+    upsampling and a 3x3 convolution, which avoids checkerboard artefacts. ``dropout`` is
+    applied in the three innermost decoder levels, as in pix2pix. Output in [-1, 1]."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        image_size: int = 64,
+        upsample: str = "transpose",
+        max_channels: int = 512,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if image_size < 8 or image_size & (image_size - 1):
+            raise ValueError(
+                f"UNetGenerator: image_size must be a power of two >= 8, got {image_size}"
+            )
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(
+                f"UNetGenerator: upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}"
+            )
+        self.image_size = image_size
+        self.upsample = upsample
+        n_levels = int(math.log2(image_size))
+        cap = min(8 * ngf, max_channels)
+        channels = [min(ngf * 2**level, cap) for level in range(n_levels)]
+
+        self.downs = nn.ModuleList()
+        for level, width in enumerate(channels):
+            layers: list[nn.Module] = []
+            if level > 0:
+                layers.append(nn.LeakyReLU(0.2, inplace=False))
+            previous = in_channels if level == 0 else channels[level - 1]
+            layers.append(nn.Conv2d(previous, width, kernel_size=4, stride=2, padding=1))
+            # neither the first level (raw image features) nor the 1x1 bottleneck, where
+            # instance statistics over a single pixel are undefined, is normalized
+            if 0 < level < n_levels - 1:
+                layers.append(_instance_norm(width))
+            self.downs.append(nn.Sequential(*layers))
+
+        # ups[k] produces the features of level (n_levels - 2 - k), outermost last
+        self.ups = nn.ModuleList()
+        for level in reversed(range(n_levels)):
+            inner = channels[level] if level == n_levels - 1 else 2 * channels[level]
+            outermost = level == 0
+            width = out_channels if outermost else channels[level - 1]
+            layers = [nn.ReLU(inplace=False), self._upsampling(inner, width)]
+            if outermost:
+                layers.append(nn.Tanh())
+            else:
+                layers.append(_instance_norm(width))
+                if dropout > 0 and level >= n_levels - 3:
+                    layers.append(nn.Dropout(dropout))
+            self.ups.append(nn.Sequential(*layers))
+
+    def _upsampling(self, in_channels: int, out_channels: int) -> nn.Module:
+        if self.upsample == "transpose":
+            return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect"),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        x = skips.pop()
+        for up in self.ups[:-1]:
+            x = torch.cat([up(x), skips.pop()], dim=1)
+        return self.ups[-1](x)
+
+
+class ResnetBlock(nn.Module):
+    """Two reflection-padded 3x3 convolutions with instance norm, plus the identity."""
+
+    def __init__(self, channels: int, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            _instance_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            _instance_norm(channels),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The original CycleGAN generator: reflection pad + 7x7 convolution, two stride-2
+    downsamplings, ``n_blocks`` residual blocks (6 for 128 px, 9 for 256 px in the paper),
+    two transposed-convolution upsamplings, 7x7 convolution, tanh. Fully convolutional;
+    ``image_size`` is only recorded (``translate`` resizes inputs to it)."""
+
+    def __init__(
+        self,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        image_size: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"ResnetGenerator: n_blocks must be >= 0, got {n_blocks}")
+        self.image_size = image_size
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, kernel_size=7),
+            _instance_norm(ngf),
+            nn.ReLU(inplace=True),
+        ]
+        width = ngf
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1),
+                _instance_norm(2 * width),
+                nn.ReLU(inplace=True),
+            ]
+            width *= 2
+        layers += [ResnetBlock(width, dropout) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(
+                    width, width // 2, kernel_size=3, stride=2, padding=1, output_padding=1
+                ),
+                _instance_norm(width // 2),
+                nn.ReLU(inplace=True),
+            ]
+            width //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, out_channels, kernel_size=7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchCritic(nn.Module):
+    """The 70x70 PatchGAN of pix2pix/CycleGAN (for ``n_layers=3``) as a Wasserstein
+    critic: 4x4 convolutions, LeakyReLU(0.2), instance norm (never batch norm, which would
+    couple the samples that the gradient penalty treats one by one), and no sigmoid.
+    Returns an (N, 1, H', W') map of unbounded patch scores."""
+
+    def __init__(
+        self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance"
+    ):
+        super().__init__()
+        if norm not in CRITIC_NORMS:
+            raise ValueError(f"PatchCritic: norm must be one of {CRITIC_NORMS}, got {norm!r}")
+        if n_layers < 1:
+            raise ValueError(f"PatchCritic: n_layers must be >= 1, got {n_layers}")
+
+        def normalization(channels: int) -> list[nn.Module]:
+            return [_instance_norm(channels)] if norm == "instance" else []
+
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        width = ndf
+        for layer in range(1, n_layers + 1):
+            stride = 2 if layer < n_layers else 1
+            next_width = ndf * min(2**layer, 8)
+            layers += [
+                nn.Conv2d(width, next_width, kernel_size=4, stride=stride, padding=1),
+                *normalization(next_width),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            width = next_width
+        layers.append(nn.Conv2d(width, 1, kernel_size=4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """CycleGAN's ``normal`` init: convolution and linear weights ~ N(0, gain), biases 0;
+    normalization scales ~ N(1, gain), shifts 0. Returns ``net``."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(module.weight, 0.0, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.InstanceNorm2d | nn.BatchNorm2d) and module.affine:
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+    return net

@@ -1,0 +1,96 @@
+"""Apply a stain normalization method to one domain's image cache, following the plan."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.normalize.plan import destination, pair_name
+
+log = logging.getLogger(__name__)
+
+
+def destinations(index: pd.DataFrame, plan: Mapping[str, Any], domain: str) -> np.ndarray:
+    """The destination domain of every image of ``domain`` (its own name: left as is)."""
+    return np.array([destination(plan, domain, c) for c in index["canonical_class"]], dtype=object)
+
+
+def model_for(plan: Mapping[str, Any], source: str, target: str) -> tuple[str, str]:
+    """(pair name of the trained model, generator key) that maps source onto target."""
+    for a, b in plan["pairs"]:
+        if (a, b) == (source, target):
+            return pair_name(a, b), "G_AB"
+        if (a, b) == (target, source):
+            return pair_name(a, b), "G_BA"
+    raise KeyError(f"the normalization plan has no pair for {source} -> {target}")
+
+
+def normalize_domain(
+    images: np.ndarray,
+    index: pd.DataFrame,
+    domain: str,
+    plan: Mapping[str, Any],
+    method: str,
+    cyclegan_models: Mapping[str, str] | None = None,
+    reinhard_stats: Mapping[str, str] | None = None,
+    device: str | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Normalized copy of a domain cache, row for row, and an index with the destination
+    of each image. ``cyclegan_models``: pair name -> model path; ``reinhard_stats``:
+    target domain -> stats JSON path. The input array is never modified."""
+    out = np.array(images, copy=True)
+    targets = destinations(index, plan, domain)
+    index = index.assign(
+        normalized_to=[t if t != domain else "" for t in targets], normalization=method
+    )
+    if method == "none":
+        index["normalized_to"] = ""
+        return out, index
+    for target in sorted({t for t in targets if t != domain}):
+        rows = np.flatnonzero(targets == target)
+        if method == "reinhard":
+            from hemaflow.normalize.reinhard import ReinhardNormalizer
+
+            with open(reinhard_stats[target]) as handle:
+                normalizer = ReinhardNormalizer.from_dict(json.load(handle))
+            out[rows] = normalizer.transform(images[rows])
+        elif method == "cyclegan":
+            from hemaflow.train.cyclegan import load_cyclegan, translate
+
+            name, key = model_for(plan, domain, target)
+            g_ab, g_ba, _ = load_cyclegan(cyclegan_models[name], device=device)
+            generator = g_ab if key == "G_AB" else g_ba
+            out[rows] = translate(generator, images[rows], device=device)
+        else:
+            raise ValueError(f"normalization.method: unknown method {method!r}")
+        log.info("%s: %d images -> %s with %s", domain, len(rows), target, method)
+    return out, index
+
+
+def normalize_domain_files(
+    images_path: str,
+    index_path: str,
+    plan_path: str,
+    domain: str,
+    method: str,
+    cyclegan_models: Mapping[str, str],
+    reinhard_stats: Mapping[str, str],
+    out_images: str,
+    out_index: str,
+) -> None:
+    images = np.load(images_path, mmap_mode="r")
+    index = pd.read_parquet(index_path)
+    with open(plan_path) as handle:
+        plan = json.load(handle)
+    out, out_idx = normalize_domain(
+        np.asarray(images), index, domain, plan, method, cyclegan_models, reinhard_stats
+    )
+    Path(out_images).parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_images, out)
+    out_idx.to_parquet(out_index, index=False)

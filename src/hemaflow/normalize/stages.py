@@ -1,0 +1,92 @@
+"""The normalization stage's steps, from files to files (called by workflow scripts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.config import canonical_json
+from hemaflow.normalize.plan import make_plan
+
+log = logging.getLogger(__name__)
+
+
+def write_plan(counts_csv: str, settings: Mapping[str, Any], out_plan: str) -> dict:
+    plan = make_plan(pd.read_csv(counts_csv), settings["target"], settings["direction"])
+    plan["method"] = settings["method"]
+    with open(out_plan, "w") as handle:
+        json.dump(plan, handle, indent=2)
+    log.info("normalization plan: target %s, pairs %s", plan["target"], plan["pairs"])
+    return plan
+
+
+def load_split(images_path: str, index_path: str, splits: tuple[str, ...]) -> np.ndarray:
+    """The cached images of a domain that belong to ``splits``."""
+    index = pd.read_parquet(index_path)
+    rows = index.loc[index["split"].isin(splits), "domain_index"].to_numpy()
+    return np.asarray(np.load(images_path, mmap_mode="r")[np.sort(rows)])
+
+
+def training_state_dir(root: str, pair: str, options: Mapping[str, Any], *indexes: str) -> Path:
+    """Where a pair's resumable checkpoints live: outside the workflow's outputs (a failed
+    job's outputs are deleted), keyed by the options and the training images, so that a
+    changed config or new data never resumes a stale run."""
+    digest = hashlib.sha256(canonical_json(dict(options)).encode())
+    for path in indexes:
+        index = pd.read_parquet(path)
+        digest.update("\n".join(sorted(index.loc[index["split"] == "train", "record_id"])).encode())
+    return Path(root) / "cyclegan" / f"{pair}-{digest.hexdigest()[:16]}"
+
+
+def train_pair(
+    source_images: str,
+    source_index: str,
+    target_images: str,
+    target_index: str,
+    options_section: Mapping[str, Any],
+    pair: str,
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """Train the CycleGAN of one domain pair on the train split only."""
+    from hemaflow.train.cyclegan import CycleGANOptions, train_cyclegan
+
+    options = CycleGANOptions.from_config(dict(options_section))
+    images_a = load_split(source_images, source_index, ("train",))
+    images_b = load_split(target_images, target_index, ("train",))
+    state_dir = training_state_dir(state_root, pair, options_section, source_index, target_index)
+    log.info(
+        "%s: %d + %d training images, state in %s", pair, len(images_a), len(images_b), state_dir
+    )
+    summary = train_cyclegan(
+        images_a,
+        images_b,
+        options,
+        state_dir=state_dir,
+        out_model=Path(out_model),
+        log_csv=Path(out_losses),
+    )
+    with open(out_summary, "w") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    return summary
+
+
+def fit_reinhard(target_images: str, target_index: str, out_stats: str) -> dict:
+    """Reinhard statistics of a target domain, from its train split."""
+    from hemaflow.normalize.reinhard import ReinhardNormalizer
+
+    normalizer = ReinhardNormalizer()
+    normalizer.fit(load_split(target_images, target_index, ("train",)))
+    stats = normalizer.to_dict()
+    with open(out_stats, "w") as handle:
+        json.dump(stats, handle, indent=2)
+    return stats

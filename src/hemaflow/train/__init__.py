@@ -1,0 +1,1 @@
+"""Training loops, losses, schedules and checkpoints."""

@@ -1,0 +1,432 @@
+"""CycleGAN networks, WGAN-GP losses, image pool, training with checkpoint/resume on real
+cells (zheng_tecom vs pbc), and the Reinhard / identity stain normalizers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from hemaflow.models.cyclegan import PatchCritic, ResnetGenerator, UNetGenerator, init_weights
+from hemaflow.normalize.base import IdentityNormalizer, StainNormalizer
+from hemaflow.normalize.reinhard import ReinhardNormalizer, lab_to_uint8, rgb_to_lab
+from hemaflow.train.cyclegan import (
+    LOSS_COLUMNS,
+    PRESETS,
+    CycleGANOptions,
+    list_checkpoints,
+    load_cyclegan,
+    train_cyclegan,
+    translate,
+)
+from hemaflow.train.image_pool import ImagePool
+from hemaflow.train.losses import (
+    gradient_penalty,
+    lsgan_critic_loss,
+    lsgan_generator_loss,
+    wgan_generator_loss,
+    wgan_gp_critic_loss,
+)
+
+# ------------------------------------------------------------------------------ real cells
+
+
+def _load_square(paths: list[Path], size: int) -> np.ndarray:
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            x0, y0 = (image.width - side) // 2, (image.height - side) // 2
+            square = image.crop((x0, y0, x0 + side, y0 + side))
+            images.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
+    return np.stack(images)
+
+
+@pytest.fixture(scope="module")
+def cell_paths(shared_datasets: Path) -> tuple[list[Path], list[Path]]:
+    """24 zheng_tecom cells (domain A) and 24 pbc cells spread over its classes (B)."""
+    zheng = sorted((shared_datasets / "zheng_tecom" / "Dataset 1").glob("*.bmp"))[:24]
+    pbc = []
+    for folder in sorted(p for p in (shared_datasets / "pbc").iterdir() if p.is_dir()):
+        # hidden files (".DS_*.jpg") are known broken entries of the shared data
+        pbc += [p for p in sorted(folder.glob("*.jpg")) if not p.name.startswith(".")][:3]
+    assert len(zheng) == 24 and len(pbc) == 24
+    return zheng, pbc
+
+
+@pytest.fixture(scope="module")
+def cells32(cell_paths) -> tuple[np.ndarray, np.ndarray]:
+    return _load_square(cell_paths[0], 32), _load_square(cell_paths[1], 32)
+
+
+@pytest.fixture(scope="module")
+def cells64(cell_paths) -> tuple[np.ndarray, np.ndarray]:
+    return _load_square(cell_paths[0], 64), _load_square(cell_paths[1], 64)
+
+
+TINY = dict(
+    image_size=32,
+    generator="unet",
+    ngf=8,
+    ndf=8,
+    batch_size=4,
+    iterations=3,
+    decay_iterations=3,
+    pool_size=4,
+    checkpoint_every=2,
+    log_every=1,
+    seed=7,
+)
+
+
+def tiny(**overrides) -> CycleGANOptions:
+    return CycleGANOptions.from_config({"preset": "cpu", **TINY, **overrides})
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_unet_generator_shapes(upsample, size):
+    net = init_weights(UNetGenerator(ngf=8, image_size=size, upsample=upsample, dropout=0.5))
+    out = net(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 3, size, size)
+    assert out.abs().max() <= 1.0
+    assert len(net.downs) == int(np.log2(size))  # down to a 1x1 bottleneck
+
+
+def test_unet_rejects_sizes_that_are_not_powers_of_two():
+    with pytest.raises(ValueError, match="image_size"):
+        UNetGenerator(image_size=48)
+    with pytest.raises(ValueError, match="upsample"):
+        UNetGenerator(image_size=32, upsample="bilinear")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_resnet_generator_shapes(size):
+    net = init_weights(ResnetGenerator(ngf=8, n_blocks=6))
+    out = net(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 3, size, size)
+    assert out.abs().max() <= 1.0
+    assert sum(type(m).__name__ == "ResnetBlock" for m in net.modules()) == 6
+
+
+@pytest.mark.parametrize(("size", "patches"), [(32, 2), (64, 6), (256, 30)])
+def test_patch_critic_returns_a_patch_map(size, patches):
+    critic = init_weights(PatchCritic(ndf=8, n_layers=3))
+    out = critic(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 1, patches, patches)  # 30x30 at 256 px: the 70x70 PatchGAN
+    assert not any(isinstance(m, nn.Sigmoid | nn.BatchNorm2d) for m in critic.modules())
+    assert any(isinstance(m, nn.InstanceNorm2d) for m in critic.modules())
+
+
+def test_init_weights_is_normal_with_the_given_gain():
+    net = init_weights(PatchCritic(ndf=64), gain=0.02)
+    weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d)])
+    assert abs(float(weights.detach().std()) - 0.02) < 0.002
+    assert all(
+        float(m.bias.detach().abs().max()) == 0 for m in net.modules() if isinstance(m, nn.Conv2d)
+    )
+
+
+def test_a_gradient_step_changes_the_weights():
+    torch.manual_seed(0)
+    generator = init_weights(UNetGenerator(ngf=8, image_size=32, upsample="resize"))
+    critic = init_weights(PatchCritic(ndf=8))
+    before = {name: p.detach().clone() for name, p in generator.named_parameters()}
+    before_critic = [p.detach().clone() for p in critic.parameters()]
+    optimizer = torch.optim.Adam([*generator.parameters(), *critic.parameters()], lr=1e-3)
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    fake = generator(real)
+    loss = (fake - real).abs().mean() + wgan_generator_loss(critic(fake))
+    loss = loss + gradient_penalty(critic, real, fake)
+    loss.backward()
+    optimizer.step()
+    changed = [name for name, p in generator.named_parameters() if not torch.equal(p, before[name])]
+    names = list(before)
+    assert names[0] in changed and names[-2] in changed  # first and last convolution weights
+    assert len(changed) >= 0.9 * len(before)
+    assert all(not torch.equal(a, b) for a, b in zip(before_critic, critic.parameters()))
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+class _LinearCritic(nn.Module):
+    """f(x) = <w, x>: its gradient is w everywhere, so ||grad|| = ||w||."""
+
+    def __init__(self, shape: tuple[int, ...], norm: float):
+        super().__init__()
+        weight = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        self.weight = nn.Parameter(weight / weight.norm() * norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.weight).flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_gradient_penalty_vanishes_for_a_unit_gradient_linear_critic():
+    real, fake = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    penalty = gradient_penalty(_LinearCritic((3, 16, 16), norm=1.0), real, fake, lambda_gp=10)
+    assert penalty.item() < 1e-6
+
+
+def test_gradient_penalty_is_positive_otherwise():
+    real, fake = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    steep = gradient_penalty(_LinearCritic((3, 16, 16), norm=3.0), real, fake, lambda_gp=10)
+    assert steep.item() == pytest.approx(10 * (3 - 1) ** 2, rel=1e-4)
+    critic = init_weights(PatchCritic(ndf=8))
+    real, fake = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    penalty = gradient_penalty(critic, real, fake, lambda_gp=10)
+    assert penalty.item() > 0 and torch.isfinite(penalty)
+    penalty.backward()  # create_graph=True: the penalty reaches the critic's weights
+    # every weight (the final bias alone does not move an input gradient)
+    weights = [p for name, p in critic.named_parameters() if name.endswith("weight")]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in weights)
+
+
+def test_adversarial_loss_values():
+    real, fake = torch.full((2, 1, 3, 3), 2.0), torch.full((2, 1, 3, 3), -1.0)
+    assert float(wgan_gp_critic_loss(real, fake)) == -3.0
+    assert float(wgan_generator_loss(fake)) == 1.0
+    assert float(lsgan_critic_loss(torch.ones(4), torch.zeros(4))) == 0.0
+    assert float(lsgan_critic_loss(torch.zeros(4), torch.ones(4))) == 1.0
+    assert float(lsgan_generator_loss(torch.zeros(4))) == 1.0
+
+
+# ------------------------------------------------------------------------------ image pool
+
+
+def test_image_pool_fills_then_mixes_and_its_state_resumes():
+    pool = ImagePool(size=4, seed=1)
+    first = torch.arange(4.0).reshape(4, 1, 1, 1)
+    assert torch.equal(pool.query(first), first) and len(pool) == 4
+    copy = ImagePool(size=4, seed=99)
+    copy.load_state_dict(pool.state_dict())
+    for step in range(5):
+        batch = torch.full((3, 1, 1, 1), 10.0 + step)
+        out = pool.query(batch)
+        assert torch.equal(out, copy.query(batch))
+        assert out.shape == batch.shape
+    assert torch.equal(ImagePool(size=0).query(first), first)
+
+
+# --------------------------------------------------------------------------------- options
+
+
+def test_options_from_config_presets_and_overrides():
+    cpu = CycleGANOptions.from_config({"preset": "cpu"})
+    assert cpu == PRESETS["cpu"] and cpu.image_size == 64 and cpu.ngf <= 32
+    paper = CycleGANOptions.from_config({"preset": "paper", "batch_size": 2, "lr": "1e-4"})
+    assert paper.image_size == 128 and paper.ngf == 64 and paper.generator == "unet"
+    assert paper.batch_size == 2 and paper.lr == 1e-4  # YAML's "1e-4" string accepted
+    assert paper.total_iterations >= 100_000 and paper.decay_iterations == paper.iterations
+    assert CycleGANOptions().lambda_identity == 0.5 and CycleGANOptions().lambda_cycle == 10.0
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"preset": "cpu", "lamda_cycle": 5}, "lamda_cycle"),
+        ({"preset": "gpu"}, "preset"),
+        ({"preset": "cpu", "generator": "vit"}, "generator"),
+        ({"preset": "cpu", "image_size": 100}, "image_size"),
+        ({"preset": "cpu", "batch_size": 0}, "batch_size"),
+        ({"preset": "cpu", "ngf": "wide"}, "ngf"),
+    ],
+)
+def test_options_errors_name_the_key(section, key):
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        CycleGANOptions.from_config(section)
+
+
+# -------------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained(cells32, tmp_path_factory) -> dict:
+    """One complete tiny run (6 iterations) on real cells."""
+    root = tmp_path_factory.mktemp("cyclegan")
+    images_a, images_b = cells32
+    summary = train_cyclegan(
+        images_a,
+        images_b,
+        tiny(),
+        state_dir=root / "state",
+        out_model=root / "model.pt",
+        log_csv=root / "losses.csv",
+    )
+    return {"root": root, "summary": summary}
+
+
+def test_training_on_real_cells_writes_a_usable_model(trained, cells32):
+    summary, root = trained["summary"], trained["root"]
+    assert summary["iterations"] == 6 and summary["completed"] and summary["device"] == "cpu"
+    assert set(summary["final_losses"]) == set(LOSS_COLUMNS) - {"iteration", "lr", "seconds"}
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
+    rows = _read_log(root / "losses.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(float(r[c])) for r in rows for c in LOSS_COLUMNS)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[:3] == [2e-4] * 3 and lrs[3] > lrs[4] > lrs[5] > 0  # linear decay after 3
+    assert len(list_checkpoints(root / "state")) == 2  # the latest two only
+
+    g_ab, g_ba, options = load_cyclegan(root / "model.pt")
+    assert options == tiny() and not g_ab.training and not g_ba.training
+    images_a, _ = cells32
+    out = translate(g_ab, images_a[:5], batch_size=2)
+    assert out.dtype == np.uint8 and out.shape == images_a[:5].shape
+    larger = np.asarray(Image.fromarray(images_a[0]).resize((48, 48)))[None]
+    assert translate(g_ba, larger).shape == (1, 48, 48, 3)  # resized to 32 and back
+
+
+def test_training_logs_the_device(cells32, tmp_path, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    options = tiny(iterations=1, decay_iterations=0)
+    train_cyclegan(*cells32, options, tmp_path / "state", tmp_path / "model.pt")
+    assert "training on cpu (no CUDA device visible)" in caplog.text
+
+
+def test_kill_and_resume_gives_the_same_weights_and_log(trained, cells32, tmp_path, caplog):
+    images_a, images_b = cells32
+    options = tiny()
+    state, model, losses = tmp_path / "state", tmp_path / "model.pt", tmp_path / "losses.csv"
+    stopped = train_cyclegan(
+        images_a, images_b, options, state, model, losses, max_iterations_this_run=4
+    )
+    assert stopped["iterations"] == 4 and not stopped["completed"] and not model.exists()
+    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    resumed = train_cyclegan(images_a, images_b, options, state, model, losses)
+    assert "resuming from checkpoint at iteration 4" in caplog.text
+    assert resumed["resumed_from"] == 4 and resumed["iterations_this_run"] == 2
+
+    straight = torch.load(trained["root"] / "model.pt", weights_only=True)
+    again = torch.load(model, weights_only=True)
+    for name in ("G_AB", "G_BA"):
+        assert straight[name].keys() == again[name].keys()
+        assert all(torch.equal(straight[name][k], again[name][k]) for k in straight[name])
+    assert _without_seconds(_read_log(losses)) == _without_seconds(
+        _read_log(trained["root"] / "losses.csv")
+    )
+
+
+def test_resume_after_a_kill_between_checkpoints_drops_the_rows_it_redoes(
+    trained, cells32, tmp_path, caplog
+):
+    images_a, images_b = cells32
+    options = tiny()
+    state, model, losses = tmp_path / "state", tmp_path / "model.pt", tmp_path / "losses.csv"
+    train_cyclegan(images_a, images_b, options, state, model, losses, max_iterations_this_run=5)
+    assert len(_read_log(losses)) == 5  # row 5 was logged after the checkpoint at 4
+    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    train_cyclegan(images_a, images_b, options, state, model, losses)
+    assert "resuming from checkpoint at iteration 4" in caplog.text
+    rows = _read_log(losses)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert _without_seconds(rows) == _without_seconds(_read_log(trained["root"] / "losses.csv"))
+
+
+def test_resume_refuses_changed_options(trained, cells32, tmp_path):
+    state = tmp_path / "state"
+    train_cyclegan(*cells32, tiny(), state, tmp_path / "model.pt", max_iterations_this_run=2)
+    with pytest.raises(ValueError, match="'lambda_cycle'"):
+        train_cyclegan(*cells32, tiny(lambda_cycle=5.0), state, tmp_path / "model.pt")
+
+
+def test_lsgan_mode_with_the_resnet_generator_trains(cells32, tmp_path):
+    options = tiny(
+        gan_mode="lsgan",
+        generator="resnet",
+        n_blocks=2,
+        n_critic=2,
+        iterations=2,
+        decay_iterations=1,
+    )
+    summary = train_cyclegan(
+        *cells32,
+        options,
+        tmp_path / "state",
+        tmp_path / "model.pt",
+        log_csv=tmp_path / "losses.csv",
+    )
+    assert summary["completed"] and all(np.isfinite(v) for v in summary["final_losses"].values())
+    assert summary["final_losses"]["gp"] == 0.0
+    g_ab, _, _ = load_cyclegan(tmp_path / "model.pt")
+    assert translate(g_ab, cells32[0][:3]).shape == (3, 32, 32, 3)
+
+
+def test_training_resizes_images_of_another_size(cells64, tmp_path):
+    summary = train_cyclegan(
+        *cells64, tiny(iterations=1, decay_iterations=0), tmp_path / "state", tmp_path / "model.pt"
+    )
+    assert summary["completed"]
+
+
+# ------------------------------------------------------------------------ stain normalizers
+
+
+def test_rgb_lab_round_trip_within_one_grey_level(cells64):
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(1, 256, 256, 3), dtype=np.uint8)
+    corners = np.array(
+        [[[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]]], dtype=np.uint8
+    )
+    for images in (colours, corners, cells64[0]):
+        back = lab_to_uint8(rgb_to_lab(images))
+        assert np.abs(back.astype(int) - images.astype(int)).max() <= 1
+    white = rgb_to_lab(np.array([[255, 255, 255]], np.uint8))[0]
+    assert white == pytest.approx([100.0, 0.0, 0.0], abs=1e-3)
+
+
+def _mean_lab(images: np.ndarray) -> np.ndarray:
+    return rgb_to_lab(images).mean(axis=(1, 2)).mean(axis=0)
+
+
+def test_reinhard_moves_the_mean_colour_onto_the_target(cells64):
+    source, target = cells64
+    normalizer = ReinhardNormalizer().fit(target)
+    assert isinstance(normalizer, StainNormalizer)
+    before = np.abs(_mean_lab(source) - normalizer.target_mean)
+    out = normalizer.transform(source)
+    after = np.abs(_mean_lab(out) - normalizer.target_mean)
+    assert out.dtype == np.uint8 and out.shape == source.shape
+    assert before.max() > 5  # zheng_tecom and pbc stains differ
+    assert after.max() < 1.0
+    assert normalizer.target_mean == pytest.approx(_mean_lab(target))
+    restored = ReinhardNormalizer.from_dict(json.loads(json.dumps(normalizer.to_dict())))
+    assert np.array_equal(restored.transform(source), out)
+
+
+def test_reinhard_rejects_bad_statistics():
+    with pytest.raises(ValueError, match="target_std"):
+        ReinhardNormalizer.from_dict(
+            {"method": "reinhard", "target_mean": [1, 2, 3], "target_std": [1, 2]}
+        )
+    with pytest.raises(ValueError, match="fit"):
+        ReinhardNormalizer().transform(np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_identity_normalizer_returns_the_input(cells32):
+    images = cells32[0]
+    normalizer = IdentityNormalizer().fit(cells32[1])
+    assert isinstance(normalizer, StainNormalizer) and normalizer.name == "none"
+    assert normalizer.transform(images) is images
