@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hemaflow.data.layouts import format_filename
 from hemaflow.errors import ConfigError
 
 SCHEMA_PATH = Path(str(resources.files("hemaflow") / "schemas" / "config.schema.yaml"))
@@ -148,8 +150,6 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
             if not labels.is_dir():
                 raise ConfigError(f"{key}.labels_dir", f"folder {str(labels)!r} does not exist")
         if "fine_label_regex" in spec:
-            import re
-
             try:
                 pattern = re.compile(spec["fine_label_regex"])
             except re.error as exc:
@@ -158,7 +158,7 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
                 raise ConfigError(f"{key}.fine_label_regex", "needs a named group (?P<fine>...)")
         if layout == "csv":
             try:
-                spec["filename_pattern"] % (1 if "d" in spec["filename_pattern"] else "1")
+                format_filename(spec["filename_pattern"], "1")
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key}.filename_pattern", f"bad printf pattern: {exc}") from None
     for name in config["class_map"]:

@@ -77,7 +77,7 @@ def list_imagefolder(
     return items
 
 
-def _format_filename(pattern: str, raw_id: str) -> str:
+def format_filename(pattern: str, raw_id: str) -> str:
     if re.search(r"%[0-9]*d", pattern):
         value = float(raw_id)
         if not math.isfinite(value) or value != int(value):
@@ -119,7 +119,7 @@ def list_csv(root: Path, spec: dict[str, Any], extensions: tuple[str, ...]) -> l
             )
             continue
         try:
-            name = _format_filename(spec["filename_pattern"], raw_id)
+            name = format_filename(spec["filename_pattern"], raw_id)
         except (TypeError, ValueError, OverflowError):
             items.append(
                 SourceItem(
