@@ -21,12 +21,12 @@ from hemaflow.train.cyclegan import (
     LOSS_COLUMNS,
     PRESETS,
     CycleGANOptions,
-    list_checkpoints,
     load_cyclegan,
     train_cyclegan,
     translate,
 )
 from hemaflow.train.image_pool import ImagePool
+from hemaflow.train.loop import list_checkpoints
 from hemaflow.train.losses import (
     gradient_penalty,
     lsgan_critic_loss,
@@ -300,7 +300,7 @@ def test_training_on_real_cells_writes_a_usable_model(trained, cells32):
 def test_training_logs_the_device(cells32, tmp_path, caplog):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    caplog.set_level(logging.INFO, logger="hemaflow.train")
     options = tiny(iterations=1, decay_iterations=0)
     train_cyclegan(*cells32, options, tmp_path / "state", tmp_path / "model.pt")
     assert "training on cpu (no CUDA device visible)" in caplog.text
@@ -314,7 +314,7 @@ def test_kill_and_resume_gives_the_same_weights_and_log(trained, cells32, tmp_pa
         images_a, images_b, options, state, model, losses, max_iterations_this_run=4
     )
     assert stopped["iterations"] == 4 and not stopped["completed"] and not model.exists()
-    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    caplog.set_level(logging.INFO, logger="hemaflow.train")
     resumed = train_cyclegan(images_a, images_b, options, state, model, losses)
     assert "resuming from checkpoint at iteration 4" in caplog.text
     assert resumed["resumed_from"] == 4 and resumed["iterations_this_run"] == 2
@@ -337,7 +337,7 @@ def test_resume_after_a_kill_between_checkpoints_drops_the_rows_it_redoes(
     state, model, losses = tmp_path / "state", tmp_path / "model.pt", tmp_path / "losses.csv"
     train_cyclegan(images_a, images_b, options, state, model, losses, max_iterations_this_run=5)
     assert len(_read_log(losses)) == 5  # row 5 was logged after the checkpoint at 4
-    caplog.set_level(logging.INFO, logger="hemaflow.train.cyclegan")
+    caplog.set_level(logging.INFO, logger="hemaflow.train")
     train_cyclegan(images_a, images_b, options, state, model, losses)
     assert "resuming from checkpoint at iteration 4" in caplog.text
     rows = _read_log(losses)

@@ -8,14 +8,9 @@ on CPU)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import logging
-import os
 import random
-import re
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +30,22 @@ from hemaflow.models.cyclegan import (
     init_weights,
 )
 from hemaflow.train.image_pool import ImagePool
+from hemaflow.train.loop import (
+    ImageSampler,
+    LinearDecay,
+    atomic_torch_save,
+    check_images,
+    fingerprint,
+    from_model_range,
+    log_device,
+    resize_float,
+    resize_images,
+    resolve_device,
+    run_training,
+    set_requires_grad,
+    to_model_range,
+    uint8_tensor,
+)
 from hemaflow.train.losses import (
     GAN_MODES,
     critic_loss,
@@ -45,8 +56,6 @@ from hemaflow.train.losses import (
 log = logging.getLogger(__name__)
 
 GENERATORS = ("unet", "resnet")
-CHECKPOINT_FORMAT = 1
-CHECKPOINTS_KEPT = 2
 LOSS_COLUMNS = (
     "iteration",
     "loss_G",
@@ -259,115 +268,23 @@ def build_critic(options: CycleGANOptions) -> nn.Module:
 # ---------------------------------------------------------------------------------- data
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _check_images(images: np.ndarray, name: str) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"{name}: expected uint8 images of shape (N, H, W, 3), "
-            f"got {images.dtype} {images.shape}"
-        )
-    return images
-
-
-def _uint8_tensor(images: np.ndarray) -> torch.Tensor:
-    """A tensor that owns a copy: inputs may be read-only memory maps of the caches."""
-    return torch.from_numpy(np.array(images, dtype=np.uint8, order="C", copy=True))
-
-
-def _resize_float(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(batch.shape[-2:]) == size:
-        return batch
-    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def resize_images(images: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
-    """uint8 NHWC images resized to size x size (antialiased bilinear); unchanged if they
-    already have that size."""
-    if images.shape[1:3] == (size, size):
-        return np.ascontiguousarray(images)
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for start in range(0, len(images), chunk):
-        batch = _uint8_tensor(images[start : start + chunk])
-        batch = _resize_float(batch.permute(0, 3, 1, 2).float(), (size, size))
-        out[start : start + chunk] = batch.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    return out
-
-
-def _to_model_range(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1]."""
-    return batch.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def _from_model_range(batch: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [-1, 1] -> uint8 NHWC."""
-    return batch.add(1.0).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
-
-
-class DomainSampler:
-    """Random batches of one domain, each image under a random symmetry of the square
-    (flips and 90-degree rotations: blood cells have no orientation). Draws come from a
-    numpy Generator that the checkpoint carries."""
-
-    def __init__(self, images: np.ndarray, device: torch.device):
-        self.images = _uint8_tensor(images).to(device)  # NHWC, on the device
-
-    def sample(self, rng: np.random.Generator, batch_size: int) -> torch.Tensor:
-        rows = rng.integers(0, len(self.images), size=batch_size)
-        symmetries = rng.integers(0, 8, size=batch_size)
-        batch = self.images[torch.from_numpy(rows).to(self.images.device)]
-        out = torch.empty_like(batch)
-        for symmetry in np.unique(symmetries):
-            chosen = torch.from_numpy(np.flatnonzero(symmetries == symmetry)).to(batch.device)
-            part = torch.rot90(batch[chosen], int(symmetry % 4), dims=(1, 2))
-            if symmetry >= 4:
-                part = torch.flip(part, dims=(2,))
-            out[chosen] = part
-        return _to_model_range(out)
-
-
-def _fingerprint(*arrays: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(repr(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
+class DomainSampler(ImageSampler):
+    """Random batches of one domain (see ``ImageSampler``)."""
 
 
 # ------------------------------------------------------------------------------- the model
-
-
-class _LinearDecay:
-    """LR factor: 1 for ``iterations`` steps, then linearly towards 0 (CycleGAN's
-    ``linear`` policy counted in iterations). A class, not a lambda, so that
-    ``LambdaLR.state_dict`` can store it."""
-
-    def __init__(self, iterations: int, decay_iterations: int):
-        self.iterations = iterations
-        self.decay_iterations = decay_iterations
-
-    def __call__(self, step: int) -> float:
-        return 1.0 - max(0, step + 1 - self.iterations) / float(self.decay_iterations + 1)
-
-
-def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
-    for net in nets:
-        for parameter in net.parameters():
-            parameter.requires_grad_(flag)
 
 
 class CycleGANModel:
     """G_AB, G_BA, D_A (real A vs G_BA(B)), D_B (real B vs G_AB(A)), their optimizers,
     LR schedules, gradient scalers and image pools, and one training iteration."""
 
-    def __init__(self, options: CycleGANOptions, device: torch.device):
+    def __init__(self, options: CycleGANOptions, device: torch.device, rng: np.random.Generator):
         self.options = options
         self.device = device
+        self.rng = rng
+        self.sampler_a: ImageSampler | None = None  # set before training
+        self.sampler_b: ImageSampler | None = None
         self.use_amp = options.amp and device.type == "cuda"
         self.G_AB = build_generator(options).to(device)
         self.G_BA = build_generator(options).to(device)
@@ -378,7 +295,7 @@ class CycleGANModel:
         critics = [*self.D_A.parameters(), *self.D_B.parameters()]
         self.optimizer_G = torch.optim.Adam(generators, lr=options.lr, betas=betas)
         self.optimizer_D = torch.optim.Adam(critics, lr=options.lr, betas=betas)
-        decay = _LinearDecay(options.iterations, options.decay_iterations)
+        decay = LinearDecay(options.iterations, options.decay_iterations)
         self.scheduler_G = torch.optim.lr_scheduler.LambdaLR(self.optimizer_G, decay)
         self.scheduler_D = torch.optim.lr_scheduler.LambdaLR(self.optimizer_D, decay)
         self.scaler_G = torch.amp.GradScaler("cuda") if self.use_amp else None
@@ -401,13 +318,23 @@ class CycleGANModel:
             scaler.step(optimizer)
             scaler.update()
 
-    def train_iteration(self, sample_a, sample_b) -> dict[str, torch.Tensor]:
-        """One generator step, then ``n_critic`` critic steps. ``sample_a`` / ``sample_b``
-        return a new batch of each domain. Returns detached losses."""
+    def modules(self) -> list[nn.Module]:
+        return [self.G_AB, self.G_BA, self.D_A, self.D_B]
+
+    def train_iteration(self) -> dict[str, torch.Tensor]:
+        """One generator step, then ``n_critic`` critic steps on new batches of each domain
+        from the samplers. Returns detached losses."""
         o = self.options
+
+        def sample_a() -> torch.Tensor:
+            return self.sampler_a.sample(self.rng, o.batch_size)
+
+        def sample_b() -> torch.Tensor:
+            return self.sampler_b.sample(self.rng, o.batch_size)
+
         real_a, real_b = sample_a(), sample_b()
 
-        _set_requires_grad([self.D_A, self.D_B], False)
+        set_requires_grad([self.D_A, self.D_B], False)
         self.optimizer_G.zero_grad(set_to_none=True)
         with self._autocast():
             fake_b = self.G_AB(real_a)
@@ -430,7 +357,7 @@ class CycleGANModel:
                 loss_idt = torch.zeros((), device=self.device)
             loss_G = loss_adv + loss_cycle + loss_idt
         self._step(loss_G, self.optimizer_G, self.scaler_G)
-        _set_requires_grad([self.D_A, self.D_B], True)
+        set_requires_grad([self.D_A, self.D_B], True)
 
         totals = {"loss_D_A": 0.0, "loss_D_B": 0.0, "gp": 0.0}
         for critic_step in range(o.n_critic):
@@ -504,144 +431,6 @@ class CycleGANModel:
                 scaler.load_state_dict(state[name])
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-
-
-def _atomic_torch_save(payload: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename: a kill
-    at any moment leaves either the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
-    """(iteration, path) of the checkpoints in ``state_dir``, oldest first."""
-    if not state_dir.is_dir():
-        return []
-    found = []
-    for path in state_dir.iterdir():
-        match = _CHECKPOINT_NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": rng.bit_generator.state,
-        "python": random.getstate(),
-    }
-
-
-def _restore_rng_state(state: Mapping[str, Any], rng: np.random.Generator) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-        else:
-            log.warning(
-                "checkpoint has %d CUDA RNG states, %d devices are visible: CUDA RNG not restored",
-                len(state["cuda"]),
-                torch.cuda.device_count(),
-            )
-    rng.bit_generator.state = state["numpy"]
-    random.setstate(state["python"])
-
-
-def _save_checkpoint(state_dir: Path, step: int, payload: dict[str, Any]) -> Path:
-    path = state_dir / f"checkpoint-{step:09d}.pt"
-    _atomic_torch_save(payload, path)
-    for _, old in list_checkpoints(state_dir)[:-CHECKPOINTS_KEPT]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def _load_latest_checkpoint(state_dir: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that loads; an unreadable one is skipped with a warning."""
-    for step, path in reversed(list_checkpoints(state_dir)):
-        try:
-            # on the CPU: RNG states must stay there; load_state_dict moves the rest
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: try the older one
-            log.warning("checkpoint %s (iteration %d) is unreadable, skipped: %s", path, step, exc)
-            continue
-        payload["_path"] = path
-        return payload
-    return None
-
-
-def _check_resumable(
-    payload: Mapping[str, Any], options: CycleGANOptions, fingerprint: str
-) -> None:
-    path = payload["_path"]
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"checkpoint {path}: format {payload.get('format')!r}, expected "
-            f"{CHECKPOINT_FORMAT}; remove {path.parent} to start over"
-        )
-    current = asdict(options)
-    for key, saved in payload["options"].items():
-        if key not in _RESUMABLE_CHANGES and current.get(key) != saved:
-            raise ValueError(
-                f"checkpoint {path}: written with cyclegan option '{key}' = "
-                f"{saved!r}, the options now say {current.get(key)!r}; remove "
-                f"{path.parent} to start over"
-            )
-    if payload["data_fingerprint"] != fingerprint:
-        raise ValueError(
-            f"checkpoint {path}: written for other training images; remove "
-            f"{path.parent} to start over"
-        )
-
-
-# ------------------------------------------------------------------------------ loss log
-
-
-class LossLog:
-    """CSV of losses per logged iteration. On resume from iteration N, rows after N (which
-    the killed run wrote past its last checkpoint) are dropped before appending, so no
-    iteration appears twice."""
-
-    def __init__(self, path: Path | None, resume_step: int):
-        self.path = path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept: list[dict[str, str]] = []
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, newline="") as handle:
-                kept = [
-                    row for row in csv.DictReader(handle) if int(row["iteration"]) <= resume_step
-                ]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=LOSS_COLUMNS).writerow(
-                {key: _format(row[key]) for key in LOSS_COLUMNS}
-            )
-
-
-def _format(value: Any) -> str:
-    return str(value) if isinstance(value, int) else repr(float(value))
-
-
 # ------------------------------------------------------------------------------ training
 
 
@@ -666,116 +455,42 @@ def train_cyclegan(
     state_dir, out_model = Path(state_dir), Path(out_model)
     log_csv = Path(log_csv) if log_csv is not None else None
     torch_device = resolve_device(device)
-    if torch_device.type == "cpu":
-        reason = "no CUDA device visible" if not torch.cuda.is_available() else "requested"
-        log.info("training on cpu (%s)", reason)
-    else:
-        log.info("training on %s (%s)", torch_device, torch.cuda.get_device_name(torch_device))
+    log_device(torch_device, "cyclegan training")
 
-    images_a = resize_images(_check_images(images_a, "images_a"), options.image_size)
-    images_b = resize_images(_check_images(images_b, "images_b"), options.image_size)
+    images_a = resize_images(check_images(images_a, "images_a"), options.image_size)
+    images_b = resize_images(check_images(images_b, "images_b"), options.image_size)
     if len(images_a) == 0 or len(images_b) == 0:
         raise ValueError(
             f"train_cyclegan: empty domain ({len(images_a)} A, {len(images_b)} B images)"
         )
-    fingerprint = _fingerprint(images_a, images_b)
+    data_fingerprint = fingerprint(images_a, images_b)
 
     # seed before building: a fresh run's initial weights come from this state
     torch.manual_seed(options.seed)
     random.seed(options.seed)
     rng = np.random.default_rng(options.seed)
-    model = CycleGANModel(options, torch_device)
-    step, elapsed_before, last_losses, resumed_from = 0, 0.0, {}, None
-    for stale in state_dir.glob("checkpoint-*.pt.tmp") if state_dir.is_dir() else []:
-        stale.unlink(missing_ok=True)  # a write that a kill interrupted
-    payload = _load_latest_checkpoint(state_dir)
-    if payload is not None:
-        _check_resumable(payload, options, fingerprint)
-        model.load_state_dict(payload["model"])
-        _restore_rng_state(payload["rng"], rng)
-        step = resumed_from = int(payload["step"])
-        elapsed_before = float(payload["elapsed_seconds"])
-        last_losses = dict(payload["last_losses"])
-        log.info("resuming from checkpoint at iteration %d (%s)", step, payload["_path"])
-        del payload
-    loss_log = LossLog(log_csv, step)
-
-    sampler_a = DomainSampler(images_a, torch_device)
-    sampler_b = DomainSampler(images_b, torch_device)
-
-    def sample_a() -> torch.Tensor:
-        return sampler_a.sample(rng, options.batch_size)
-
-    def sample_b() -> torch.Tensor:
-        return sampler_b.sample(rng, options.batch_size)
-
-    def checkpoint(at: int) -> None:
-        _save_checkpoint(
-            state_dir,
-            at,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "step": at,
-                "options": asdict(options),
-                "data_fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "rng": _rng_state(rng),
-                "elapsed_seconds": elapsed_before + time.monotonic() - start,
-                "last_losses": last_losses,
-            },
-        )
-
-    total = options.total_iterations
-    stop = total if max_iterations_this_run is None else min(total, step + max_iterations_this_run)
-    start_step = step
-    start = time.monotonic()
-    for module in (model.G_AB, model.G_BA, model.D_A, model.D_B):
-        module.train()
-    while step < stop:
-        lr = model.optimizer_G.param_groups[0]["lr"]
-        losses = model.train_iteration(sample_a, sample_b)
-        step += 1
-        is_last = step == total
-        if step % options.log_every == 0 or is_last or step % options.checkpoint_every == 0:
-            last_losses = {name: float(value) for name, value in losses.items()}
-            seconds = elapsed_before + time.monotonic() - start
-            if step % options.log_every == 0 or is_last:
-                loss_log.append({"iteration": step, **last_losses, "lr": lr, "seconds": seconds})
-                log.info(
-                    "iteration %d/%d  G %.4f (adv %.4f cycle %.4f idt %.4f)  D_A %.4f  "
-                    "D_B %.4f  gp %.4f  lr %.2e  %.1f s",
-                    step,
-                    total,
-                    last_losses["loss_G"],
-                    last_losses["loss_G_adv"],
-                    last_losses["loss_cycle"],
-                    last_losses["loss_idt"],
-                    last_losses["loss_D_A"],
-                    last_losses["loss_D_B"],
-                    last_losses["gp"],
-                    lr,
-                    seconds,
-                )
-        if step % options.checkpoint_every == 0 or is_last:
-            checkpoint(step)
-    if step > start_step:  # the very last iteration, logged or not
-        last_losses = {name: float(value) for name, value in losses.items()}
-
-    seconds_this_run = time.monotonic() - start
-    done_this_run = step - start_step
-    summary = {
-        "iterations": step,
-        "total_iterations": total,
-        "completed": step >= total,
-        "resumed_from": resumed_from,
-        "iterations_this_run": done_this_run,
-        "seconds": elapsed_before + seconds_this_run,
-        "seconds_this_run": seconds_this_run,
-        "seconds_per_iteration": seconds_this_run / done_this_run if done_this_run else None,
-        "device": str(torch_device),
-        "amp": model.use_amp,
-        "final_losses": last_losses,
-    }
+    model = CycleGANModel(options, torch_device, rng)
+    model.sampler_a = DomainSampler(images_a, torch_device)
+    model.sampler_b = DomainSampler(images_b, torch_device)
+    summary = run_training(
+        model,
+        kind="cyclegan",
+        options=asdict(options),
+        total_iterations=options.total_iterations,
+        data_fingerprint=data_fingerprint,
+        rng=rng,
+        state_dir=state_dir,
+        checkpoint_every=options.checkpoint_every,
+        log_every=options.log_every,
+        log_csv=log_csv,
+        loss_columns=LOSS_COLUMNS,
+        device=torch_device,
+        max_iterations_this_run=max_iterations_this_run,
+        lr_of=lambda: model.optimizer_G.param_groups[0]["lr"],
+        resumable_changes=_RESUMABLE_CHANGES,
+    )
+    summary["amp"] = model.use_amp
+    step, total = summary["iterations"], options.total_iterations
     if step < total:
         log.info(
             "stopped at iteration %d of %d (max_iterations_this_run=%s); no model written",
@@ -784,7 +499,7 @@ def train_cyclegan(
             max_iterations_this_run,
         )
         return summary
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "options": asdict(options),
             "G_AB": model.G_AB.state_dict(),
@@ -826,7 +541,7 @@ def translate(
     """Run a generator over uint8 NHWC images; returns uint8 NHWC of the same shape.
     Images are resized to the generator's ``image_size`` and the output back to the
     input's size. ``device`` defaults to the generator's; the generator is moved there."""
-    images = _check_images(images, "translate")
+    images = check_images(images, "translate")
     if device is None:
         torch_device = next(generator.parameters()).device
     else:
@@ -839,12 +554,12 @@ def translate(
     generator.eval()
     try:
         for begin in range(0, len(images), batch_size):
-            chunk = _uint8_tensor(images[begin : begin + batch_size])
-            batch = _to_model_range(chunk.to(torch_device))
+            chunk = uint8_tensor(images[begin : begin + batch_size])
+            batch = to_model_range(chunk.to(torch_device))
             if size is not None:
-                batch = _resize_float(batch, (size, size))
-            result = _resize_float(generator(batch).float(), (height, width))
-            out[begin : begin + batch_size] = _from_model_range(result.clamp(-1, 1)).cpu().numpy()
+                batch = resize_float(batch, (size, size))
+            result = resize_float(generator(batch).float(), (height, width))
+            out[begin : begin + batch_size] = from_model_range(result.clamp(-1, 1)).cpu().numpy()
     finally:
         generator.train(was_training)
     return out
