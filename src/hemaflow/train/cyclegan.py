@@ -8,13 +8,12 @@ on CPU)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -52,6 +51,7 @@ from hemaflow.train.losses import (
     generator_adversarial_loss,
     gradient_penalty,
 )
+from hemaflow.train.options import TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ _RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "amp"})
 
 
 @dataclass(frozen=True)
-class CycleGANOptions:
+class CycleGANOptions(TrainingOptions):
     """Everything that defines a CycleGAN run. Defaults are the papers' values (CycleGAN:
     Adam 2e-4, betas (0.5, 0.999), lambda_cycle 10, identity 0.5; WGAN-GP: lambda 10)
     at the ``paper`` preset's scale.
@@ -112,103 +112,52 @@ class CycleGANOptions:
     seed: int = 0
     amp: bool = True
 
+    KIND: ClassVar[str] = "cyclegan"
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "generator": GENERATORS,
+        "upsample": UPSAMPLE_MODES,
+        "gan_mode": GAN_MODES,
+        "critic_norm": CRITIC_NORMS,
+    }
+    POSITIVE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "ngf",
+            "ndf",
+            "n_layers_critic",
+            "n_critic",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "lr",
+        }
+    )
+    NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "n_blocks",
+            "lambda_cycle",
+            "lambda_identity",
+            "lambda_gp",
+            "iterations",
+            "decay_iterations",
+            "pool_size",
+        }
+    )
+    FRACTIONS: ClassVar[frozenset[str]] = frozenset({"dropout", "beta1", "beta2"})
+
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            _check_option(field.name, getattr(self, field.name), field.type)
+        super().__post_init__()
         if self.total_iterations <= 0:
             raise ValueError("cyclegan options 'iterations' + 'decay_iterations' must be > 0")
+
+    def check_field(self, name: str, value: Any) -> str | None:
+        if name == "image_size" and (value < 32 or value & (value - 1)):
+            # the 3-layer patch critic needs 32 px for a patch map of more than one pixel
+            return "must be a power of two >= 32"
+        return super().check_field(name, value)
 
     @property
     def total_iterations(self) -> int:
         return self.iterations + self.decay_iterations
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> CycleGANOptions:
-        """``{"preset": "cpu" | "paper", **overrides}``; the preset defaults to ``cpu``.
-        Unknown keys raise ValueError naming the key."""
-        section = dict(section)
-        preset = section.pop("preset", "cpu")
-        if preset not in PRESETS:
-            raise ValueError(
-                f"cyclegan option 'preset': {preset!r} is not one of {', '.join(PRESETS)}"
-            )
-        return PRESETS[preset].with_overrides(section)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> CycleGANOptions:
-        """From ``asdict(options)`` (as stored in checkpoints and models); missing keys take
-        the defaults, unknown keys raise ValueError."""
-        return cls().with_overrides(values)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> CycleGANOptions:
-        types = {field.name: field.type for field in dataclasses.fields(self)}
-        values = {}
-        for key, value in overrides.items():
-            if key not in types:
-                raise ValueError(
-                    f"cyclegan option '{key}': unknown option (known: preset, {', '.join(types)})"
-                )
-            values[key] = _coerce(value, types[key])
-        return dataclasses.replace(self, **values)
-
-
-_CHOICES = {
-    "generator": GENERATORS,
-    "upsample": UPSAMPLE_MODES,
-    "gan_mode": GAN_MODES,
-    "critic_norm": CRITIC_NORMS,
-}
-_POSITIVE = {
-    "ngf",
-    "ndf",
-    "n_layers_critic",
-    "n_critic",
-    "batch_size",
-    "checkpoint_every",
-    "log_every",
-    "lr",
-}
-_NON_NEGATIVE = {
-    "n_blocks",
-    "lambda_cycle",
-    "lambda_identity",
-    "lambda_gp",
-    "iterations",
-    "decay_iterations",
-    "pool_size",
-}
-_FRACTIONS = {"dropout", "beta1", "beta2"}
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _coerce(value: Any, annotation: str) -> Any:
-    """YAML reads ``2e-4`` as a string and ``10`` as an int: accept both for floats."""
-    if annotation == "float" and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    return value
-
-
-def _check_option(name: str, value: Any, annotation: str) -> None:
-    expected = _TYPES[annotation]
-    if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-        problem = f"expected {annotation}"
-    elif name in _CHOICES and value not in _CHOICES[name]:
-        problem = f"must be one of {', '.join(_CHOICES[name])}"
-    elif name == "image_size" and (value < 32 or value & (value - 1)):
-        # the 3-layer patch critic needs 32 px for a patch map of more than one pixel
-        problem = "must be a power of two >= 32"
-    elif name in _POSITIVE and value <= 0:
-        problem = "must be > 0"
-    elif name in _NON_NEGATIVE and value < 0:
-        problem = "must be >= 0"
-    elif name in _FRACTIONS and not 0.0 <= value < 1.0:
-        problem = "must be in [0, 1)"
-    else:
-        return
-    raise ValueError(f"cyclegan option '{name}': {problem}, got {value!r}")
 
 
 PRESETS: dict[str, CycleGANOptions] = {
@@ -240,6 +189,7 @@ PRESETS: dict[str, CycleGANOptions] = {
         log_every=100,
     ),
 }
+CycleGANOptions.PRESETS = PRESETS
 
 
 def build_generator(options: CycleGANOptions) -> nn.Module:
