@@ -1,0 +1,125 @@
+"""The quality gate on synthetic images.
+
+A synthetic image enters the training set only if
+
+- the real-data classifier (trained on real training images only) assigns it to the class
+  it was generated for with at least ``min_confidence``, and
+- it is not a near copy of a training image: the perceptual hash finds training images
+  within ``copy_max_hamming`` bits and the shift-tolerant thumbnail correlation (the
+  dedup stage's second look) of the closest of them reaches ``copy_min_correlation``.
+
+Every candidate keeps its scores and, when rejected, the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.dedup.phash import phash
+from hemaflow.dedup.verify import gray_thumbnails, shift_correlation
+from hemaflow.errors import ConfigError
+
+GATE_COLUMNS = (
+    "confidence",
+    "predicted_class",
+    "nearest_hamming",
+    "copy_correlation",
+    "accepted",
+    "reject_reason",
+)
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    min_confidence: float = 0.5
+    copy_max_hamming: int = 8
+    copy_min_correlation: float = 0.95
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> GateSettings:
+        known = {"min_confidence", "copy_max_hamming", "copy_min_correlation"}
+        for key in section:
+            if key not in known:
+                raise ConfigError(f"synthesis.quality_gate.{key}", "unknown setting")
+        settings = cls(**section)
+        if not 0.0 <= settings.min_confidence <= 1.0:
+            raise ConfigError("synthesis.quality_gate.min_confidence", "must be in [0, 1]")
+        if not 0 <= settings.copy_max_hamming <= 64:
+            raise ConfigError("synthesis.quality_gate.copy_max_hamming", "must be in 0..64")
+        return settings
+
+
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    return np.array([phash(image) for image in images], dtype=np.uint64)
+
+
+class CopyDetector:
+    """Nearest training images of a class by perceptual hash, verified by correlation."""
+
+    def __init__(self, train_images: np.ndarray, max_hamming: int, chunk: int = 256):
+        self.train_images = np.asarray(train_images)
+        self.hashes = image_hashes(self.train_images)
+        self.thumbs = gray_thumbnails(self.train_images) if len(self.train_images) else None
+        self.max_hamming = max_hamming
+        self.chunk = chunk
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Hamming distance to the nearest training image, best thumbnail correlation
+        with any training image within ``max_hamming`` bits, 0 if none)."""
+        n = len(images)
+        nearest = np.full(n, 64, dtype=np.int64)
+        correlation = np.zeros(n, dtype=np.float32)
+        if n == 0 or len(self.hashes) == 0:
+            return nearest, correlation
+        hashes = image_hashes(images)
+        thumbs = gray_thumbnails(np.asarray(images))
+        for start in range(0, n, self.chunk):
+            block = hashes[start : start + self.chunk]
+            distance = np.bitwise_count(block[:, None] ^ self.hashes[None, :]).astype(np.int64)
+            nearest[start : start + len(block)] = distance.min(axis=1)
+            rows, cols = np.nonzero(distance <= self.max_hamming)
+            if len(rows):
+                scores = shift_correlation(thumbs[start + rows], self.thumbs[cols])
+                best = np.zeros(len(block), dtype=np.float32)
+                np.maximum.at(best, rows, scores)
+                correlation[start : start + len(block)] = best
+        return nearest, correlation
+
+
+def quality_gate(
+    images: np.ndarray,
+    class_index: int,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    copies: CopyDetector,
+    settings: GateSettings,
+) -> pd.DataFrame:
+    """One row per candidate image (columns GATE_COLUMNS)."""
+    if len(probabilities) != len(images):
+        raise ValueError(
+            f"quality_gate: {len(images)} images but {len(probabilities)} probability rows"
+        )
+    confidence = probabilities[:, class_index] if len(images) else np.zeros(0)
+    predicted = (
+        np.asarray(class_names, dtype=object)[probabilities.argmax(axis=1)]
+        if len(images)
+        else np.zeros(0, dtype=object)
+    )
+    nearest, correlation = copies.scores(images)
+    low = confidence < settings.min_confidence
+    copied = correlation >= settings.copy_min_correlation
+    reasons = np.where(copied, "near_copy_of_training_image", np.where(low, "low_confidence", ""))
+    return pd.DataFrame(
+        {
+            "confidence": confidence.astype(np.float64),
+            "predicted_class": predicted,
+            "nearest_hamming": nearest,
+            "copy_correlation": correlation.astype(np.float64),
+            "accepted": ~(low | copied),
+            "reject_reason": reasons,
+        }
+    )
