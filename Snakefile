@@ -13,6 +13,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/dedup.smk"
 include: "workflow/rules/subgroup.smk"
 include: "workflow/rules/normalize.smk"
+include: "workflow/rules/synthesis.smk"
 
 
 rule all:

@@ -113,3 +113,18 @@ def test_canonical_json_is_order_independent():
     assert canonical_json({"b": 1, "a": {"y": 2, "x": 1}}) == canonical_json(
         {"a": {"x": 1, "y": 2}, "b": 1}
     )
+
+
+def test_synthesis_defaults_and_checks(raw_config):
+    from hemaflow.errors import ConfigError
+
+    default_config = validate_config(copy.deepcopy(raw_config))
+    synthesis = default_config["synthesis"]
+    assert synthesis["large_min"] == 1000 and synthesis["fewshot_max"] == 100
+    assert synthesis["mid_route"] == "cwgan" and synthesis["target"] == "largest"
+    bad = dict(default_config, synthesis={**synthesis, "fewshot_max": 5000})
+    with pytest.raises(ConfigError, match=r"synthesis\.fewshot_max"):
+        validate_config(bad)
+    bad = dict(default_config, synthesis={**synthesis, "subsample": {"basofil": 50}})
+    with pytest.raises(ConfigError, match=r"synthesis\.subsample\.basofil"):
+        validate_config(bad)

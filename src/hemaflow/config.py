@@ -179,6 +179,24 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
         )
     if "preset" not in config["normalization"]["cyclegan"]:
         config["normalization"]["cyclegan"]["preset"] = "cpu"
+    synthesis = config["synthesis"]
+    if synthesis["fewshot_max"] > synthesis["large_min"] + 1:
+        raise ConfigError(
+            "synthesis.fewshot_max",
+            f"{synthesis['fewshot_max']} is above large_min ({synthesis['large_min']}) + 1: "
+            "the routes would overlap",
+        )
+    classes = {
+        c for mapping in config["class_map"].values() for c in mapping.values() if c is not None
+    }
+    for name in synthesis["subsample"]:
+        if name not in classes:
+            raise ConfigError(
+                f"synthesis.subsample.{name}",
+                f"not a canonical class of the class map ({', '.join(sorted(classes))})",
+            )
+    for section in ("classifier", "cwgan", "fewshot"):
+        synthesis[section].setdefault("preset", "cpu")
     ratios = config["split"]
     total = ratios["train"] + ratios["val"] + ratios["test"]
     if abs(total - 1.0) > 1e-6:

@@ -178,6 +178,98 @@ def normalization_outputs():
     return outputs
 
 
+# ------------------------------------------------------------------------------ synthesis
+
+SYNTHESIS = config["synthesis"]
+SYNTH = f"{RESULTS}/synthesis"
+LABELLED_DOMAINS = sorted(
+    {spec["domain"] for spec in config["datasets"].values() if spec["labelled"]}
+)
+
+
+wildcard_constraints:
+    synth_class="[A-Za-z0-9_]+",
+
+
+def synthesis_pool_inputs(wildcards):
+    method = NORMALIZATION["method"]
+    inputs = {}
+    for domain in LABELLED_DOMAINS:
+        inputs[f"images_{domain}"] = (
+            f"{RESULTS}/normalized/{method}/{domain}/images.npy"
+        )
+        inputs[f"index_{domain}"] = (
+            f"{RESULTS}/normalized/{method}/{domain}/index.parquet"
+        )
+    return inputs
+
+
+def routing_params():
+    return {
+        key: SYNTHESIS[key]
+        for key in ("large_min", "fewshot_max", "mid_route", "target")
+    }
+
+
+def synthesis_options(section):
+    """A generator's options as given (preset + overrides), in canonical form."""
+    return json.loads(canonical_json(SYNTHESIS[section]))
+
+
+def read_routes():
+    import pandas as pd
+
+    path = checkpoints.synthesis_routes.get().output[0]
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def synthesis_classes(route=None):
+    """Classes that get synthetic images (of ``route`` if given)."""
+    routes = read_routes()
+    chosen = routes[(routes["to_generate"] > 0) & (routes["route"] != "none")]
+    if route is not None:
+        chosen = chosen[chosen["route"] == route]
+    return chosen["canonical_class"].tolist()
+
+
+def class_route(name):
+    routes = read_routes().set_index("canonical_class")
+    return routes.loc[name, "route"]
+
+
+def generator_model_path(name):
+    """The model file that generates class ``name``: the C-WGAN-GP or the few-shot GAN
+    adapted to it."""
+    if class_route(name) == "cwgan":
+        return f"{SYNTH}/cwgan/model.pt"
+    return f"{SYNTH}/fewshot/{name}/model.pt"
+
+
+def generator_model(wildcards):
+    return generator_model_path(wildcards.synth_class)
+
+
+def synthesis_sample_files(kind):
+    def inputs(wildcards):
+        return expand(f"{SYNTH}/samples/{{name}}/{kind}", name=synthesis_classes())
+
+    return inputs
+
+
+def synthesis_models(wildcards):
+    return {name: generator_model_path(name) for name in synthesis_classes()}
+
+
+def synthesis_outputs():
+    if not SYNTHESIS["enabled"]:
+        return []
+    return [
+        f"{SYNTH}/routes.csv",
+        f"{SYNTH}/balanced/manifest.parquet",
+        f"{SYNTH}/metrics.csv",
+    ]
+
+
 def get_final_output():
     """Targets of the stages built so far (config flags will add later stages)."""
     return [
@@ -189,4 +281,5 @@ def get_final_output():
         f"{RESULTS}/dedup/groups.csv",
         *expand(f"{RESULTS}/cache/{{domain}}/images.npy", domain=DOMAINS),
         *normalization_outputs(),
+        *synthesis_outputs(),
     ]

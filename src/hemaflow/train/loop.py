@@ -63,6 +63,19 @@ def log_device(device: torch.device, what: str = "training") -> str:
     return message
 
 
+def keyed_state_dir(
+    root: str | Path, kind: str, name: str, options: Mapping[str, Any], keys: Iterable[str]
+) -> Path:
+    """Where a model's resumable checkpoints live: outside the workflow's outputs (a failed
+    job's outputs are deleted), keyed by the options and the training record ids, so that
+    a changed config or new data never resumes a stale run."""
+    import json
+
+    digest = hashlib.sha256(json.dumps(dict(options), sort_keys=True, default=str).encode())
+    digest.update("\n".join(sorted(keys)).encode())
+    return Path(root) / kind / f"{name}-{digest.hexdigest()[:16]}"
+
+
 # ---------------------------------------------------------------------------------- images
 
 

@@ -1,0 +1,345 @@
+"""The synthesis stage's steps, from files to files (called by the workflow scripts).
+
+pool -> routes (checkpoint) -> real-data classifier -> C-WGAN-GP (one model over the
+classes routed to it) and few-shot GAN (meta-trained on the large classes, adapted per
+rare class) -> gated generation per class -> balanced training set, per-class metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.synth.balance import build_balanced, synthetic_rows
+from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, metrics_table, plot_samples
+from hemaflow.synth.generate import gate_summary, generate_gated
+from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
+from hemaflow.synth.quality import CopyDetector, GateSettings
+from hemaflow.synth.routing import generating, meta_training_classes, route_table
+from hemaflow.train.loop import keyed_state_dir
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(data: Any, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+
+
+def read_pool(images_path: str, index_path: str) -> tuple[np.ndarray, pd.DataFrame]:
+    return np.load(images_path, mmap_mode="r"), pd.read_parquet(index_path)
+
+
+def _state_dir(root: str, kind: str, name: str, options: Mapping, pool: pd.DataFrame, classes):
+    rows = pool[(pool["split"] == "train") & pool["canonical_class"].isin(list(classes))]
+    return keyed_state_dir(root, kind, name, options, rows["record_id"])
+
+
+# ----------------------------------------------------------------------------- pool, routes
+
+
+def write_pool(
+    caches: Mapping[str, tuple[str, str]],
+    subsample: Mapping[str, int],
+    seed: int,
+    out_images: str,
+    out_index: str,
+) -> pd.DataFrame:
+    """``caches``: domain -> (images.npy, index.parquet) of the normalized caches."""
+    loaded = {
+        domain: (np.load(images, mmap_mode="r"), pd.read_parquet(index))
+        for domain, (images, index) in caches.items()
+    }
+    images, pool = build_pool(loaded, subsample, seed)
+    np.save(out_images, images)
+    pool.to_parquet(out_index, index=False)
+    log.info("synthesis pool: %d labelled images from %s", len(pool), ", ".join(sorted(caches)))
+    return pool
+
+
+def write_routes(pool_index: str, settings: Mapping[str, Any], out_routes: str) -> pd.DataFrame:
+    pool = pd.read_parquet(pool_index)
+    table = route_table(train_counts(pool), settings)
+    table.to_csv(out_routes, index=False)
+    for row in table.itertuples():
+        log.info(
+            "%s: %d training images -> %s, %d to generate %s",
+            row.canonical_class,
+            row.count,
+            row.route,
+            row.to_generate,
+            f"({row.reason})" if row.reason else "",
+        )
+    return table
+
+
+def read_routes(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def train_classifier_stage(
+    pool_images: str,
+    pool_index: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """The real-data classifier over every class with training images (real train split
+    only): the C-WGAN-GP's third player and the quality gate's judge."""
+    from hemaflow.synth.cwgan import RealClassifierOptions, train_real_classifier
+
+    images, pool = read_pool(pool_images, pool_index)
+    classes = sorted(c for c, n in train_counts(pool).items() if n > 0)
+    train_images, labels = labelled_train(images, pool, classes)
+    options = RealClassifierOptions.from_config(options_section)
+    state = _state_dir(state_root, "classifier", "real", options_section, pool, classes)
+    summary = train_real_classifier(
+        train_images, labels, classes, options, state, out_model, log_csv=out_losses
+    )
+    _write_json(summary, out_summary)
+    return summary
+
+
+def train_cwgan_stage(
+    pool_images: str,
+    pool_index: str,
+    routes_csv: str,
+    classifier: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """One C-WGAN-GP over every class routed to it that needs images."""
+    from hemaflow.synth.cwgan import CWGANOptions, train_cwgan
+
+    images, pool = read_pool(pool_images, pool_index)
+    classes = generating(read_routes(routes_csv), "cwgan")
+    if not classes:
+        raise ValueError(f"{routes_csv}: no class is routed to cwgan with images to generate")
+    train_images, labels = labelled_train(images, pool, classes)
+    options = CWGANOptions.from_config(options_section)
+    state = _state_dir(state_root, "cwgan", "cwgan", options_section, pool, classes)
+    log.info("C-WGAN-GP over %s (%d training images)", ", ".join(classes), len(train_images))
+    summary = train_cwgan(
+        train_images, labels, classes, classifier, options, state, out_model, log_csv=out_losses
+    )
+    _write_json(summary, out_summary)
+    return summary
+
+
+def train_fewshot_meta_stage(
+    pool_images: str,
+    pool_index: str,
+    routes_csv: str,
+    large_min: int,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """Meta-train the few-shot GAN on tasks from the large classes."""
+    from hemaflow.synth.fewshot import FewShotOptions, train_fewshot_meta
+
+    images, pool = read_pool(pool_images, pool_index)
+    classes = meta_training_classes(read_routes(routes_csv), large_min)
+    if not classes:
+        raise ValueError(
+            f"few-shot meta-training needs large classes (more than synthesis.large_min = "
+            f"{large_min} training images); {routes_csv} has none"
+        )
+    train_images, labels = labelled_train(images, pool, classes)
+    options = FewShotOptions.from_config(options_section)
+    state = _state_dir(state_root, "fewshot", "meta", options_section, pool, classes)
+    log.info("few-shot meta-training on tasks from %s", ", ".join(classes))
+    summary = train_fewshot_meta(
+        train_images, labels, classes, options, state, out_model, log_csv=out_losses
+    )
+    _write_json(summary, out_summary)
+    return summary
+
+
+def adapt_fewshot_stage(
+    meta_model: str,
+    pool_images: str,
+    pool_index: str,
+    class_name: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """Adapt the meta-learned GAN to one rare class's few training images."""
+    from hemaflow.synth.fewshot import FewShotOptions, adapt_fewshot
+
+    images, pool = read_pool(pool_images, pool_index)
+    class_train = class_images(images, pool, class_name, ["train"])
+    options = FewShotOptions.from_config(options_section)
+    state = _state_dir(
+        state_root, "fewshot", f"adapt-{class_name}", options_section, pool, [class_name]
+    )
+    log.info("adapting the few-shot GAN to %s (%d images)", class_name, len(class_train))
+    summary = adapt_fewshot(meta_model, class_train, options, state, out_model, log_csv=out_losses)
+    _write_json(summary, out_summary)
+    return summary
+
+
+# -------------------------------------------------------------------------------- generation
+
+
+def _sampler(route: str, model_path: str, class_name: str):
+    """(n, seed) -> uint8 images of ``class_name`` from the route's model file."""
+    if route == "cwgan":
+        from hemaflow.synth.cwgan import generate_cwgan, load_cwgan
+
+        generator, names, _ = load_cwgan(model_path)
+        if class_name not in names:
+            raise ValueError(f"{model_path}: the C-WGAN-GP was not trained on {class_name!r}")
+        index = names.index(class_name)
+        return lambda n, seed: generate_cwgan(generator, index, n, seed)
+    if route == "fewshot":
+        from hemaflow.synth.fewshot import generate_fewshot, load_fewshot
+
+        generator, code, _ = load_fewshot(model_path)
+        return lambda n, seed: generate_fewshot(generator, code, n, seed)
+    raise ValueError(f"route {route!r} has no generator")
+
+
+def generate_stage(
+    class_name: str,
+    routes_csv: str,
+    model_path: str,
+    classifier_path: str,
+    pool_images: str,
+    pool_index: str,
+    gate_section: Mapping[str, Any],
+    seed: int,
+    max_candidates_factor: float,
+    out_images: str,
+    out_candidates: str,
+    out_summary: str,
+) -> dict:
+    """Generate ``class_name`` through the quality gate up to its target count."""
+    from hemaflow.synth.cwgan import classify, load_real_classifier
+
+    routes = read_routes(routes_csv).set_index("canonical_class")
+    route, n_needed = routes.loc[class_name, "route"], int(routes.loc[class_name, "to_generate"])
+    images, pool = read_pool(pool_images, pool_index)
+    net, classifier_classes, _ = load_real_classifier(classifier_path)
+    copies = CopyDetector(
+        class_images(images, pool, class_name, ["train"]),
+        GateSettings.from_config(gate_section).copy_max_hamming,
+    )
+    accepted, candidates = generate_gated(
+        _sampler(route, model_path, class_name),
+        lambda batch: classify(net, batch),
+        class_name,
+        list(classifier_classes),
+        n_needed,
+        copies,
+        GateSettings.from_config(gate_section),
+        seed,
+        max_candidates_factor=max_candidates_factor,
+    )
+    size = images.shape[1:3]
+    if len(accepted) == 0:
+        accepted = np.zeros((0, *size, 3), np.uint8)
+    np.save(out_images, accepted)
+    candidates.to_parquet(out_candidates, index=False)
+    summary = gate_summary(class_name, route, n_needed, candidates)
+    summary["model"] = model_path
+    _write_json(summary, out_summary)
+    log.info("%s: %s", class_name, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------ balanced, metrics
+
+
+def balanced_stage(
+    pool_images: str,
+    pool_index: str,
+    routes_csv: str,
+    samples: Mapping[str, tuple[str, str, str]],
+    gate_summaries: Sequence[str],
+    out_images: str,
+    out_manifest: str,
+    out_gate: str,
+) -> pd.DataFrame:
+    """``samples``: class -> (images.npy, candidates.parquet, model path)."""
+    images, pool = read_pool(pool_images, pool_index)
+    routes = read_routes(routes_csv).set_index("canonical_class")
+    synthetic = {}
+    for name, (images_path, candidates_path, model_path) in samples.items():
+        candidates = pd.read_parquet(candidates_path)
+        rows = synthetic_rows(name, routes.loc[name, "route"], model_path, candidates)
+        synthetic[name] = (np.load(images_path), rows)
+    balanced, manifest = build_balanced(images, pool, synthetic)
+    np.save(out_images, balanced)
+    manifest.to_parquet(out_manifest, index=False)
+    gates = []
+    for path in gate_summaries:
+        with open(path) as handle:
+            gates.append(json.load(handle))
+    gate = pd.DataFrame(gates)
+    gate.to_csv(out_gate, index=False)
+    counts = manifest.groupby(["canonical_class", "origin"]).size().unstack(fill_value=0)
+    log.info("balanced training set:\n%s", counts.to_string())
+    return manifest
+
+
+def metrics_stage(
+    pool_images: str,
+    pool_index: str,
+    routes_csv: str,
+    samples: Mapping[str, tuple[str, str]],
+    max_images: int,
+    fid_min_images: int,
+    out_csv: str,
+    out_grid: str,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-class metrics of the used synthetic images against real held-out images.
+    ``samples``: class -> (images.npy, candidates.parquet)."""
+    from hemaflow.metrics import InceptionFeatures, get_lpips
+
+    images, pool = read_pool(pool_images, pool_index)
+    routes = read_routes(routes_csv).set_index("canonical_class")
+    inception, lpips_model = InceptionFeatures(), get_lpips()
+    rows, real_grid, fake_grid = [], {}, {}
+    for name in sorted(samples):
+        images_path, candidates_path = samples[name]
+        synthetic = np.load(images_path)
+        candidates = pd.read_parquet(candidates_path)
+        accuracy = (
+            float((candidates["predicted_class"] == name).mean()) if len(candidates) else None
+        )
+        real = class_images(images, pool, name, HELD_OUT_SPLITS)
+        metrics = class_metrics(
+            synthetic,
+            real,
+            accuracy,
+            inception=inception,
+            lpips_model=lpips_model,
+            max_images=max_images,
+            fid_min_images=fid_min_images,
+            seed=seed,
+        )
+        rows.append({"canonical_class": name, "route": routes.loc[name, "route"], **metrics})
+        real_grid[name], fake_grid[name] = real[:8], synthetic[:8]
+    table = metrics_table(rows)
+    table.to_csv(out_csv, index=False)
+    plot_samples(real_grid, fake_grid, out_grid, "real held-out | synthetic, per class")
+    return table

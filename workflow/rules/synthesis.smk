@@ -1,0 +1,238 @@
+rule synthesis_pool:
+    """Labelled images of every domain after normalization, with splits; subsampling."""
+    input:
+        unpack(synthesis_pool_inputs),
+    output:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    log:
+        "logs/synthesis/pool.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        domains=LABELLED_DOMAINS,
+        subsample=json.loads(canonical_json(SYNTHESIS["subsample"])),
+        seed=SYNTHESIS["seed"],
+    script:
+        "../scripts/synthesis_pool.py"
+
+
+checkpoint synthesis_routes:
+    """Route table: training count, route and images to generate per class."""
+    input:
+        f"{SYNTH}/pool/index.parquet",
+    output:
+        report(
+            f"{SYNTH}/routes.csv",
+            caption="../report/synthesis_routes.rst",
+            category="synthesis",
+            subcategory="routing",
+        ),
+    log:
+        "logs/synthesis/routes.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        settings=routing_params(),
+    script:
+        "../scripts/synthesis_routes.py"
+
+
+rule train_real_classifier:
+    """Classifier on real training images: the C-WGAN-GP's third player and the gate."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    output:
+        model=f"{SYNTH}/classifier/model.pt",
+        losses=f"{SYNTH}/classifier/losses.csv",
+        summary=f"{SYNTH}/classifier/summary.json",
+    log:
+        "logs/synthesis/train_real_classifier.log",
+    benchmark:
+        "benchmarks/synthesis/train_real_classifier.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=synthesis_options("classifier"),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_real_classifier.py"
+
+
+rule train_cwgan:
+    """One classifier-guided conditional WGAN-GP over the classes routed to it."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        routes=f"{SYNTH}/routes.csv",
+        classifier=f"{SYNTH}/classifier/model.pt",
+    output:
+        model=f"{SYNTH}/cwgan/model.pt",
+        losses=f"{SYNTH}/cwgan/losses.csv",
+        summary=f"{SYNTH}/cwgan/summary.json",
+    log:
+        "logs/synthesis/train_cwgan.log",
+    benchmark:
+        "benchmarks/synthesis/train_cwgan.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=synthesis_options("cwgan"),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_cwgan.py"
+
+
+rule train_fewshot_meta:
+    """Meta-train the few-shot GAN (Reptile) on tasks from the large classes."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        routes=f"{SYNTH}/routes.csv",
+    output:
+        model=f"{SYNTH}/fewshot/meta/model.pt",
+        losses=f"{SYNTH}/fewshot/meta/losses.csv",
+        summary=f"{SYNTH}/fewshot/meta/summary.json",
+    log:
+        "logs/synthesis/train_fewshot_meta.log",
+    benchmark:
+        "benchmarks/synthesis/train_fewshot_meta.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=synthesis_options("fewshot"),
+        large_min=SYNTHESIS["large_min"],
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_fewshot_meta.py"
+
+
+rule adapt_fewshot:
+    """Adapt the meta-learned few-shot GAN to one rare class."""
+    input:
+        meta=f"{SYNTH}/fewshot/meta/model.pt",
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    output:
+        model=f"{SYNTH}/fewshot/{{synth_class}}/model.pt",
+        losses=f"{SYNTH}/fewshot/{{synth_class}}/losses.csv",
+        summary=f"{SYNTH}/fewshot/{{synth_class}}/summary.json",
+    log:
+        "logs/synthesis/adapt_fewshot/{synth_class}.log",
+    benchmark:
+        "benchmarks/synthesis/adapt_fewshot/{synth_class}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=synthesis_options("fewshot"),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/adapt_fewshot.py"
+
+
+rule generate_class:
+    """Synthetic images of one class through the quality gate."""
+    input:
+        model=generator_model,
+        routes=f"{SYNTH}/routes.csv",
+        classifier=f"{SYNTH}/classifier/model.pt",
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    output:
+        images=f"{SYNTH}/samples/{{synth_class}}/images.npy",
+        candidates=f"{SYNTH}/samples/{{synth_class}}/candidates.parquet",
+        summary=f"{SYNTH}/samples/{{synth_class}}/gate.json",
+    log:
+        "logs/synthesis/generate/{synth_class}.log",
+    benchmark:
+        "benchmarks/synthesis/generate/{synth_class}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        gate=SYNTHESIS["quality_gate"],
+        seed=SYNTHESIS["seed"],
+        max_candidates_factor=SYNTHESIS["max_candidates_factor"],
+    script:
+        "../scripts/generate_class.py"
+
+
+rule balanced_training_set:
+    """Real training images plus the accepted synthetic ones, with provenance."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        routes=f"{SYNTH}/routes.csv",
+        samples=synthesis_sample_files("images.npy"),
+        candidates=synthesis_sample_files("candidates.parquet"),
+        gates=synthesis_sample_files("gate.json"),
+    output:
+        images=f"{SYNTH}/balanced/images.npy",
+        manifest=f"{SYNTH}/balanced/manifest.parquet",
+        gate=report(
+            f"{SYNTH}/gate.csv",
+            caption="../report/synthesis_gate.rst",
+            category="synthesis",
+            subcategory="quality gate",
+        ),
+    log:
+        "logs/synthesis/balanced.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        models=synthesis_models,
+    script:
+        "../scripts/balanced_training_set.py"
+
+
+rule synthesis_metrics:
+    """Per-class KID/FID, LPIPS diversity, precision/recall and a sample grid."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        routes=f"{SYNTH}/routes.csv",
+        samples=synthesis_sample_files("images.npy"),
+        candidates=synthesis_sample_files("candidates.parquet"),
+    output:
+        metrics=report(
+            f"{SYNTH}/metrics.csv",
+            caption="../report/synthesis_metrics.rst",
+            category="synthesis",
+            subcategory="metrics",
+        ),
+        grid=report(
+            f"{SYNTH}/grid.png",
+            caption="../report/synthesis_grid.rst",
+            category="synthesis",
+            subcategory="samples",
+        ),
+    log:
+        "logs/synthesis/metrics.log",
+    benchmark:
+        "benchmarks/synthesis/metrics.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        max_images=SYNTHESIS["metrics_max_images"],
+        fid_min_images=SYNTHESIS["fid_min_images"],
+        seed=SYNTHESIS["seed"],
+    script:
+        "../scripts/synthesis_metrics.py"

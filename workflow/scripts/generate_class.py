@@ -1,0 +1,21 @@
+import torch
+
+from hemaflow.logs import setup_logging
+from hemaflow.synth.stages import generate_stage
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+generate_stage(
+    snakemake.wildcards.synth_class,
+    snakemake.input.routes,
+    snakemake.input.model,
+    snakemake.input.classifier,
+    snakemake.input.images,
+    snakemake.input.index,
+    snakemake.params.gate,
+    snakemake.params.seed,
+    snakemake.params.max_candidates_factor,
+    out_images=snakemake.output.images,
+    out_candidates=snakemake.output.candidates,
+    out_summary=snakemake.output.summary,
+)
