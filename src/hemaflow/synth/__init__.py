@@ -1,0 +1,1 @@
+"""Synthetic images for the classes that need them: C-WGAN-GP and few-shot generators."""
