@@ -1,0 +1,369 @@
+"""C-WGAN-GP networks, the real-data classifier and the conditional GAN trained on real pbc
+cells at 32 px with tiny options: shapes, losses, model files, generation by seed,
+bit-exact resume after a kill, refusals and input checks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hemaflow.models.cwgan import CWGANGenerator, ResidualClassifier, ResidualCritic
+from hemaflow.synth.cwgan import (
+    CLASSIFIER_PRESETS,
+    CWGAN_LOSS_COLUMNS,
+    CWGAN_PRESETS,
+    BalancedRows,
+    CWGANOptions,
+    RealClassifierOptions,
+    classify,
+    generate_cwgan,
+    load_cwgan,
+    load_real_classifier,
+    train_cwgan,
+    train_real_classifier,
+)
+from hemaflow.train.loop import list_checkpoints
+
+torch.set_num_threads(1)
+
+CLASSES = ("basophil", "eosinophil", "neutrophil")
+PER_CLASS = 6
+
+# ------------------------------------------------------------------------------ real cells
+
+
+def _load_square(paths: list[Path], size: int) -> np.ndarray:
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            x0, y0 = (image.width - side) // 2, (image.height - side) // 2
+            square = image.crop((x0, y0, x0 + side, y0 + side))
+            images.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
+    return np.stack(images)
+
+
+@pytest.fixture(scope="module")
+def pbc32(shared_datasets: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """6 real pbc cells from each of 3 classes, 32 px, labels indexing CLASSES."""
+    paths, labels = [], []
+    for index, name in enumerate(CLASSES):
+        # hidden files (".DS_*.jpg") are known broken entries of the shared data
+        found = [
+            p
+            for p in sorted((shared_datasets / "pbc" / name).glob("*.jpg"))
+            if not p.name.startswith(".")
+        ][:PER_CLASS]
+        assert len(found) == PER_CLASS
+        paths += found
+        labels += [index] * PER_CLASS
+    return _load_square(paths, 32), np.array(labels, np.int64), list(CLASSES)
+
+
+CLASSIFIER_TINY = dict(
+    image_size=32,
+    width=8,
+    blocks_1=1,
+    blocks_2=1,
+    blocks_3=1,
+    batch_size=6,
+    iterations=4,
+    checkpoint_every=2,
+    log_every=1,
+    seed=3,
+)
+GAN_TINY = dict(
+    image_size=32,
+    width=8,
+    z_dim=16,
+    embed_dim=4,
+    g_blocks_low=1,
+    g_blocks_high=1,
+    d_blocks_1=1,
+    d_blocks_2=1,
+    d_blocks_3=0,
+    n_critic=2,
+    batch_size=6,
+    iterations=4,
+    checkpoint_every=2,
+    log_every=1,
+    seed=7,
+)
+# the GAN's classes, in another order than the classifier's (mapped by name)
+ROUTED = ["eosinophil", "basophil"]
+
+
+def tiny_classifier(**overrides) -> RealClassifierOptions:
+    return RealClassifierOptions.from_config({"preset": "cpu", **CLASSIFIER_TINY, **overrides})
+
+
+def tiny_gan(**overrides) -> CWGANOptions:
+    return CWGANOptions.from_config({"preset": "cpu", **GAN_TINY, **overrides})
+
+
+def routed(pbc32) -> tuple[np.ndarray, np.ndarray]:
+    images, labels, names = pbc32
+    keep = np.isin(labels, [names.index(n) for n in ROUTED])
+    new_labels = np.array([ROUTED.index(names[label]) for label in labels[keep]], np.int64)
+    return images[keep], new_labels
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def classifier_file(pbc32, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("classifier")
+    summary = train_real_classifier(
+        *pbc32, tiny_classifier(), root / "state", root / "model.pt", root / "losses.csv"
+    )
+    return {"root": root, "path": root / "model.pt", "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def trained(pbc32, classifier_file, tmp_path_factory) -> dict:
+    """An uninterrupted tiny C-WGAN-GP run."""
+    root = tmp_path_factory.mktemp("cwgan")
+    summary = train_cwgan(
+        *routed(pbc32),
+        ROUTED,
+        classifier_file["path"],
+        tiny_gan(),
+        root / "state",
+        root / "model.pt",
+        root / "losses.csv",
+    )
+    return {"root": root, "summary": summary}
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_network_shapes(size):
+    torch.manual_seed(0)
+    generator = CWGANGenerator(3, z_dim=16, image_size=size, width=8, embed_dim=4, blocks=(2, 4))
+    images = generator(torch.randn(2, 16), torch.tensor([0, 2]))
+    assert images.shape == (2, 3, size, size) and images.abs().max() <= 1.0
+    assert generator.start == size // 2
+
+    critic = ResidualCritic(1, image_size=size, width=8, blocks=(2, 4, 4))
+    assert critic(images).shape == (2, 1)
+    assert critic.body(images).shape == (2, 8, 8, 8)  # down to width x 8 x 8
+    pools = sum(isinstance(m, torch.nn.AvgPool2d) for m in critic.modules())
+    assert pools == {32: 1, 64: 2}[size]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
+
+    classifier = ResidualClassifier(5, image_size=size, width=8, dropout=0.2)
+    assert classifier(images).shape == (2, 5)
+
+    projection = ResidualCritic(1, image_size=size, width=8, n_classes=3)
+    assert projection(images, torch.tensor([0, 1])).shape == (2, 1)
+    with pytest.raises(ValueError, match="labels"):
+        projection(images)
+
+
+def test_network_arguments_are_checked():
+    with pytest.raises(ValueError, match="image_size"):
+        ResidualCritic(1, image_size=48)
+    with pytest.raises(ValueError, match="image_size"):
+        CWGANGenerator(2, image_size=100)
+    with pytest.raises(ValueError, match="n_classes"):
+        CWGANGenerator(0)
+    with pytest.raises(ValueError, match="blocks"):
+        CWGANGenerator(2, blocks=(2,))
+
+
+def test_balanced_rows_draw_classes_uniformly():
+    labels = np.array([0] * 2 + [1] * 200 + [2] * 20)
+    rows, classes = BalancedRows(labels, 3).draw(np.random.default_rng(0), 6000)
+    assert np.array_equal(labels[rows], classes)
+    assert np.allclose(np.bincount(classes) / 6000, 1 / 3, atol=0.03)
+    assert set(rows[classes == 0]) == {0, 1}
+
+
+# --------------------------------------------------------------------------------- options
+
+
+def test_presets():
+    cpu, paper = CWGANOptions.from_config({"preset": "cpu"}), CWGAN_PRESETS["paper"]
+    assert cpu.image_size == 64 and paper.image_size == 64 and paper.width == 64
+    assert paper.generator_blocks == (2, 4) and paper.critic_blocks == (2, 4, 4)
+    assert paper.iterations == 100_000 and paper.batch_size == 64
+    assert (paper.lambda_gp, paper.n_critic, paper.lr) == (10.0, 5, 1e-4)
+    assert (paper.beta1, paper.beta2, paper.ema_decay) == (0.0, 0.9, 0.999)
+    assert paper.critic_conditioning == "none"
+    assert RealClassifierOptions.from_config({"preset": "paper", "lr": "5e-4"}).lr == 5e-4
+    assert CLASSIFIER_PRESETS["cpu"].label_smoothing == 0.1
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key"),
+    [
+        (CWGANOptions, {"lamda_gp": 5}, "lamda_gp"),
+        (CWGANOptions, {"n_critic": 0}, "n_critic"),
+        (CWGANOptions, {"image_size": 48}, "image_size"),
+        (CWGANOptions, {"beta2": 1.5}, "beta2"),
+        (CWGANOptions, {"critic_conditioning": "acgan"}, "critic_conditioning"),
+        (CWGANOptions, {"width": "wide"}, "width"),
+        (RealClassifierOptions, {"dropuot": 0.1}, "dropuot"),
+        (RealClassifierOptions, {"label_smoothing": 1.0}, "label_smoothing"),
+        (RealClassifierOptions, {"preset": "gpu"}, "preset"),
+    ],
+)
+def test_options_name_the_bad_key(cls, section, key):
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        cls.from_config(section)
+
+
+# ------------------------------------------------------------------------------ classifier
+
+
+def test_real_classifier_trains_and_classifies(classifier_file, pbc32):
+    summary = classifier_file["summary"]
+    assert summary["completed"] and summary["iterations"] == 4
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
+    rows = _read_log(classifier_file["root"] / "losses.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    net, names, options = load_real_classifier(classifier_file["path"])
+    assert names == list(CLASSES) and options == tiny_classifier() and not net.training
+    images = pbc32[0]
+    probabilities = classify(net, images, batch_size=7)
+    assert probabilities.shape == (len(images), 3) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # other sizes are resized to the classifier's
+    bigger = np.repeat(np.repeat(images[:2], 2, axis=1), 2, axis=2)
+    assert classify(net, bigger).shape == (2, 3)
+    with pytest.raises(ValueError, match="images"):
+        classify(net, images.astype(np.float32))
+
+
+# -------------------------------------------------------------------------------- the GAN
+
+
+def test_cwgan_trains_writes_a_model_and_generates_by_seed(trained):
+    summary, root = trained["summary"], trained["root"]
+    assert summary["completed"] and summary["iterations"] == 4
+    assert all(np.isfinite(v) for v in summary["final_losses"].values())
+    assert set(summary["final_losses"]) == set(CWGAN_LOSS_COLUMNS) - {"iteration", "lr", "seconds"}
+    rows = _read_log(root / "losses.csv")
+    assert list(rows[0]) == list(CWGAN_LOSS_COLUMNS)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(float(v)) for r in rows for v in r.values())
+    assert all(0.0 <= float(r["class_acc_fake"]) <= 1.0 for r in rows)
+
+    generator, names, options = load_cwgan(root / "model.pt")
+    assert names == ROUTED and options == tiny_gan() and not generator.training
+    images = generate_cwgan(generator, 1, 5, seed=11, batch_size=2)
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert np.array_equal(images, generate_cwgan(generator, 1, 5, seed=11))
+    assert not np.array_equal(images, generate_cwgan(generator, 1, 5, seed=12))
+    assert not np.array_equal(images, generate_cwgan(generator, 0, 5, seed=11))
+    assert generate_cwgan(generator, 0, 0, seed=1).shape == (0, 32, 32, 3)
+    with pytest.raises(ValueError, match="class_index"):
+        generate_cwgan(generator, 2, 1, seed=1)
+    with pytest.raises(ValueError, match="'n'|n must"):
+        generate_cwgan(generator, 0, -1, seed=1)
+
+
+def test_resume_after_a_kill_is_bit_identical(trained, pbc32, classifier_file, tmp_path):
+    state, model, losses = tmp_path / "state", tmp_path / "model.pt", tmp_path / "losses.csv"
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], tiny_gan(), state, model, losses)
+    stopped = train_cwgan(*args, max_iterations_this_run=3)  # killed after the row of 3
+    assert stopped["iterations"] == 3 and not stopped["completed"] and not model.exists()
+    assert len(_read_log(losses)) == 3
+    resumed = train_cwgan(*args)
+    assert resumed["resumed_from"] == 2 and resumed["iterations_this_run"] == 2
+
+    straight = torch.load(trained["root"] / "model.pt", weights_only=True)
+    again = torch.load(model, weights_only=True)
+    assert straight["G_ema"].keys() == again["G_ema"].keys()
+    assert all(torch.equal(straight["G_ema"][k], again["G_ema"][k]) for k in straight["G_ema"])
+    last = [
+        torch.load(p, weights_only=False)
+        for _, p in (list_checkpoints(trained["root"] / "state")[-1], list_checkpoints(state)[-1])
+    ]
+    for name in ("G", "D"):
+        a, b = last[0]["model"][name], last[1]["model"][name]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _without_seconds(_read_log(losses)) == _without_seconds(
+        _read_log(trained["root"] / "losses.csv")
+    )
+
+
+def test_resume_refuses_changed_options(pbc32, classifier_file, tmp_path):
+    args = (*routed(pbc32), ROUTED, classifier_file["path"])
+    state, model = tmp_path / "state", tmp_path / "model.pt"
+    train_cwgan(*args, tiny_gan(), state, model, max_iterations_this_run=2)
+    with pytest.raises(ValueError, match="'lambda_class'"):
+        train_cwgan(*args, tiny_gan(lambda_class=0.5), state, model)
+
+
+def test_projection_critic_trains(pbc32, classifier_file, tmp_path):
+    summary = train_cwgan(
+        *routed(pbc32),
+        ROUTED,
+        classifier_file["path"],
+        tiny_gan(critic_conditioning="projection", iterations=1, ema_decay=0.0),
+        tmp_path / "state",
+        tmp_path / "model.pt",
+    )
+    assert summary["completed"] and all(np.isfinite(v) for v in summary["final_losses"].values())
+
+
+def test_a_class_missing_from_the_classifier_is_named(pbc32, classifier_file, tmp_path):
+    images, labels = routed(pbc32)
+    with pytest.raises(ValueError, match="monocyte"):
+        train_cwgan(
+            images,
+            labels,
+            ["basophil", "monocyte"],
+            classifier_file["path"],
+            tiny_gan(),
+            tmp_path / "state",
+            tmp_path / "model.pt",
+        )
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda i, lab, n: (i, lab + 1, n), "labels out of range"),
+        (lambda i, lab, n: (i, lab.astype(np.float32), n), "labels must be a 1-D integer"),
+        (lambda i, lab, n: (i, lab, [*n, "monocyte"]), "empty class: no images labelled monocyte"),
+        (lambda i, lab, n: (i.astype(np.float32), lab, n), "images: expected uint8"),
+        (lambda i, lab, n: (i, lab[:-1], n), "labels for"),
+        (lambda i, lab, n: (i, lab, [n[0], n[0]]), "duplicates"),
+        (lambda i, lab, n: (i, lab, []), "class_names is empty"),
+    ],
+)
+def test_inputs_are_checked(pbc32, classifier_file, tmp_path, change, message):
+    images, labels, names = change(*routed(pbc32), list(ROUTED))
+    with pytest.raises(ValueError, match=message):
+        train_cwgan(
+            images,
+            labels,
+            names,
+            classifier_file["path"],
+            tiny_gan(),
+            tmp_path / "state",
+            tmp_path / "model.pt",
+        )
+    with pytest.raises(ValueError, match=message):
+        train_real_classifier(
+            images, labels, names, tiny_classifier(), tmp_path / "s", tmp_path / "m.pt"
+        )
