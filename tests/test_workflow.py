@@ -34,6 +34,61 @@ TINY_CYCLEGAN = {
     "checkpoint_every": 2,
     "log_every": 1,
 }
+# the smallest synthesis settings that run both routes on the subset above: the pbc-only
+# classes (21 training images at 30 per class) go to the few-shot GAN (fewer than 22),
+# basophil (24, with bccd's and zheng's) to the C-WGAN-GP as a mid class, eosinophil and
+# neutrophil (more than 90) are the large classes; every class filled up to 50
+TINY_SYNTHESIS = {
+    "large_min": 90,
+    "fewshot_max": 22,
+    "target": 50,
+    "classifier": {
+        "preset": "cpu",
+        "image_size": 32,
+        "width": 8,
+        "blocks_1": 1,
+        "blocks_2": 1,
+        "blocks_3": 1,
+        "batch_size": 8,
+        "iterations": 4,
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
+    "cwgan": {
+        "preset": "cpu",
+        "image_size": 32,
+        "width": 8,
+        "z_dim": 16,
+        "embed_dim": 4,
+        "g_blocks_low": 1,
+        "g_blocks_high": 1,
+        "d_blocks_1": 1,
+        "d_blocks_2": 1,
+        "d_blocks_3": 0,
+        "n_critic": 2,
+        "batch_size": 8,
+        "iterations": 4,
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
+    "fewshot": {
+        "preset": "cpu",
+        "image_size": 32,
+        "width": 4,
+        "code_dim": 8,
+        "noise_dim": 8,
+        "shots": 3,
+        "batch_size": 4,
+        "meta_iterations": 3,
+        "inner_steps": 2,
+        "adapt_iterations": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
+    "quality_gate": {"min_confidence": 0.0},
+    "metrics_max_images": 20,
+    "fid_min_images": 1000,
+}
 
 
 def link_subset(shared: Path, root: Path) -> None:
@@ -96,6 +151,7 @@ def write_config(workdir: Path, data_root: Path, **changes) -> None:
     config["data_root"] = str(data_root)
     config["normalization"]["cyclegan"] = dict(TINY_CYCLEGAN)
     config["normalization"]["metrics_max_images"] = 20
+    config["synthesis"] = json.loads(json.dumps(TINY_SYNTHESIS))
     for key, value in changes.items():
         section, _, name = key.partition(".")
         if name:
@@ -171,6 +227,41 @@ def test_normalization_outputs(workflow_run):
         assert (results / "normalization" / "grids" / f"{a}_to_{b}.png").stat().st_size > 5_000
     log = (workdir / "logs" / "normalization" / "train_cyclegan" / f"{a}_to_{b}.log").read_text()
     assert "cpu" in log
+
+
+def test_synthesis_outputs(workflow_run):
+    _, workdir = workflow_run
+    synth = workdir / "results" / "synthesis"
+    routes = pd.read_csv(synth / "routes.csv", keep_default_na=False)
+    assert set(routes["route"]) >= {"cwgan", "fewshot"}
+    pool = pd.read_parquet(synth / "pool" / "index.parquet")
+    counts = pool[pool["split"] == "train"]["canonical_class"].value_counts()
+    for row in routes.itertuples():
+        assert row.count == counts.get(row.canonical_class, 0)
+        expected = "fewshot" if row.count < 22 else "cwgan"
+        assert row.route == expected
+        assert row.to_generate == max(0, 50 - row.count)
+    manifest = pd.read_parquet(synth / "balanced" / "manifest.parquet")
+    images = np.load(synth / "balanced" / "images.npy")
+    assert len(images) == len(manifest)
+    real = manifest[manifest["origin"] == "real"]
+    assert len(real) == (pool["split"] == "train").sum()
+    synthetic = manifest[manifest["origin"] == "synthetic"]
+    assert set(synthetic["generator"]) == {"cwgan", "fewshot"}
+    assert synthetic["checkpoint_sha256"].str.len().eq(64).all() and (synthetic["seed"] >= 0).all()
+    gate = pd.read_csv(synth / "gate.csv")
+    for row in gate.itertuples():
+        assert row.used + row.shortfall == row.needed
+        n = (synthetic["canonical_class"] == row.canonical_class).sum()
+        assert n == row.used
+    metrics = pd.read_csv(synth / "metrics.csv")
+    assert set(metrics["canonical_class"]) == set(gate["canonical_class"])
+    assert metrics["kid"].notna().any()
+    assert (synth / "grid.png").stat().st_size > 5_000
+    # generators saw training images only: the pool's non-train rows are never in a model's
+    # training data (the logs name the training-image counts)
+    log = (workdir / "logs" / "synthesis" / "train_cwgan.log").read_text()
+    assert "C-WGAN-GP over" in log
 
 
 def test_rerun_behaviour(workflow_run):

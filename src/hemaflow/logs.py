@@ -16,4 +16,12 @@ def setup_logging(path: str | None = None, level: int = logging.INFO) -> logging
         handlers=handlers,
         force=True,
     )
-    return logging.getLogger("hemaflow")
+    logger = logging.getLogger("hemaflow")
+
+    def log_uncaught(kind, value, traceback):  # the reason of a failed job lands in its log
+        logger.critical(
+            "job failed: %s: %s", kind.__name__, value, exc_info=(kind, value, traceback)
+        )
+
+    sys.excepthook = log_uncaught
+    return logger

@@ -20,7 +20,7 @@ from hemaflow.synth.generate import gate_summary, generate_gated
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
 from hemaflow.synth.quality import CopyDetector, GateSettings
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
-from hemaflow.train.loop import keyed_state_dir
+from hemaflow.train.loop import keyed_state_dir, resize_images
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,12 @@ def generate_stage(
         class_images(images, pool, class_name, ["train"]),
         GateSettings.from_config(gate_section).copy_max_hamming,
     )
+    # a generator may work at a lower resolution than the data: judged and stored at the
+    # data's size
+    size = images.shape[1]
+    sample = _sampler(route, model_path, class_name)
     accepted, candidates = generate_gated(
-        _sampler(route, model_path, class_name),
+        lambda n, seed: resize_images(sample(n, seed), size),
         lambda batch: classify(net, batch),
         class_name,
         list(classifier_classes),
@@ -253,9 +257,8 @@ def generate_stage(
         seed,
         max_candidates_factor=max_candidates_factor,
     )
-    size = images.shape[1:3]
     if len(accepted) == 0:
-        accepted = np.zeros((0, *size, 3), np.uint8)
+        accepted = np.zeros((0, size, size, 3), np.uint8)
     np.save(out_images, accepted)
     candidates.to_parquet(out_candidates, index=False)
     summary = gate_summary(class_name, route, n_needed, candidates)
