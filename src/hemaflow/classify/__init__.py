@@ -1,0 +1,1 @@
+"""White-blood-cell classifiers: options, training with early stopping, inference."""
