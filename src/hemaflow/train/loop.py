@@ -8,6 +8,9 @@ A *trainer* is any object with
 - ``state_dict()`` / ``load_state_dict(state)``: networks, optimizers, schedules, ...;
 - ``modules()``: the networks (put in train mode before the loop).
 
+A trainer may also have ``should_stop() -> bool`` (early stopping): when it returns True
+after an iteration, the run checkpoints there and ends as completed.
+
 ``run_training`` checkpoints the trainer, the step and the RNG states (torch, CUDA, numpy,
 python) every ``checkpoint_every`` steps into ``state_dir`` (outside the workflow's declared
 outputs, which Snakemake deletes when a job fails), resumes from the newest readable
@@ -372,8 +375,10 @@ def run_training(
     """Run ``trainer`` to ``total_iterations`` steps, resuming from ``state_dir``.
 
     ``loss_columns`` starts with ``iteration`` and may name ``lr`` and ``seconds``;
-    ``lr_of()`` returns the current learning rate for the log. Returns a summary:
-    iterations, completed, resumed_from, seconds, seconds_per_iteration, device,
+    ``lr_of()`` returns the current learning rate for the log. A trainer with
+    ``should_stop()`` that returns True ends the run after that iteration (checkpointed,
+    logged, ``completed`` and ``stopped_early`` True). Returns a summary: iterations,
+    completed, stopped_early, resumed_from, seconds, seconds_per_iteration, device,
     final_losses. The caller writes the finished model when ``completed``."""
     state_dir = Path(state_dir)
     options = dict(options)
@@ -413,6 +418,11 @@ def run_training(
             },
         )
 
+    should_stop = getattr(trainer, "should_stop", None)
+
+    def stopped_early() -> bool:
+        return should_stop is not None and bool(should_stop())
+
     stop = total_iterations
     if max_iterations_this_run is not None:
         stop = min(total_iterations, step + max_iterations_this_run)
@@ -420,11 +430,13 @@ def run_training(
     for module in trainer.modules():
         module.train()
     losses: Mapping[str, Any] = {}
-    while step < stop:
+    early = stopped_early()  # a resumed run whose last checkpoint had already stopped
+    while step < stop and not early:
         lr = lr_of() if lr_of is not None else float("nan")
         losses = trainer.train_iteration()
         step += 1
-        is_last = step == total_iterations
+        early = stopped_early()
+        is_last = step == total_iterations or early
         logged = step % log_every == 0 or is_last
         if logged or step % checkpoint_every == 0:
             last_losses = {name: float(value) for name, value in losses.items()}
@@ -444,7 +456,8 @@ def run_training(
     summary = {
         "iterations": step,
         "total_iterations": total_iterations,
-        "completed": step >= total_iterations,
+        "completed": step >= total_iterations or early,
+        "stopped_early": early and step < total_iterations,
         "resumed_from": resumed_from,
         "iterations_this_run": done,
         "seconds": elapsed_before + seconds_this_run,
@@ -453,7 +466,9 @@ def run_training(
         "device": str(device),
         "final_losses": last_losses,
     }
-    if step < total_iterations:
+    if early and step < total_iterations:
+        log.info("%s: stopped early at iteration %d of %d", kind, step, total_iterations)
+    elif step < total_iterations:
         log.info(
             "%s: stopped at iteration %d of %d (max_iterations_this_run=%s); no model written",
             kind,
