@@ -14,6 +14,7 @@ include: "workflow/rules/dedup.smk"
 include: "workflow/rules/subgroup.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/synthesis.smk"
+include: "workflow/rules/classify.smk"
 
 
 rule all:

@@ -89,6 +89,22 @@ TINY_SYNTHESIS = {
     "metrics_max_images": 20,
     "fid_min_images": 1000,
 }
+# the smallest classifier (a two-stage SENet-GE at 32 px) and a short bootstrap
+TINY_CLASSIFIER = {
+    "preset": "small",
+    "image_size": 32,
+    "stage_blocks": [1, 1],
+    "widths": [16, 32],
+    "cardinality": 4,
+    "base_width": 2,
+    "stem_width": 8,
+    "batch_size": 8,
+    "iterations": 6,
+    "warmup_iterations": 1,
+    "eval_every": 3,
+    "checkpoint_every": 3,
+    "log_every": 1,
+}
 
 
 def link_subset(shared: Path, root: Path) -> None:
@@ -152,6 +168,8 @@ def write_config(workdir: Path, data_root: Path, **changes) -> None:
     config["normalization"]["cyclegan"] = dict(TINY_CYCLEGAN)
     config["normalization"]["metrics_max_images"] = 20
     config["synthesis"] = json.loads(json.dumps(TINY_SYNTHESIS))
+    config["classifier"] = dict(TINY_CLASSIFIER)
+    config["evaluation"] = {"n_boot": 50}
     for key, value in changes.items():
         section, _, name = key.partition(".")
         if name:
@@ -262,6 +280,32 @@ def test_synthesis_outputs(workflow_run):
     # training data (the logs name the training-image counts)
     log = (workdir / "logs" / "synthesis" / "train_cwgan.log").read_text()
     assert "C-WGAN-GP over" in log
+
+
+def test_classifier_outputs_and_report(workflow_run):
+    _, workdir = workflow_run
+    results = workdir / "results" / "classifier"
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["training_images"]["synthetic"] > 0 and summary["training_images"]["real"] > 0
+    evaluation = json.loads((results / "evaluation" / "summary.json").read_text())
+    pool = pd.read_parquet(workdir / "results" / "synthesis" / "pool" / "index.parquet")
+    assert evaluation["n_images"] == (pool["split"] == "test").sum()
+    assert evaluation["balanced_accuracy_low"] <= evaluation["balanced_accuracy"]
+    assert evaluation["balanced_accuracy"] <= evaluation["balanced_accuracy_high"]
+    predictions = pd.read_parquet(results / "evaluation" / "predictions.parquet")
+    # evaluated on real test images only
+    test_ids = set(pool.loc[pool["split"] == "test", "record_id"])
+    assert set(predictions["record_id"]) == test_ids
+    assert not predictions["record_id"].str.startswith("synthetic:").any()
+    cm = pd.read_csv(results / "evaluation" / "confusion.csv", index_col=0)
+    assert cm.to_numpy().sum() == len(predictions)
+    # the HTML report builds
+    report = workdir / "report.html"
+    snakemake(workdir, "--report", str(report))
+    text = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000
+    for category in ("data", "normalization", "synthesis", "classification"):
+        assert category in text
 
 
 def test_rerun_behaviour(workflow_run):

@@ -197,6 +197,7 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
             )
     for section in ("classifier", "cwgan", "fewshot"):
         synthesis[section].setdefault("preset", "cpu")
+    config["classifier"].setdefault("preset", "small")
     ratios = config["split"]
     total = ratios["train"] + ratios["val"] + ratios["test"]
     if abs(total - 1.0) > 1e-6:

@@ -270,6 +270,34 @@ def synthesis_outputs():
     ]
 
 
+# ----------------------------------------------------------------------------- classifier
+
+CLASSIFIER_DIR = f"{RESULTS}/classifier"
+
+
+def classifier_training_inputs(wildcards):
+    inputs = {
+        "pool_images": f"{SYNTH}/pool/images.npy",
+        "pool_index": f"{SYNTH}/pool/index.parquet",
+    }
+    if SYNTHESIS["enabled"]:
+        inputs["balanced_images"] = f"{SYNTH}/balanced/images.npy"
+        inputs["balanced_manifest"] = f"{SYNTH}/balanced/manifest.parquet"
+    return inputs
+
+
+def classifier_options():
+    return json.loads(canonical_json(config["classifier"]))
+
+
+def classifier_outputs():
+    return [
+        f"{CLASSIFIER_DIR}/model.pt",
+        f"{CLASSIFIER_DIR}/evaluation/summary.json",
+        f"{CLASSIFIER_DIR}/evaluation/confusion.png",
+    ]
+
+
 def get_final_output():
     """Targets of the stages built so far (config flags will add later stages)."""
     return [
@@ -282,4 +310,5 @@ def get_final_output():
         *expand(f"{RESULTS}/cache/{{domain}}/images.npy", domain=DOMAINS),
         *normalization_outputs(),
         *synthesis_outputs(),
+        *classifier_outputs(),
     ]

@@ -1,0 +1,66 @@
+rule train_classifier:
+    """SENet-GE (or the configured architecture) on the balanced training set; early
+    stopping on the real validation images; resumable."""
+    input:
+        unpack(classifier_training_inputs),
+    output:
+        model=f"{CLASSIFIER_DIR}/model.pt",
+        losses=report(
+            f"{CLASSIFIER_DIR}/losses.csv",
+            caption="../report/classifier_losses.rst",
+            category="classification",
+            subcategory="training",
+        ),
+        summary=f"{CLASSIFIER_DIR}/summary.json",
+    log:
+        "logs/classifier/train.log",
+    benchmark:
+        "benchmarks/classifier/train.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=classifier_options(),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule evaluate_classifier:
+    """Accuracy, balanced accuracy, macro-F1, per-class sensitivity / specificity /
+    precision with bootstrap CIs and the confusion matrix, on real test images only."""
+    input:
+        model=f"{CLASSIFIER_DIR}/model.pt",
+        pool_images=f"{SYNTH}/pool/images.npy",
+        pool_index=f"{SYNTH}/pool/index.parquet",
+    output:
+        summary=f"{CLASSIFIER_DIR}/evaluation/summary.json",
+        per_class=report(
+            f"{CLASSIFIER_DIR}/evaluation/per_class.csv",
+            caption="../report/classifier_per_class.rst",
+            category="classification",
+            subcategory="test metrics",
+        ),
+        confusion_csv=f"{CLASSIFIER_DIR}/evaluation/confusion.csv",
+        confusion_png=report(
+            f"{CLASSIFIER_DIR}/evaluation/confusion.png",
+            caption="../report/classifier_confusion.rst",
+            category="classification",
+            subcategory="test metrics",
+        ),
+        predictions=f"{CLASSIFIER_DIR}/evaluation/predictions.parquet",
+    log:
+        "logs/classifier/evaluate.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        n_boot=config["evaluation"]["n_boot"],
+        seed=config["evaluation"]["seed"],
+        tta=config["evaluation"]["tta"],
+    script:
+        "../scripts/evaluate_classifier.py"

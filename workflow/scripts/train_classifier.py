@@ -1,0 +1,18 @@
+import torch
+
+from hemaflow.classify.stages import train_stage
+from hemaflow.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+train_stage(
+    snakemake.input.pool_images,
+    snakemake.input.pool_index,
+    snakemake.input.get("balanced_images"),
+    snakemake.input.get("balanced_manifest"),
+    snakemake.params.options,
+    snakemake.params.state_root,
+    out_model=snakemake.output.model,
+    out_losses=snakemake.output.losses,
+    out_summary=snakemake.output.summary,
+)
