@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hemaflow.models.cwgan import CWGANGenerator, ResidualClassifier, ResidualCritic
 from hemaflow.synth.cwgan import (
@@ -28,6 +27,7 @@ from hemaflow.synth.cwgan import (
     train_real_classifier,
 )
 from hemaflow.train.loop import list_checkpoints
+from tests.realdata import load_square_cells
 
 torch.set_num_threads(1)
 
@@ -35,18 +35,6 @@ CLASSES = ("basophil", "eosinophil", "neutrophil")
 PER_CLASS = 6
 
 # ------------------------------------------------------------------------------ real cells
-
-
-def _load_square(paths: list[Path], size: int) -> np.ndarray:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            x0, y0 = (image.width - side) // 2, (image.height - side) // 2
-            square = image.crop((x0, y0, x0 + side, y0 + side))
-            images.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
-    return np.stack(images)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +51,7 @@ def pbc32(shared_datasets: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         assert len(found) == PER_CLASS
         paths += found
         labels += [index] * PER_CLASS
-    return _load_square(paths, 32), np.array(labels, np.int64), list(CLASSES)
+    return load_square_cells(paths, 32), np.array(labels, np.int64), list(CLASSES)
 
 
 CLASSIFIER_TINY = dict(

@@ -34,20 +34,9 @@ from hemaflow.train.losses import (
     wgan_generator_loss,
     wgan_gp_critic_loss,
 )
+from tests.realdata import load_square_cells
 
 # ------------------------------------------------------------------------------ real cells
-
-
-def _load_square(paths: list[Path], size: int) -> np.ndarray:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            x0, y0 = (image.width - side) // 2, (image.height - side) // 2
-            square = image.crop((x0, y0, x0 + side, y0 + side))
-            images.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
-    return np.stack(images)
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +53,12 @@ def cell_paths(shared_datasets: Path) -> tuple[list[Path], list[Path]]:
 
 @pytest.fixture(scope="module")
 def cells32(cell_paths) -> tuple[np.ndarray, np.ndarray]:
-    return _load_square(cell_paths[0], 32), _load_square(cell_paths[1], 32)
+    return load_square_cells(cell_paths[0], 32), load_square_cells(cell_paths[1], 32)
 
 
 @pytest.fixture(scope="module")
 def cells64(cell_paths) -> tuple[np.ndarray, np.ndarray]:
-    return _load_square(cell_paths[0], 64), _load_square(cell_paths[1], 64)
+    return load_square_cells(cell_paths[0], 64), load_square_cells(cell_paths[1], 64)
 
 
 TINY = dict(

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from hemaflow.models.fewshot import (
@@ -33,6 +32,7 @@ from hemaflow.synth.fewshot import (
     train_fewshot_meta,
 )
 from hemaflow.train.loop import list_checkpoints
+from tests.realdata import load_square_cells
 
 torch.set_num_threads(1)
 
@@ -40,18 +40,6 @@ META_CLASSES = ("basophil", "eosinophil", "neutrophil")
 RARE_CLASS = "monocyte"
 
 # ------------------------------------------------------------------------------ real cells
-
-
-def _load_square(paths: list[Path], size: int) -> np.ndarray:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            x0, y0 = (image.width - side) // 2, (image.height - side) // 2
-            square = image.crop((x0, y0, x0 + side, y0 + side))
-            images.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
-    return np.stack(images)
 
 
 def _class_paths(shared_datasets: Path, name: str, count: int) -> list[Path]:
@@ -65,7 +53,7 @@ def _class_paths(shared_datasets: Path, name: str, count: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def meta_cells(shared_datasets: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """6 cells of each of 3 pbc classes at 32 px, with labels."""
-    images = [_load_square(_class_paths(shared_datasets, c, 6), 32) for c in META_CLASSES]
+    images = [load_square_cells(_class_paths(shared_datasets, c, 6), 32) for c in META_CLASSES]
     labels = np.repeat(np.arange(len(META_CLASSES)), 6)
     return np.concatenate(images), labels, list(META_CLASSES)
 
@@ -73,7 +61,7 @@ def meta_cells(shared_datasets: Path) -> tuple[np.ndarray, np.ndarray, list[str]
 @pytest.fixture(scope="module")
 def rare_cells(shared_datasets: Path) -> np.ndarray:
     """5 cells of a class the meta-training never saw."""
-    return _load_square(_class_paths(shared_datasets, RARE_CLASS, 5), 32)
+    return load_square_cells(_class_paths(shared_datasets, RARE_CLASS, 5), 32)
 
 
 TINY = dict(
