@@ -308,6 +308,37 @@ def test_classifier_outputs_and_report(workflow_run):
         assert category in text
 
 
+def test_cross_lab_target(workflow_run):
+    _, workdir = workflow_run
+    snakemake(workdir, "cross_lab")
+    results = workdir / "results" / "cross_lab"
+    table = pd.read_csv(results / "table.csv", keep_default_na=False)
+    assert set(table["method"]) == {"none", "reinhard", "cyclegan"}
+    assert set(table["test_domain"]) == {"pbc", "bccd", "zheng_tecom"}
+    target = json.loads((workdir / "results" / "normalization" / "plan.json").read_text())["target"]
+    assert (table["train_domain"] == target).all()  # auto: the normalization target
+
+    def index(domain):
+        return pd.read_parquet(workdir / "results" / "cache" / domain / "index.parquet")
+
+    trained = index(target)
+    model_classes = set(trained.loc[trained["split"] == "train", "canonical_class"])
+    # every lab is evaluated on its val + test images, over the classes it shares
+    for domain in ("pbc", "bccd", "zheng_tecom"):
+        rows = table[table["test_domain"] == domain]
+        cache = index(domain)
+        held_out = cache[cache["split"].isin(["val", "test"]) & cache["canonical_class"].ne("")]
+        shared = sorted(set(held_out["canonical_class"]) & model_classes)
+        assert rows["shared_classes"].eq(" ".join(shared)).all()
+        assert (rows["n_images"] == held_out["canonical_class"].isin(shared).sum()).all()
+    assert (table["balanced_accuracy_low"] <= table["balanced_accuracy"]).all()
+    # the training lab's own row does not depend on the normalization (it is the target)
+    assert table.loc[table["test_domain"] == target, "balanced_accuracy"].nunique() == 1
+    assert (results / "balanced_accuracy.png").stat().st_size > 5_000
+    summary = json.loads((results / target / "summary.json").read_text())
+    assert summary["train_domain"] == target
+
+
 def test_rerun_behaviour(workflow_run):
     data_root, workdir = workflow_run
     assert planned_jobs(snakemake(workdir, "-n")) == {}

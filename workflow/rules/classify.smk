@@ -64,3 +64,70 @@ rule evaluate_classifier:
         tta=config["evaluation"]["tta"],
     script:
         "../scripts/evaluate_classifier.py"
+
+
+rule train_domain_classifier:
+    """The cross-lab model: trained on one domain's real training images only."""
+    input:
+        images=f"{RESULTS}/cache/{{domain}}/images.npy",
+        index=f"{RESULTS}/cache/{{domain}}/index.parquet",
+    output:
+        model=f"{RESULTS}/cross_lab/{{domain}}/model.pt",
+        losses=f"{RESULTS}/cross_lab/{{domain}}/losses.csv",
+        summary=f"{RESULTS}/cross_lab/{{domain}}/summary.json",
+    log:
+        "logs/cross_lab/train/{domain}.log",
+    benchmark:
+        "benchmarks/cross_lab/train/{domain}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=classifier_options(),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_domain_classifier.py"
+
+
+rule cross_lab_table:
+    """Trained on one lab, tested on every labelled lab's held-out images (shared
+    classes), with each normalization."""
+    input:
+        unpack(cross_lab_inputs),
+    output:
+        table=report(
+            f"{RESULTS}/cross_lab/table.csv",
+            caption="../report/cross_lab_table.rst",
+            category="classification",
+            subcategory="cross-lab",
+        ),
+        chart=report(
+            f"{RESULTS}/cross_lab/balanced_accuracy.png",
+            caption="../report/cross_lab_chart.rst",
+            category="classification",
+            subcategory="cross-lab",
+        ),
+    log:
+        "logs/cross_lab/table.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        train_domain=cross_lab_train_domain,
+        methods=CROSS_LAB["methods"],
+        domains=LABELLED_DOMAINS,
+        n_boot=config["evaluation"]["n_boot"],
+        seed=config["evaluation"]["seed"],
+    script:
+        "../scripts/cross_lab_table.py"
+
+
+rule cross_lab:
+    """Target: the cross-lab study (not part of the default run)."""
+    input:
+        f"{RESULTS}/cross_lab/table.csv",
+        f"{RESULTS}/cross_lab/balanced_accuracy.png",

@@ -298,6 +298,28 @@ def classifier_outputs():
     ]
 
 
+# ------------------------------------------------------------------------------ cross-lab
+
+CROSS_LAB = config["cross_lab"]
+
+
+def cross_lab_train_domain(wildcards=None):
+    if CROSS_LAB["train_domain"] != "auto":
+        return CROSS_LAB["train_domain"]
+    return read_plan()["target"]
+
+
+def cross_lab_inputs(wildcards):
+    domain = cross_lab_train_domain()
+    inputs = {"model": f"{RESULTS}/cross_lab/{domain}/model.pt"}
+    for method in CROSS_LAB["methods"]:
+        for test_domain in LABELLED_DOMAINS:
+            base = f"{RESULTS}/normalized/{method}/{test_domain}"
+            inputs[f"images_{method}_{test_domain}"] = f"{base}/images.npy"
+            inputs[f"index_{method}_{test_domain}"] = f"{base}/index.parquet"
+    return inputs
+
+
 def get_final_output():
     """Targets of the stages built so far (config flags will add later stages)."""
     return [

@@ -149,3 +149,147 @@ def evaluate_stage(
         summary["macro_f1"],
     )
     return summary
+
+
+# ------------------------------------------------------------------------------ cross-lab
+
+CROSS_LAB_SPLITS = ("val", "test")
+
+
+def _domain_split(
+    images_path: str, index_path: str, splits: tuple[str, ...]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    index = pd.read_parquet(index_path)
+    labelled = index["canonical_class"].fillna("").astype(str).str.len() > 0
+    rows = index[labelled & index["split"].isin(list(splits))]
+    images = np.load(images_path, mmap_mode="r")
+    return np.asarray(images)[rows["domain_index"].to_numpy()], rows.reset_index(drop=True)
+
+
+def train_domain_stage(
+    images_path: str,
+    index_path: str,
+    domain: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """A classifier trained on one domain's real training images only (early stopping on
+    its validation images): the model of the cross-lab test."""
+    from hemaflow.classify.train import ClassifierOptions, train_classifier
+
+    train_images, train_rows = _domain_split(images_path, index_path, ("train",))
+    val_images, val_rows = _domain_split(images_path, index_path, ("val",))
+    classes = sorted(train_rows["canonical_class"].unique())
+    lookup = {name: k for k, name in enumerate(classes)}
+    val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
+    options = ClassifierOptions.from_config(options_section)
+    state = keyed_state_dir(
+        state_root, "classifier", f"domain-{domain}", options_section, train_rows["record_id"]
+    )
+    log.info("cross-lab classifier on %s: %d training images, %s", domain, len(train_rows), classes)
+    summary = train_classifier(
+        train_images,
+        train_rows["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        val_images[val_keep],
+        val_rows.loc[val_keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        classes,
+        options,
+        state,
+        out_model,
+        log_csv=out_losses,
+    )
+    summary["train_domain"] = domain
+    _write_json(summary, out_summary)
+    return summary
+
+
+def cross_lab_row(
+    net: Any,
+    model_classes: list[str],
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Metrics of a model on another lab's images over the classes both have."""
+    from hemaflow.classify.metrics import restrict_to_shared_classes
+    from hemaflow.classify.train import predict_proba
+
+    shared = sorted(set(rows["canonical_class"]) & set(model_classes))
+    keep = rows["canonical_class"].isin(shared).to_numpy()
+    if not keep.any():
+        return {"n_images": 0, "shared_classes": ""}
+    probabilities = predict_proba(net, images[keep])
+    y_true, y_pred, classes = restrict_to_shared_classes(
+        rows.loc[keep, "canonical_class"].tolist(), probabilities, model_classes, shared
+    )
+    summary, _, _ = evaluation_report(y_true, y_pred, classes, n_boot, seed)
+    out = {"n_images": int(keep.sum()), "shared_classes": " ".join(classes)}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        out[name] = summary[name]
+        out[f"{name}_low"] = summary[f"{name}_low"]
+        out[f"{name}_high"] = summary[f"{name}_high"]
+    return out
+
+
+def cross_lab_stage(
+    model_path: str,
+    train_domain: str,
+    test_sets: Mapping[str, Mapping[str, tuple[str, str]]],
+    n_boot: int,
+    seed: int,
+    out_csv: str,
+    out_png: str,
+) -> pd.DataFrame:
+    """``test_sets``: method -> domain -> (images.npy, index.parquet) of the (normalized)
+    caches. Each domain is tested on its validation and test images (never seen by the
+    classifier, nor by a CycleGAN, which trains on train splits only). The training
+    domain's own held-out images are the reference row."""
+    from hemaflow.classify.train import load_classifier
+
+    net, classes, _ = load_classifier(model_path)
+    rows = []
+    for method in sorted(test_sets):
+        for domain in sorted(test_sets[method]):
+            images, index = _domain_split(*test_sets[method][domain], CROSS_LAB_SPLITS)
+            metrics = cross_lab_row(net, list(classes), images, index, n_boot, seed)
+            rows.append(
+                {"train_domain": train_domain, "test_domain": domain, "method": method, **metrics}
+            )
+            log.info("%s -> %s (%s): %s", train_domain, domain, method, metrics)
+    table = pd.DataFrame(rows)
+    table.to_csv(out_csv, index=False)
+    plot_cross_lab(table, out_png)
+    return table
+
+
+def plot_cross_lab(table: pd.DataFrame, path: str) -> None:
+    """Balanced accuracy with its 95 % CI per test domain, one bar per normalization."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = sorted(table["test_domain"].unique())
+    methods = sorted(table["method"].unique())
+    width = 0.8 / max(len(methods), 1)
+    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(domains), 3.2))
+    for k, method in enumerate(methods):
+        part = table[table["method"] == method].set_index("test_domain").reindex(domains)
+        x = np.arange(len(domains)) + (k - (len(methods) - 1) / 2) * width
+        value = part["balanced_accuracy"].to_numpy(dtype=float)
+        low = value - part["balanced_accuracy_low"].to_numpy(dtype=float)
+        high = part["balanced_accuracy_high"].to_numpy(dtype=float) - value
+        axis.bar(x, value, width, yerr=[low, high], capsize=3, label=method)
+    axis.set_xticks(np.arange(len(domains)), domains)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("balanced accuracy (95 % CI)")
+    train = ", ".join(sorted(table["train_domain"].unique()))
+    axis.set_title(f"trained on {train}, tested on each lab (shared classes)", fontsize=9)
+    axis.legend(title="normalization", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,26 @@
+import torch
+
+from hemaflow.classify.stages import cross_lab_stage
+from hemaflow.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+test_sets = {
+    method: {
+        domain: (
+            snakemake.input[f"images_{method}_{domain}"],
+            snakemake.input[f"index_{method}_{domain}"],
+        )
+        for domain in snakemake.params.domains
+    }
+    for method in snakemake.params.methods
+}
+cross_lab_stage(
+    snakemake.input.model,
+    snakemake.params.train_domain,
+    test_sets,
+    snakemake.params.n_boot,
+    snakemake.params.seed,
+    out_csv=snakemake.output.table,
+    out_png=snakemake.output.chart,
+)
