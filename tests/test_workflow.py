@@ -299,6 +299,17 @@ def test_classifier_outputs_and_report(workflow_run):
     assert not predictions["record_id"].str.startswith("synthetic:").any()
     cm = pd.read_csv(results / "evaluation" / "confusion.csv", index_col=0)
     assert cm.to_numpy().sum() == len(predictions)
+    headline = json.loads((workdir / "results" / "summary.json").read_text())
+    balanced = headline["classifier"]["balanced_accuracy"]
+    assert balanced["value"] == evaluation["balanced_accuracy"]
+    assert balanced["ci95"] == [
+        evaluation["balanced_accuracy_low"],
+        evaluation["balanced_accuracy_high"],
+    ]
+    assert {row["canonical_class"] for row in headline["synthesis"]} == set(
+        pd.read_csv(workdir / "results" / "synthesis" / "gate.csv")["canonical_class"]
+    )
+    assert len(headline["normalization"]) >= 1 and headline["data"]["kept"] > 0
     # the HTML report builds
     report = workdir / "report.html"
     snakemake(workdir, "--report", str(report))

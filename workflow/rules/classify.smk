@@ -131,3 +131,19 @@ rule cross_lab:
     input:
         f"{RESULTS}/cross_lab/table.csv",
         f"{RESULTS}/cross_lab/balanced_accuracy.png",
+
+
+rule headline_summary:
+    """results/summary.json: the headline numbers of the run, for scripts."""
+    input:
+        unpack(summary_inputs),
+    output:
+        f"{RESULTS}/summary.json",
+    log:
+        "logs/summary.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        settings=headline_settings(),
+    script:
+        "../scripts/headline_summary.py"

@@ -290,8 +290,30 @@ def classifier_options():
     return json.loads(canonical_json(config["classifier"]))
 
 
+def summary_inputs(wildcards):
+    inputs = {
+        "data_summary": f"{RESULTS}/data/summary.json",
+        "classifier_evaluation": f"{CLASSIFIER_DIR}/evaluation/summary.json",
+    }
+    if NORMALIZATION["method"] != "none":
+        inputs["normalization_metrics"] = f"{RESULTS}/normalization/metrics.csv"
+    if SYNTHESIS["enabled"]:
+        inputs["synthesis_gate"] = f"{SYNTH}/gate.csv"
+    return inputs
+
+
+def headline_settings():
+    return {
+        "normalization": NORMALIZATION["method"],
+        "synthesis": SYNTHESIS["enabled"],
+        "classifier": config["classifier"].get("preset"),
+        "image_size": config["image_size"],
+    }
+
+
 def classifier_outputs():
     return [
+        f"{RESULTS}/summary.json",
         f"{CLASSIFIER_DIR}/model.pt",
         f"{CLASSIFIER_DIR}/evaluation/summary.json",
         f"{CLASSIFIER_DIR}/evaluation/confusion.png",

@@ -1,0 +1,12 @@
+from hemaflow.logs import setup_logging
+from hemaflow.summary import write_headline
+
+setup_logging(snakemake.log[0])
+write_headline(
+    snakemake.output[0],
+    data_summary=snakemake.input.data_summary,
+    classifier_evaluation=snakemake.input.classifier_evaluation,
+    normalization_metrics=snakemake.input.get("normalization_metrics"),
+    synthesis_gate=snakemake.input.get("synthesis_gate"),
+    settings=snakemake.params.settings,
+)
