@@ -25,22 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from cli import parse_overrides
 
 from hemaflow.classify.metrics import evaluation_report
 from hemaflow.classify.stages import _domain_split, cross_lab_row, train_domain_stage
 from hemaflow.classify.train import load_classifier, predict_proba
 from hemaflow.normalize.reinhard import ReinhardNormalizer
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv=None) -> int:

@@ -25,22 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from cli import parse_overrides
 
 from hemaflow.metrics import InceptionFeatures, get_lpips
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, plot_samples
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
 from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv=None) -> int:
