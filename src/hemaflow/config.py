@@ -198,6 +198,7 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
     for section in ("classifier", "cwgan", "fewshot"):
         synthesis[section].setdefault("preset", "cpu")
     config["classifier"].setdefault("preset", "small")
+    synthesis["gate_classifier"].setdefault("preset", "small")
     labelled = sorted({spec["domain"] for spec in config["datasets"].values() if spec["labelled"]})
     train_domain = config["cross_lab"]["train_domain"]
     if train_domain != "auto" and train_domain not in labelled:

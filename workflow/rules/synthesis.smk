@@ -63,6 +63,32 @@ rule train_real_classifier:
         "../scripts/train_real_classifier.py"
 
 
+rule train_gate_classifier:
+    """The quality gate's judge: a classifier on real training images only, independent
+    of the C-WGAN-GP's third player."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    output:
+        model=f"{SYNTH}/gate_classifier/model.pt",
+        losses=f"{SYNTH}/gate_classifier/losses.csv",
+        summary=f"{SYNTH}/gate_classifier/summary.json",
+    log:
+        "logs/synthesis/train_gate_classifier.log",
+    benchmark:
+        "benchmarks/synthesis/train_gate_classifier.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        options=synthesis_options("gate_classifier"),
+        state_root=STATE_DIR,
+    script:
+        "../scripts/train_gate_classifier.py"
+
+
 rule train_cwgan:
     """One classifier-guided conditional WGAN-GP over the classes routed to it."""
     input:
@@ -148,7 +174,7 @@ rule generate_class:
     input:
         model=generator_model,
         routes=f"{SYNTH}/routes.csv",
-        classifier=f"{SYNTH}/classifier/model.pt",
+        classifier=f"{SYNTH}/gate_classifier/model.pt",
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
     output:

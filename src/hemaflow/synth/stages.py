@@ -196,6 +196,43 @@ def adapt_fewshot_stage(
     return summary
 
 
+def train_gate_classifier_stage(
+    pool_images: str,
+    pool_index: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str,
+    out_summary: str,
+) -> dict:
+    """The quality gate's judge: the white-blood-cell classifier (``hemaflow.classify``)
+    trained on the pool's real training images, early stopping on its real validation
+    images. It is not the C-WGAN-GP's third player: a generator trained to satisfy one
+    classifier would pass that classifier's gate whatever it draws."""
+    from hemaflow.classify.train import ClassifierOptions, train_classifier
+
+    images, pool = read_pool(pool_images, pool_index)
+    classes = sorted(c for c, n in train_counts(pool).items() if n > 0)
+    train_images, labels = labelled_train(images, pool, classes)
+    val = pool[(pool["split"] == "val") & pool["canonical_class"].isin(classes)]
+    lookup = {name: k for k, name in enumerate(classes)}
+    options = ClassifierOptions.from_config(options_section)
+    state = _state_dir(state_root, "classifier", "gate", options_section, pool, classes)
+    summary = train_classifier(
+        train_images,
+        labels,
+        np.asarray(images)[val["pool_index"].to_numpy()],
+        val["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        classes,
+        options,
+        state,
+        out_model,
+        log_csv=out_losses,
+    )
+    _write_json(summary, out_summary)
+    return summary
+
+
 # -------------------------------------------------------------------------------- generation
 
 
@@ -232,12 +269,14 @@ def generate_stage(
     out_summary: str,
 ) -> dict:
     """Generate ``class_name`` through the quality gate up to its target count."""
-    from hemaflow.synth.cwgan import classify, load_real_classifier
+    from hemaflow.classify.train import load_classifier, predict_proba
 
     routes = read_routes(routes_csv).set_index("canonical_class")
     route, n_needed = routes.loc[class_name, "route"], int(routes.loc[class_name, "to_generate"])
     images, pool = read_pool(pool_images, pool_index)
-    net, classifier_classes, _ = load_real_classifier(classifier_path)
+    # the judge: a SENet-GE trained on real images only, independent of the C-WGAN-GP's
+    # third player (which the generator is trained to satisfy)
+    net, classifier_classes, _ = load_classifier(classifier_path)
     copies = CopyDetector(
         class_images(images, pool, class_name, ["train"]),
         GateSettings.from_config(gate_section).copy_max_hamming,
@@ -248,7 +287,7 @@ def generate_stage(
     sample = _sampler(route, model_path, class_name)
     accepted, candidates = generate_gated(
         lambda n, seed: resize_images(sample(n, seed), size),
-        lambda batch: classify(net, batch),
+        lambda batch: predict_proba(net, batch),
         class_name,
         list(classifier_classes),
         n_needed,
