@@ -44,3 +44,30 @@ def plot_class_counts(counts: pd.DataFrame, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_training_curve(losses_csv: str, path: str, title: str) -> None:
+    """Every logged loss column against the iteration (left), and the validation
+    balanced accuracy where the log has one (right)."""
+    log = pd.read_csv(losses_csv)
+    skip = {"iteration", "lr", "seconds", "val_balanced_accuracy", "best_val_balanced_accuracy"}
+    losses = [c for c in log.columns if c not in skip and log[c].notna().any()]
+    has_val = "val_balanced_accuracy" in log and log["val_balanced_accuracy"].notna().any()
+    figure, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 5, 3.4))
+    axes = np.atleast_1d(axes)
+    for column in losses:
+        axes[0].plot(log["iteration"], log[column], label=column, linewidth=1)
+    axes[0].set_xlabel("iteration")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("training log", fontsize=9)
+    if has_val:
+        val = log[log["val_balanced_accuracy"].notna()]
+        axes[1].plot(val["iteration"], val["val_balanced_accuracy"], marker="o", markersize=3)
+        axes[1].set_xlabel("iteration")
+        axes[1].set_ylabel("validation balanced accuracy")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_title("early stopping watches this", fontsize=9)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

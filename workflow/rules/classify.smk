@@ -147,3 +147,24 @@ rule headline_summary:
         settings=headline_settings(),
     script:
         "../scripts/headline_summary.py"
+
+
+rule classifier_training_curve:
+    """Loss and validation balanced accuracy of the classifier against the iteration."""
+    input:
+        f"{CLASSIFIER_DIR}/losses.csv",
+    output:
+        report(
+            f"{CLASSIFIER_DIR}/training_curve.png",
+            caption="../report/classifier_curve.rst",
+            category="classification",
+            subcategory="training",
+        ),
+    log:
+        "logs/classifier/training_curve.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        title="classifier",
+    script:
+        "../scripts/training_curve.py"

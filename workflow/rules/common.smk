@@ -317,6 +317,7 @@ def classifier_outputs():
         f"{CLASSIFIER_DIR}/model.pt",
         f"{CLASSIFIER_DIR}/evaluation/summary.json",
         f"{CLASSIFIER_DIR}/evaluation/confusion.png",
+        f"{CLASSIFIER_DIR}/training_curve.png",
     ]
 
 

@@ -262,3 +262,24 @@ rule synthesis_metrics:
         seed=SYNTHESIS["seed"],
     script:
         "../scripts/synthesis_metrics.py"
+
+
+rule cwgan_training_curve:
+    """The C-WGAN-GP's losses, Wasserstein estimate and class accuracy on its fakes."""
+    input:
+        f"{SYNTH}/cwgan/losses.csv",
+    output:
+        report(
+            f"{SYNTH}/cwgan/training_curve.png",
+            caption="../report/cwgan_curve.rst",
+            category="synthesis",
+            subcategory="training",
+        ),
+    log:
+        "logs/synthesis/cwgan_training_curve.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        title="C-WGAN-GP",
+    script:
+        "../scripts/training_curve.py"
