@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hemaflow.classify.metrics import summary_metrics
 from hemaflow.models.classifier import (
     ARCHITECTURES,
     NORMS,
@@ -310,10 +311,13 @@ def color_jitter(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over the classes present in ``labels`` of the fraction predicted right."""
-    labels = np.asarray(labels)
-    recalls = [float(np.mean(predicted[labels == c] == c)) for c in np.unique(labels)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """Mean over the classes present in ``labels`` of the fraction predicted right
+    (``hemaflow.classify.metrics``)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if len(labels) == 0:
+        return float("nan")
+    n_classes = int(max(labels.max(), predicted.max())) + 1
+    return summary_metrics(labels, predicted, n_classes)["balanced_accuracy"]
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -12,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.config import canonical_json
 from hemaflow.normalize.plan import make_plan
+from hemaflow.train.loop import keyed_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,13 @@ def load_split(images_path: str, index_path: str, splits: tuple[str, ...]) -> np
 
 
 def training_state_dir(root: str, pair: str, options: Mapping[str, Any], *indexes: str) -> Path:
-    """Where a pair's resumable checkpoints live: outside the workflow's outputs (a failed
-    job's outputs are deleted), keyed by the options and the training images, so that a
-    changed config or new data never resumes a stale run."""
-    digest = hashlib.sha256(canonical_json(dict(options)).encode())
+    """The resumable state of a pair's CycleGAN, keyed by its options and the train-split
+    record ids of each domain (``keyed_state_dir``)."""
+    groups = []
     for path in indexes:
         index = pd.read_parquet(path)
-        digest.update("\n".join(sorted(index.loc[index["split"] == "train", "record_id"])).encode())
-    return Path(root) / "cyclegan" / f"{pair}-{digest.hexdigest()[:16]}"
+        groups.append(index.loc[index["split"] == "train", "record_id"])
+    return keyed_state_dir(root, "cyclegan", pair, options, *groups)
 
 
 def train_pair(

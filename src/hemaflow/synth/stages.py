@@ -277,10 +277,8 @@ def generate_stage(
     # the judge: a SENet-GE trained on real images only, independent of the C-WGAN-GP's
     # third player (which the generator is trained to satisfy)
     net, classifier_classes, _ = load_classifier(classifier_path)
-    copies = CopyDetector(
-        class_images(images, pool, class_name, ["train"]),
-        GateSettings.from_config(gate_section).copy_max_hamming,
-    )
+    gate = GateSettings.from_config(gate_section)
+    copies = CopyDetector(class_images(images, pool, class_name, ["train"]), gate.copy_max_hamming)
     # a generator may work at a lower resolution than the data: judged and stored at the
     # data's size
     size = images.shape[1]
@@ -292,7 +290,7 @@ def generate_stage(
         list(classifier_classes),
         n_needed,
         copies,
-        GateSettings.from_config(gate_section),
+        gate,
         seed,
         max_candidates_factor=max_candidates_factor,
     )

@@ -67,15 +67,21 @@ def log_device(device: torch.device, what: str = "training") -> str:
 
 
 def keyed_state_dir(
-    root: str | Path, kind: str, name: str, options: Mapping[str, Any], keys: Iterable[str]
+    root: str | Path,
+    kind: str,
+    name: str,
+    options: Mapping[str, Any],
+    *key_groups: Iterable[str],
 ) -> Path:
     """Where a model's resumable checkpoints live: outside the workflow's outputs (a failed
-    job's outputs are deleted), keyed by the options and the training record ids, so that
-    a changed config or new data never resumes a stale run."""
-    import json
+    job's outputs are deleted), keyed by the options (canonical JSON) and the training
+    record ids (each group sorted), so that a changed config or new data never resumes a
+    stale run."""
+    from hemaflow.config import canonical_json
 
-    digest = hashlib.sha256(json.dumps(dict(options), sort_keys=True, default=str).encode())
-    digest.update("\n".join(sorted(keys)).encode())
+    digest = hashlib.sha256(canonical_json(dict(options)).encode())
+    for keys in key_groups:
+        digest.update("\n".join(sorted(keys)).encode())
     return Path(root) / kind / f"{name}-{digest.hexdigest()[:16]}"
 
 
