@@ -16,11 +16,13 @@ rule train_classifier:
         "logs/classifier/train.log",
     benchmark:
         "benchmarks/classifier/train.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=classifier_options(),
         state_root=STATE_DIR,
@@ -79,11 +81,13 @@ rule train_domain_classifier:
         "logs/cross_lab/train/{domain}.log",
     benchmark:
         "benchmarks/cross_lab/train/{domain}.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=classifier_options(),
         state_root=STATE_DIR,

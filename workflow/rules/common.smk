@@ -29,6 +29,11 @@ STATE_DIR = os.environ.get("HEMAFLOW_STATE_DIR", ".hemaflow-state")
 NORMALIZATION = config["normalization"]
 
 
+def retry_batch_divisor(wildcards, attempt):
+    """Training jobs halve their batch on each retry (out of memory, say): 1, 2, 4."""
+    return 2 ** (attempt - 1)
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     domain="|".join(DOMAINS),

@@ -29,11 +29,13 @@ rule train_cyclegan:
         "logs/normalization/train_cyclegan/{source}_to_{target}.log",
     benchmark:
         "benchmarks/normalization/train_cyclegan/{source}_to_{target}.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=cyclegan_params(),
         state_root=STATE_DIR,

@@ -51,11 +51,13 @@ rule train_real_classifier:
         "logs/synthesis/train_real_classifier.log",
     benchmark:
         "benchmarks/synthesis/train_real_classifier.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=synthesis_options("classifier"),
         state_root=STATE_DIR,
@@ -77,11 +79,13 @@ rule train_gate_classifier:
         "logs/synthesis/train_gate_classifier.log",
     benchmark:
         "benchmarks/synthesis/train_gate_classifier.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=synthesis_options("gate_classifier"),
         state_root=STATE_DIR,
@@ -104,11 +108,13 @@ rule train_cwgan:
         "logs/synthesis/train_cwgan.log",
     benchmark:
         "benchmarks/synthesis/train_cwgan.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=synthesis_options("cwgan"),
         state_root=STATE_DIR,
@@ -130,11 +136,13 @@ rule train_fewshot_meta:
         "logs/synthesis/train_fewshot_meta.log",
     benchmark:
         "benchmarks/synthesis/train_fewshot_meta.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=synthesis_options("fewshot"),
         large_min=SYNTHESIS["large_min"],
@@ -157,11 +165,13 @@ rule adapt_fewshot:
         "logs/synthesis/adapt_fewshot/{synth_class}.log",
     benchmark:
         "benchmarks/synthesis/adapt_fewshot/{synth_class}.tsv"
+    retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
     resources:
         gpu=1,
+        batch_divisor=retry_batch_divisor,
     params:
         options=synthesis_options("fewshot"),
         state_root=STATE_DIR,

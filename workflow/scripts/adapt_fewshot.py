@@ -1,16 +1,14 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import retry_options, start_job
+from hemaflow.synth.fewshot import FewShotOptions
 from hemaflow.synth.stages import adapt_fewshot_stage
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 adapt_fewshot_stage(
     snakemake.input.meta,
     snakemake.input.images,
     snakemake.input.index,
     snakemake.wildcards.synth_class,
-    snakemake.params.options,
+    retry_options(snakemake, snakemake.params.options, FewShotOptions),
     snakemake.params.state_root,
     out_model=snakemake.output.model,
     out_losses=snakemake.output.losses,

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.synth.stages import balanced_stage
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 models = snakemake.params.models
 samples = {
     Path(images).parent.name: (images, candidates, models[Path(images).parent.name])

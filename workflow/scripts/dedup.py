@@ -1,7 +1,7 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.subgroup import dedup_files
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 dedup_files(
     snakemake.config,
     list(snakemake.input.manifests),

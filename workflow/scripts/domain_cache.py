@@ -1,7 +1,7 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.subgroup import domain_cache_files
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 domain_cache_files(
     snakemake.input.manifest,
     list(snakemake.input.images),

@@ -1,10 +1,7 @@
-import torch
-
 from hemaflow.classify.stages import evaluate_stage
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 evaluate_stage(
     snakemake.input.model,
     snakemake.input.pool_images,

@@ -1,5 +1,5 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.normalize.stages import fit_reinhard
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 fit_reinhard(snakemake.input.images, snakemake.input.index, snakemake.output[0])

@@ -1,10 +1,7 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.synth.stages import generate_stage
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 generate_stage(
     snakemake.wildcards.synth_class,
     snakemake.input.routes,

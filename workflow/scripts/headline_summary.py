@@ -1,7 +1,7 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.summary import write_headline
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 write_headline(
     snakemake.output[0],
     data_summary=snakemake.input.data_summary,

@@ -1,7 +1,7 @@
 from hemaflow.data.ingest import ingest_to_files
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 ingest_to_files(
     snakemake.config,
     snakemake.wildcards.dataset,

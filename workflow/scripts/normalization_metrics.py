@@ -1,10 +1,7 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.normalize.evaluate import evaluate_pair_files
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 evaluate_pair_files(
     f"{snakemake.wildcards.source}_to_{snakemake.wildcards.target}",
     snakemake.input.source_images,

@@ -1,5 +1,5 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.normalize.stages import write_plan
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 write_plan(snakemake.input[0], snakemake.params.settings, snakemake.output[0])

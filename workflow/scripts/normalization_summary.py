@@ -1,5 +1,5 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.normalize.evaluate import collect_metrics
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 collect_metrics(list(snakemake.input), snakemake.output[0])

@@ -1,10 +1,7 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.normalize.apply import normalize_domain_files
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 normalize_domain_files(
     snakemake.input.images,
     snakemake.input.index,

@@ -1,12 +1,9 @@
 from pathlib import Path
 
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.synth.stages import metrics_stage
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 samples = {
     Path(images).parent.name: (images, candidates)
     for images, candidates in zip(snakemake.input.samples, snakemake.input.candidates)

@@ -1,7 +1,7 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.synth.stages import write_pool
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 write_pool(
     {
         domain: (snakemake.input[f"images_{domain}"], snakemake.input[f"index_{domain}"])

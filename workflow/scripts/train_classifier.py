@@ -1,16 +1,14 @@
-import torch
-
 from hemaflow.classify.stages import train_stage
-from hemaflow.logs import setup_logging
+from hemaflow.classify.train import ClassifierOptions
+from hemaflow.jobs import retry_options, start_job
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 train_stage(
     snakemake.input.pool_images,
     snakemake.input.pool_index,
     snakemake.input.get("balanced_images"),
     snakemake.input.get("balanced_manifest"),
-    snakemake.params.options,
+    retry_options(snakemake, snakemake.params.options, ClassifierOptions),
     snakemake.params.state_root,
     out_model=snakemake.output.model,
     out_losses=snakemake.output.losses,

@@ -1,16 +1,14 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import retry_options, start_job
+from hemaflow.synth.cwgan import CWGANOptions
 from hemaflow.synth.stages import train_cwgan_stage
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 train_cwgan_stage(
     snakemake.input.images,
     snakemake.input.index,
     snakemake.input.routes,
     snakemake.input.classifier,
-    snakemake.params.options,
+    retry_options(snakemake, snakemake.params.options, CWGANOptions),
     snakemake.params.state_root,
     out_model=snakemake.output.model,
     out_losses=snakemake.output.losses,

@@ -1,16 +1,14 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import retry_options, start_job
 from hemaflow.normalize.stages import train_pair
+from hemaflow.train.cyclegan import CycleGANOptions
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 train_pair(
     snakemake.input.source_images,
     snakemake.input.source_index,
     snakemake.input.target_images,
     snakemake.input.target_index,
-    snakemake.params.options,
+    retry_options(snakemake, snakemake.params.options, CycleGANOptions),
     pair=f"{snakemake.wildcards.source}_to_{snakemake.wildcards.target}",
     state_root=snakemake.params.state_root,
     out_model=snakemake.output.model,

@@ -1,14 +1,12 @@
-import torch
-
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import retry_options, start_job
+from hemaflow.synth.cwgan import RealClassifierOptions
 from hemaflow.synth.stages import train_classifier_stage
 
-setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+start_job(snakemake)
 train_classifier_stage(
     snakemake.input.images,
     snakemake.input.index,
-    snakemake.params.options,
+    retry_options(snakemake, snakemake.params.options, RealClassifierOptions),
     snakemake.params.state_root,
     out_model=snakemake.output.model,
     out_losses=snakemake.output.losses,

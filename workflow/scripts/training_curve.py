@@ -1,5 +1,5 @@
-from hemaflow.logs import setup_logging
+from hemaflow.jobs import start_job
 from hemaflow.plots import plot_training_curve
 
-setup_logging(snakemake.log[0])
+start_job(snakemake)
 plot_training_curve(snakemake.input[0], snakemake.output[0], snakemake.params.title)

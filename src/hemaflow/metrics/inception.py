@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hemaflow.devices import resolve_device
 from hemaflow.metrics._weights import package_file
 
 FEATURE_DIM = 2048
@@ -129,7 +130,7 @@ class InceptionFeatures:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device()
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.channels_last = bool(channels_last)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hemaflow.devices import resolve_device
 from hemaflow.metrics._weights import load_numpy_pickle, package_file
 
 LPIPS_PIP_SPEC = "lpips==0.1.4"
@@ -140,7 +141,7 @@ class LPIPS(nn.Module):
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device()
         self.to(device)
         self.eval()
 
@@ -196,7 +197,7 @@ class LPIPS(nn.Module):
 def get_lpips(device: str | torch.device | None = None) -> LPIPS:
     """A shared pretrained :class:`LPIPS` per device (loaded once, lazily)."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device()
     key = (str(alexnet_backbone_path()), str(lpips_heads_path()), str(torch.device(device)))
     with _LOCK:
         model = _MODELS.get(key)

@@ -50,6 +50,7 @@ from hemaflow.train.losses import (
     critic_loss,
     generator_adversarial_loss,
     gradient_penalty,
+    structure_loss,
 )
 from hemaflow.train.options import TrainingOptions
 
@@ -62,6 +63,7 @@ LOSS_COLUMNS = (
     "loss_G_adv",
     "loss_cycle",
     "loss_idt",
+    "loss_structure",
     "loss_D_A",
     "loss_D_B",
     "gp",
@@ -98,6 +100,7 @@ class CycleGANOptions(TrainingOptions):
     gan_mode: str = "wgangp"
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+    lambda_structure: float = 0.0
     lambda_gp: float = 10.0
     n_critic: int = 1
     lr: float = 2e-4
@@ -136,6 +139,7 @@ class CycleGANOptions(TrainingOptions):
             "n_blocks",
             "lambda_cycle",
             "lambda_identity",
+            "lambda_structure",
             "lambda_gp",
             "iterations",
             "decay_iterations",
@@ -305,7 +309,14 @@ class CycleGANModel:
                 )
             else:
                 loss_idt = torch.zeros((), device=self.device)
-            loss_G = loss_adv + loss_cycle + loss_idt
+            if o.lambda_structure > 0:
+                # the translation keeps the source's edges (any colour, any brightness)
+                loss_structure = o.lambda_structure * (
+                    structure_loss(real_a, fake_b) + structure_loss(real_b, fake_a)
+                )
+            else:
+                loss_structure = torch.zeros((), device=self.device)
+            loss_G = loss_adv + loss_cycle + loss_idt + loss_structure
         self._step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D_A, self.D_B], True)
 
@@ -338,6 +349,7 @@ class CycleGANModel:
             "loss_G_adv": loss_adv.detach(),
             "loss_cycle": loss_cycle.detach(),
             "loss_idt": loss_idt.detach(),
+            "loss_structure": loss_structure.detach(),
             **totals,
         }
 

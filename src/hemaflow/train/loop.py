@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hemaflow.devices import resolve_device  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -45,13 +47,6 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 # ---------------------------------------------------------------------------------- device
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` if given, else CUDA when visible, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def log_device(device: torch.device, what: str = "training") -> str:

@@ -87,3 +87,39 @@ def gradient_penalty(
     # the small constant keeps the norm differentiable where a gradient vanishes
     norms = torch.sqrt(gradients.reshape(gradients.shape[0], -1).pow(2).sum(dim=1) + 1e-12)
     return lambda_gp * (norms - 1.0).pow(2).mean()
+
+
+# luma weights (ITU-R BT.601) of RGB in [-1, 1]
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(1, 1, size, size).contiguous()
+
+
+def structure_loss(
+    source: torch.Tensor, translated: torch.Tensor, window: int = 7, sigma: float = 1.5
+) -> torch.Tensor:
+    """1 - mean structure term of SSIM (the local correlation of luminance) between
+    ``source`` and ``translated`` (NCHW, RGB in [-1, 1]). The term ignores local means and
+    contrasts, so a change of stain colour, brightness or contrast costs nothing, while
+    moving, adding or removing edges does: the structure-preserving constraint of
+    stain-translation GANs, which keeps the source's cells in place. 0 for images whose
+    luminance differs by a local affine map with positive slope; at most 2."""
+    weights = torch.tensor(_LUMA, device=source.device, dtype=torch.float32).view(1, 3, 1, 1)
+    x = ((source.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
+    y = ((translated.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
+    w = _gaussian_window(window, sigma, x.device, x.dtype)
+    pad = window // 2
+    x = F.pad(x, (pad,) * 4, mode="reflect")
+    y = F.pad(y, (pad,) * 4, mode="reflect")
+    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
+    var_x = (F.conv2d(x * x, w) - mu_x**2).clamp_min(0)
+    var_y = (F.conv2d(y * y, w) - mu_y**2).clamp_min(0)
+    cov = F.conv2d(x * y, w) - mu_x * mu_y
+    c3 = (0.03**2) / 2  # SSIM's C2 / 2, for luminance in [0, 1]
+    s = (cov + c3) / (torch.sqrt(var_x * var_y + 1e-12) + c3)
+    return 1 - s.mean()

@@ -1,0 +1,76 @@
+"""What every workflow script does first: log to the rule's log, use the rule's threads,
+claim a device for a GPU job, and shrink the batch on a retry.
+
+Kept free of Snakemake imports: ``job`` is the ``snakemake`` object a script receives (or
+anything with ``log``, ``threads``, ``resources`` and ``rule``), so this is unit-tested
+with a plain namespace."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hemaflow.devices import DeviceClaim, claim_device
+from hemaflow.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+STATE_ENV = "HEMAFLOW_STATE_DIR"
+
+
+def state_root() -> Path:
+    """Where resumable state and GPU slot locks live (outside declared outputs)."""
+    return Path(os.environ.get(STATE_ENV, ".hemaflow-state"))
+
+
+def _resource(job: Any, name: str, default: int) -> int:
+    resources = getattr(job, "resources", None)
+    if resources is None:
+        return default
+    value = resources.get(name, default) if hasattr(resources, "get") else default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def start_job(job: Any) -> DeviceClaim:
+    """Logging into the job's log, ``torch`` limited to the job's threads, and the job's
+    device (see ``hemaflow.devices``): a GPU slot when the rule asks for ``gpu``, the CPU
+    otherwise."""
+    import torch
+
+    logs = list(getattr(job, "log", []) or [])
+    setup_logging(logs[0] if logs else None)
+    threads = int(getattr(job, "threads", 1) or 1)
+    torch.set_num_threads(threads)
+    return claim_device(
+        state_root() / "gpu-slots",
+        gpus_requested=_resource(job, "gpu", 0),
+        what=getattr(job, "rule", "job"),
+    )
+
+
+def retry_options(job: Any, options: Mapping[str, Any], options_cls: type) -> dict[str, Any]:
+    """The rule's training options, with the batch size divided by the rule's
+    ``batch_divisor`` resource (2 ** (attempt - 1): halved on each retry of a job that
+    failed, e.g. out of memory). A smaller batch is a different run, so its resumable
+    state is kept apart from the first attempt's."""
+    options = dict(options)
+    divisor = _resource(job, "batch_divisor", 1)
+    if divisor <= 1:
+        return options
+    full = options_cls.from_config(options).batch_size
+    smaller = max(1, full // divisor)
+    if smaller != full:
+        log.warning(
+            "retry: batch size %d -> %d (batch_divisor %d) after a failed attempt",
+            full,
+            smaller,
+            divisor,
+        )
+        options["batch_size"] = smaller
+    return options
