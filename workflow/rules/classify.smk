@@ -14,8 +14,7 @@ rule train_classifier:
         summary=f"{CLASSIFIER_DIR}/summary.json",
     log:
         "logs/classifier/train.log",
-    benchmark:
-        "benchmarks/classifier/train.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -24,6 +23,7 @@ rule train_classifier:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=classifier_options(),
         state_root=STATE_DIR,
     script:
@@ -79,8 +79,7 @@ rule train_domain_classifier:
         summary=f"{RESULTS}/cross_lab/{{domain}}/summary.json",
     log:
         "logs/cross_lab/train/{domain}.log",
-    benchmark:
-        "benchmarks/cross_lab/train/{domain}.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -89,6 +88,7 @@ rule train_domain_classifier:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=classifier_options(),
         state_root=STATE_DIR,
     script:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from hemaflow import __version__ as LIBRARY_VERSION
 from hemaflow.config import (
     SCHEMA_PATH,
     canonical_json,

@@ -27,8 +27,7 @@ rule train_cyclegan:
         summary=f"{RESULTS}/normalization/cyclegan/{{source}}_to_{{target}}/summary.json",
     log:
         "logs/normalization/train_cyclegan/{source}_to_{target}.log",
-    benchmark:
-        "benchmarks/normalization/train_cyclegan/{source}_to_{target}.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -37,6 +36,7 @@ rule train_cyclegan:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=cyclegan_params(),
         state_root=STATE_DIR,
     script:

@@ -49,8 +49,7 @@ rule train_real_classifier:
         summary=f"{SYNTH}/classifier/summary.json",
     log:
         "logs/synthesis/train_real_classifier.log",
-    benchmark:
-        "benchmarks/synthesis/train_real_classifier.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -59,6 +58,7 @@ rule train_real_classifier:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=synthesis_options("classifier"),
         state_root=STATE_DIR,
     script:
@@ -77,8 +77,7 @@ rule train_gate_classifier:
         summary=f"{SYNTH}/gate_classifier/summary.json",
     log:
         "logs/synthesis/train_gate_classifier.log",
-    benchmark:
-        "benchmarks/synthesis/train_gate_classifier.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -87,6 +86,7 @@ rule train_gate_classifier:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=synthesis_options("gate_classifier"),
         state_root=STATE_DIR,
     script:
@@ -106,8 +106,7 @@ rule train_cwgan:
         summary=f"{SYNTH}/cwgan/summary.json",
     log:
         "logs/synthesis/train_cwgan.log",
-    benchmark:
-        "benchmarks/synthesis/train_cwgan.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -116,6 +115,7 @@ rule train_cwgan:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=synthesis_options("cwgan"),
         state_root=STATE_DIR,
     script:
@@ -134,8 +134,7 @@ rule train_fewshot_meta:
         summary=f"{SYNTH}/fewshot/meta/summary.json",
     log:
         "logs/synthesis/train_fewshot_meta.log",
-    benchmark:
-        "benchmarks/synthesis/train_fewshot_meta.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -144,6 +143,7 @@ rule train_fewshot_meta:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=synthesis_options("fewshot"),
         large_min=SYNTHESIS["large_min"],
         state_root=STATE_DIR,
@@ -163,8 +163,7 @@ rule adapt_fewshot:
         summary=f"{SYNTH}/fewshot/{{synth_class}}/summary.json",
     log:
         "logs/synthesis/adapt_fewshot/{synth_class}.log",
-    benchmark:
-        "benchmarks/synthesis/adapt_fewshot/{synth_class}.tsv"
+    cache: True
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -173,6 +172,7 @@ rule adapt_fewshot:
         gpu=1,
         batch_divisor=retry_batch_divisor,
     params:
+        library=LIBRARY_VERSION,
         options=synthesis_options("fewshot"),
         state_root=STATE_DIR,
     script:
