@@ -3,6 +3,7 @@ cross-lab class restriction and the confusion-matrix files."""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 
@@ -338,3 +339,39 @@ def test_other_validation(tmp_path) -> None:
         write_confusion_matrix(
             np.eye(2, dtype=int), ["a"], tmp_path / "x.csv", tmp_path / "x.png", ""
         )
+
+
+def test_ablation_table_and_chart_from_evaluations(tmp_path):
+    from hemaflow.classify.ablation import ablation_stage, classifier_options_for, variant_settings
+    from hemaflow.classify.metrics import evaluation_report
+
+    classes = ["basophil", "eosinophil", "neutrophil"]
+    truth = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    paths = {}
+    for variant, wrong in (("full", 2), ("no_fewshot", 6)):
+        predicted = truth.copy()
+        predicted[:wrong] = 2  # basophils missed
+        summary, per_class, _ = evaluation_report(truth, predicted, classes, 50, 0)
+        s, p = tmp_path / f"{variant}.json", tmp_path / f"{variant}.csv"
+        s.write_text(json.dumps(summary))
+        per_class.to_csv(p)
+        paths[variant] = (str(s), str(p))
+    table = ablation_stage(
+        list(paths),
+        [v[0] for v in paths.values()],
+        [v[1] for v in paths.values()],
+        str(tmp_path / "table.csv"),
+        str(tmp_path / "chart.png"),
+    )
+    assert list(table["variant"]) == ["full", "no_fewshot"]
+    assert table["sensitivity_basophil"].tolist() == [0.8, 0.4]
+    assert table["balanced_accuracy_vs_full"].iloc[1] < 0 == table["balanced_accuracy_vs_full"][0]
+    assert (tmp_path / "chart.png").stat().st_size > 5_000
+    assert variant_settings("no_normalization", "cyclegan") == ("none", "routed", None)
+    assert variant_settings("full", "reinhard") == ("reinhard", "routed", None)
+    assert classifier_options_for({"preset": "small"}, "no_ge") == {
+        "preset": "small",
+        "gather_excite": False,
+    }
+    with pytest.raises(ValueError, match="ablation variant"):
+        variant_settings("no_dedup", "none")

@@ -278,3 +278,27 @@ def test_class_metrics_on_real_images(tmp_path):
     assert table.loc[0, "kid"] == near["kid"]
     plot_samples({"basophil": held_out}, {"basophil": same}, str(tmp_path / "g.png"), "t")
     assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_ablation_route_variants():
+    from hemaflow.synth.routing import ablate_routes, route_table
+
+    settings = {"large_min": 100, "fewshot_max": 10, "mid_route": "cwgan", "target": "largest"}
+    table = route_table({"big": 150, "mid": 50, "rare": 5, "full": 150}, settings)
+    routes = lambda t: dict(zip(t["canonical_class"], t["route"]))  # noqa: E731
+    assert routes(ablate_routes(table, "routed")) == routes(table)
+    assert routes(ablate_routes(table, "no_cwgan")) == {
+        "big": "none",
+        "full": "none",
+        "mid": "none",
+        "rare": "fewshot",
+    }
+    assert routes(ablate_routes(table, "no_fewshot"))["rare"] == "none"
+    assert routes(ablate_routes(table, "no_fewshot"))["mid"] == "cwgan"
+    every = ablate_routes(table, "fewshot_all")
+    # the classes that need images go to the few-shot GAN; the full ones need none
+    assert routes(every) == {"big": "cwgan", "full": "cwgan", "mid": "fewshot", "rare": "fewshot"}
+    assert (every["to_generate"] == table["to_generate"]).all()
+    assert "ablation fewshot_all: cwgan -> fewshot" in set(every["reason"])
+    with pytest.raises(ValueError, match="not one of"):
+        ablate_routes(table, "no_generators")

@@ -264,7 +264,7 @@ def test_normalization_outputs(workflow_run):
 
 def test_synthesis_outputs(workflow_run):
     _, workdir = workflow_run
-    synth = workdir / "results" / "synthesis"
+    synth = workdir / "results" / "synthesis" / "cyclegan"  # the configured normalization
     routes = pd.read_csv(synth / "routes.csv", keep_default_na=False)
     assert set(routes["route"]) >= {"cwgan", "fewshot"}
     pool = pd.read_parquet(synth / "pool" / "index.parquet")
@@ -274,15 +274,15 @@ def test_synthesis_outputs(workflow_run):
         expected = "fewshot" if row.count < 22 else "cwgan"
         assert row.route == expected
         assert row.to_generate == max(0, 50 - row.count)
-    manifest = pd.read_parquet(synth / "balanced" / "manifest.parquet")
-    images = np.load(synth / "balanced" / "images.npy")
+    manifest = pd.read_parquet(synth / "balanced" / "routed" / "manifest.parquet")
+    images = np.load(synth / "balanced" / "routed" / "images.npy")
     assert len(images) == len(manifest)
     real = manifest[manifest["origin"] == "real"]
     assert len(real) == (pool["split"] == "train").sum()
     synthetic = manifest[manifest["origin"] == "synthetic"]
     assert set(synthetic["generator"]) == {"cwgan", "fewshot"}
     assert synthetic["checkpoint_sha256"].str.len().eq(64).all() and (synthetic["seed"] >= 0).all()
-    gate = pd.read_csv(synth / "gate.csv")
+    gate = pd.read_csv(synth / "balanced" / "routed" / "gate.csv")
     for row in gate.itertuples():
         assert row.used + row.shortfall == row.needed
         n = (synthetic["canonical_class"] == row.canonical_class).sum()
@@ -293,17 +293,18 @@ def test_synthesis_outputs(workflow_run):
     assert (synth / "grid.png").stat().st_size > 5_000
     # generators saw training images only: the pool's non-train rows are never in a model's
     # training data (the logs name the training-image counts)
-    log = (workdir / "logs" / "synthesis" / "train_cwgan.log").read_text()
+    log = (workdir / "logs" / "synthesis" / "cyclegan" / "train_cwgan.log").read_text()
     assert "C-WGAN-GP over" in log
 
 
 def test_classifier_outputs_and_report(workflow_run):
     _, workdir = workflow_run
-    results = workdir / "results" / "classifier"
+    results = workdir / "results" / "classifier" / "full"
     summary = json.loads((results / "summary.json").read_text())
     assert summary["training_images"]["synthetic"] > 0 and summary["training_images"]["real"] > 0
     evaluation = json.loads((results / "evaluation" / "summary.json").read_text())
-    pool = pd.read_parquet(workdir / "results" / "synthesis" / "pool" / "index.parquet")
+    synth = workdir / "results" / "synthesis" / "cyclegan"
+    pool = pd.read_parquet(synth / "pool" / "index.parquet")
     assert evaluation["n_images"] == (pool["split"] == "test").sum()
     assert evaluation["balanced_accuracy_low"] <= evaluation["balanced_accuracy"]
     assert evaluation["balanced_accuracy"] <= evaluation["balanced_accuracy_high"]
@@ -322,7 +323,7 @@ def test_classifier_outputs_and_report(workflow_run):
         evaluation["balanced_accuracy_high"],
     ]
     assert {row["canonical_class"] for row in headline["synthesis"]} == set(
-        pd.read_csv(workdir / "results" / "synthesis" / "gate.csv")["canonical_class"]
+        pd.read_csv(synth / "balanced" / "routed" / "gate.csv")["canonical_class"]
     )
     assert len(headline["normalization"]) >= 1 and headline["data"]["kept"] > 0
     # the HTML report builds
@@ -365,6 +366,60 @@ def test_cross_lab_target(workflow_run):
     assert summary["train_domain"] == target
 
 
+def test_ablation_target(workflow_run):
+    """Every variant is a full pipeline: its own pool, routes, balanced set and classifier,
+    evaluated on its own real test images; one table and one chart."""
+    _, workdir = workflow_run
+    snakemake(workdir, "ablation")
+    table = pd.read_csv(workdir / "results" / "ablation" / "table.csv")
+    assert list(table["variant"]) == [
+        "full",
+        "no_normalization",
+        "no_cwgan",
+        "no_fewshot",
+        "fewshot_all",
+        "no_ge",
+    ]
+    assert table.loc[table["variant"] == "full", "balanced_accuracy_vs_full"].iloc[0] == 0
+    full = json.loads(
+        (workdir / "results" / "classifier" / "full" / "evaluation" / "summary.json").read_text()
+    )
+    assert table.loc[0, "balanced_accuracy"] == full["balanced_accuracy"]
+    assert (table["balanced_accuracy_low"] <= table["balanced_accuracy"]).all()
+    assert any(column.startswith("sensitivity_") for column in table)
+    assert (workdir / "results" / "ablation" / "chart.png").stat().st_size > 5_000
+
+    def manifest(norm, variant):
+        path = workdir / "results" / "synthesis" / norm / "balanced" / variant
+        return pd.read_parquet(path / "manifest.parquet")
+
+    synthetic = {
+        variant: manifest("cyclegan", variant).query("origin == 'synthetic'")
+        for variant in ("routed", "no_cwgan", "no_fewshot", "fewshot_all")
+    }
+    assert set(synthetic["routed"]["generator"]) == {"cwgan", "fewshot"}
+    assert set(synthetic["no_cwgan"]["generator"]) == {"fewshot"}
+    assert set(synthetic["no_fewshot"]["generator"]) == {"cwgan"}
+    assert set(synthetic["fewshot_all"]["generator"]) == {"fewshot"}
+    # few-shot for all: the C-WGAN-GP's classes are generated by adapted few-shot GANs
+    cwgan_classes = set(synthetic["routed"].query("generator == 'cwgan'")["canonical_class"])
+    assert cwgan_classes <= set(synthetic["fewshot_all"]["canonical_class"])
+    # without normalization: the pool holds the raw images, and the classifier saw them
+    raw = workdir / "results" / "synthesis" / "none" / "pool" / "index.parquet"
+    assert (pd.read_parquet(raw)["normalization"] == "none").all()
+    normalized = workdir / "results" / "synthesis" / "cyclegan" / "pool" / "index.parquet"
+    assert (pd.read_parquet(normalized)["normalization"] == "cyclegan").all()
+    no_ge = torch_options(workdir / "results" / "classifier" / "no_ge" / "model.pt")
+    assert no_ge["gather_excite"] is False
+    assert torch_options(workdir / "results" / "classifier" / "full" / "model.pt")["gather_excite"]
+
+
+def torch_options(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["options"]
+
+
 def test_rerun_behaviour(workflow_run):
     data_root, workdir = workflow_run
     assert planned_jobs(snakemake(workdir, "-n")) == {}
@@ -391,6 +446,19 @@ def test_rerun_behaviour(workflow_run):
         jobs = planned_jobs(snakemake(workdir, "-n"))
         assert "ingest" not in jobs and "dedup" not in jobs and "subgroup" not in jobs
         assert jobs.get("normalization_metrics", 0) >= 1
+    finally:
+        write_config(workdir, data_root)
+    # a classifier parameter changes: only the classifier, its evaluation and their readers
+    write_config(workdir, data_root, classifier=dict(TINY_CLASSIFIER, iterations=7))
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert set(jobs) == {
+            "train_classifier",
+            "evaluate_classifier",
+            "classifier_training_curve",
+            "headline_summary",
+            "all",
+        }, jobs
     finally:
         write_config(workdir, data_root)
     assert planned_jobs(snakemake(workdir, "-n")) == {}

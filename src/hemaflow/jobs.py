@@ -7,8 +7,10 @@ with a plain namespace."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,8 @@ def start_job(job: Any) -> DeviceClaim:
     import torch
 
     logs = list(getattr(job, "log", []) or [])
-    setup_logging(logs[0] if logs else None)
+    logger = setup_logging(logs[0] if logs else None)
+    _explain_storage_errors(job, logger)
     threads = int(getattr(job, "threads", 1) or 1)
     torch.set_num_threads(threads)
     return claim_device(
@@ -52,6 +55,53 @@ def start_job(job: Any) -> DeviceClaim:
         gpus_requested=_resource(job, "gpu", 0),
         what=getattr(job, "rule", "job"),
     )
+
+
+# errors that mean "the disk is full or the output is not writable"
+STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EFBIG,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+}
+
+
+def storage_error(error: BaseException) -> OSError | None:
+    """The OSError of a full disk or an unwritable file behind ``error`` (torch wraps them
+    in RuntimeError), else None."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return seen
+        if isinstance(seen, OSError) and seen.errno is None and " written" in str(seen):
+            return seen  # numpy's short write: "N requested and M written"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _explain_storage_errors(job: Any, logger: logging.Logger) -> None:
+    """A job that dies of a full disk or an unwritable output says so, naming its outputs
+    (Snakemake then deletes them: nothing half-written is taken for finished)."""
+    previous = sys.excepthook
+    outputs = [str(path) for path in (getattr(job, "output", []) or [])]
+
+    def hook(kind, value, traceback):
+        cause = storage_error(value)
+        if cause is not None:
+            logger.critical(
+                "%s could not write its outputs (%s): %s. Is the disk full or the folder "
+                "not writable? Outputs: %s",
+                getattr(job, "rule", "job"),
+                os.strerror(cause.errno) if cause.errno else "short write",
+                cause,
+                ", ".join(outputs) or "none",
+            )
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 def retry_options(job: Any, options: Mapping[str, Any], options_cls: type) -> dict[str, Any]:

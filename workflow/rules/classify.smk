@@ -13,7 +13,7 @@ rule train_classifier:
         ),
         summary=f"{CLASSIFIER_DIR}/summary.json",
     log:
-        "logs/classifier/train.log",
+        "logs/classifier/{variant}/train.log",
     cache: True
     retries: 2
     conda:
@@ -24,7 +24,7 @@ rule train_classifier:
         batch_divisor=retry_batch_divisor,
     params:
         library=LIBRARY_VERSION,
-        options=classifier_options(),
+        options=variant_classifier_options,
         state_root=STATE_DIR,
     script:
         "../scripts/train_classifier.py"
@@ -34,9 +34,7 @@ rule evaluate_classifier:
     """Accuracy, balanced accuracy, macro-F1, per-class sensitivity / specificity /
     precision with bootstrap CIs and the confusion matrix, on real test images only."""
     input:
-        model=f"{CLASSIFIER_DIR}/model.pt",
-        pool_images=f"{SYNTH}/pool/images.npy",
-        pool_index=f"{SYNTH}/pool/index.parquet",
+        unpack(classifier_evaluation_inputs),
     output:
         summary=f"{CLASSIFIER_DIR}/evaluation/summary.json",
         per_class=report(
@@ -54,7 +52,7 @@ rule evaluate_classifier:
         ),
         predictions=f"{CLASSIFIER_DIR}/evaluation/predictions.parquet",
     log:
-        "logs/classifier/evaluate.log",
+        "logs/classifier/{variant}/evaluate.log",
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -137,6 +135,43 @@ rule cross_lab:
         f"{RESULTS}/cross_lab/balanced_accuracy.png",
 
 
+rule ablation_table:
+    """One table and one chart: accuracy, balanced accuracy, macro-F1 and per-class
+    sensitivity of every ablation variant on real test images."""
+    input:
+        summaries=ablation_evaluations("summary.json"),
+        per_class=ablation_evaluations("per_class.csv"),
+    output:
+        table=report(
+            f"{RESULTS}/ablation/table.csv",
+            caption="../report/ablation_table.rst",
+            category="classification",
+            subcategory="ablation",
+        ),
+        chart=report(
+            f"{RESULTS}/ablation/chart.png",
+            caption="../report/ablation_chart.rst",
+            category="classification",
+            subcategory="ablation",
+        ),
+    log:
+        "logs/ablation/table.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    params:
+        variants=ABLATION_VARIANTS,
+    script:
+        "../scripts/ablation_table.py"
+
+
+rule ablation:
+    """Target: the ablation study, each variant a full pipeline (not part of the default
+    run)."""
+    input:
+        f"{RESULTS}/ablation/table.csv",
+        f"{RESULTS}/ablation/chart.png",
+
+
 rule headline_summary:
     """results/summary.json: the headline numbers of the run, for scripts."""
     input:
@@ -165,7 +200,7 @@ rule classifier_training_curve:
             subcategory="training",
         ),
     log:
-        "logs/classifier/training_curve.log",
+        "logs/classifier/{variant}/training_curve.log",
     conda:
         "../envs/hemaflow.yaml"
     params:

@@ -187,26 +187,35 @@ def normalization_outputs():
 # ------------------------------------------------------------------------------ synthesis
 
 SYNTHESIS = config["synthesis"]
-SYNTH = f"{RESULTS}/synthesis"
+# synthesis runs per normalization method of its pool (the ablation's "no normalization"
+# needs the raw pool); the main run uses the configured method
+MAIN_NORM = NORMALIZATION["method"]
+SYNTH = f"{RESULTS}/synthesis/{{norm}}"
 LABELLED_DOMAINS = sorted(
     {spec["domain"] for spec in config["datasets"].values() if spec["labelled"]}
 )
+ABLATION_VARIANTS = list(config["ablation"]["variants"])
+SYNTHESIS_VARIANTS = ["routed", "no_cwgan", "no_fewshot", "fewshot_all"]
 
 
 wildcard_constraints:
     synth_class="[A-Za-z0-9_]+",
+    norm="none|reinhard|cyclegan",
+    generator="cwgan|fewshot",
+    synth_variant="|".join(SYNTHESIS_VARIANTS),
+    variant="full|no_normalization|no_cwgan|no_fewshot|fewshot_all|no_ge",
+
+
+def synth_dir(norm):
+    return f"{RESULTS}/synthesis/{norm}"
 
 
 def synthesis_pool_inputs(wildcards):
-    method = NORMALIZATION["method"]
     inputs = {}
     for domain in LABELLED_DOMAINS:
-        inputs[f"images_{domain}"] = (
-            f"{RESULTS}/normalized/{method}/{domain}/images.npy"
-        )
-        inputs[f"index_{domain}"] = (
-            f"{RESULTS}/normalized/{method}/{domain}/index.parquet"
-        )
+        base = f"{RESULTS}/normalized/{wildcards.norm}/{domain}"
+        inputs[f"images_{domain}"] = f"{base}/images.npy"
+        inputs[f"index_{domain}"] = f"{base}/index.parquet"
     return inputs
 
 
@@ -222,89 +231,136 @@ def synthesis_options(section):
     return json.loads(canonical_json(SYNTHESIS[section]))
 
 
-def read_routes():
+def read_routes(norm, synth_variant="routed"):
+    """The route table of the pool normalized with ``norm``, as the synthesis variant
+    changes it (see hemaflow.synth.routing.ablate_routes)."""
     import pandas as pd
 
-    path = checkpoints.synthesis_routes.get().output[0]
-    return pd.read_csv(path, keep_default_na=False)
+    from hemaflow.synth.routing import ablate_routes
+
+    path = checkpoints.synthesis_routes.get(norm=norm).output[0]
+    return ablate_routes(pd.read_csv(path, keep_default_na=False), synth_variant)
 
 
-def synthesis_classes(route=None):
-    """Classes that get synthetic images (of ``route`` if given)."""
-    routes = read_routes()
+def generating_classes(norm, synth_variant="routed"):
+    """(class, generator) of every class that gets synthetic images."""
+    routes = read_routes(norm, synth_variant)
     chosen = routes[(routes["to_generate"] > 0) & (routes["route"] != "none")]
-    if route is not None:
-        chosen = chosen[chosen["route"] == route]
-    return chosen["canonical_class"].tolist()
+    return list(zip(chosen["canonical_class"], chosen["route"]))
 
 
-def class_route(name):
-    routes = read_routes().set_index("canonical_class")
-    return routes.loc[name, "route"]
-
-
-def generator_model_path(name):
+def generator_model_path(norm, generator, name):
     """The model file that generates class ``name``: the C-WGAN-GP or the few-shot GAN
     adapted to it."""
-    if class_route(name) == "cwgan":
-        return f"{SYNTH}/cwgan/model.pt"
-    return f"{SYNTH}/fewshot/{name}/model.pt"
+    if generator == "cwgan":
+        return f"{synth_dir(norm)}/cwgan/model.pt"
+    return f"{synth_dir(norm)}/fewshot/{name}/model.pt"
 
 
 def generator_model(wildcards):
-    return generator_model_path(wildcards.synth_class)
+    return generator_model_path(
+        wildcards.norm, wildcards.generator, wildcards.synth_class
+    )
+
+
+def synth_variant_of(wildcards):
+    return getattr(wildcards, "synth_variant", "routed")
 
 
 def synthesis_sample_files(kind):
     def inputs(wildcards):
-        return expand(f"{SYNTH}/samples/{{name}}/{kind}", name=synthesis_classes())
+        return [
+            f"{synth_dir(wildcards.norm)}/samples/{generator}/{name}/{kind}"
+            for name, generator in generating_classes(
+                wildcards.norm, synth_variant_of(wildcards)
+            )
+        ]
 
     return inputs
 
 
 def synthesis_models(wildcards):
-    return {name: generator_model_path(name) for name in synthesis_classes()}
+    return {
+        name: generator_model_path(wildcards.norm, generator, name)
+        for name, generator in generating_classes(
+            wildcards.norm, synth_variant_of(wildcards)
+        )
+    }
 
 
 def synthesis_outputs():
     if not SYNTHESIS["enabled"]:
         return []
+    base = synth_dir(MAIN_NORM)
     return [
-        f"{SYNTH}/routes.csv",
-        f"{SYNTH}/balanced/manifest.parquet",
-        f"{SYNTH}/metrics.csv",
+        f"{base}/routes.csv",
+        f"{base}/balanced/routed/manifest.parquet",
+        f"{base}/metrics.csv",
     ]
 
 
 # ----------------------------------------------------------------------------- classifier
 
-CLASSIFIER_DIR = f"{RESULTS}/classifier"
+# the classifier of each ablation variant; "full" is the main run's
+CLASSIFIER_DIR = f"{RESULTS}/classifier/{{variant}}"
+
+
+def classifier_dir(variant="full"):
+    return f"{RESULTS}/classifier/{variant}"
+
+
+def variant_settings(variant):
+    """(normalization method, synthesis variant, classifier change) of an ablation
+    variant (hemaflow.classify.ablation.VARIANTS)."""
+    from hemaflow.classify.ablation import variant_settings as settings
+
+    return settings(variant, MAIN_NORM)
 
 
 def classifier_training_inputs(wildcards):
+    norm, synth_variant, _ = variant_settings(wildcards.variant)
+    base = synth_dir(norm)
     inputs = {
-        "pool_images": f"{SYNTH}/pool/images.npy",
-        "pool_index": f"{SYNTH}/pool/index.parquet",
+        "pool_images": f"{base}/pool/images.npy",
+        "pool_index": f"{base}/pool/index.parquet",
     }
     if SYNTHESIS["enabled"]:
-        inputs["balanced_images"] = f"{SYNTH}/balanced/images.npy"
-        inputs["balanced_manifest"] = f"{SYNTH}/balanced/manifest.parquet"
+        inputs["balanced_images"] = f"{base}/balanced/{synth_variant}/images.npy"
+        inputs["balanced_manifest"] = (
+            f"{base}/balanced/{synth_variant}/manifest.parquet"
+        )
     return inputs
+
+
+def classifier_evaluation_inputs(wildcards):
+    norm, _, _ = variant_settings(wildcards.variant)
+    return {
+        "model": f"{classifier_dir(wildcards.variant)}/model.pt",
+        "pool_images": f"{synth_dir(norm)}/pool/images.npy",
+        "pool_index": f"{synth_dir(norm)}/pool/index.parquet",
+    }
 
 
 def classifier_options():
     return json.loads(canonical_json(config["classifier"]))
 
 
+def variant_classifier_options(wildcards):
+    from hemaflow.classify.ablation import classifier_options_for
+
+    _, _, change = variant_settings(wildcards.variant)
+    return classifier_options_for(classifier_options(), change)
+
+
 def summary_inputs(wildcards):
     inputs = {
         "data_summary": f"{RESULTS}/data/summary.json",
-        "classifier_evaluation": f"{CLASSIFIER_DIR}/evaluation/summary.json",
+        "classifier_evaluation": f"{classifier_dir()}/evaluation/summary.json",
     }
     if NORMALIZATION["method"] != "none":
         inputs["normalization_metrics"] = f"{RESULTS}/normalization/metrics.csv"
     if SYNTHESIS["enabled"]:
-        inputs["synthesis_gate"] = f"{SYNTH}/gate.csv"
+        inputs["synthesis_gate"] = f"{synth_dir(MAIN_NORM)}/balanced/routed/gate.csv"
     return inputs
 
 
@@ -320,11 +376,17 @@ def headline_settings():
 def classifier_outputs():
     return [
         f"{RESULTS}/summary.json",
-        f"{CLASSIFIER_DIR}/model.pt",
-        f"{CLASSIFIER_DIR}/evaluation/summary.json",
-        f"{CLASSIFIER_DIR}/evaluation/confusion.png",
-        f"{CLASSIFIER_DIR}/training_curve.png",
+        f"{classifier_dir()}/model.pt",
+        f"{classifier_dir()}/evaluation/summary.json",
+        f"{classifier_dir()}/evaluation/confusion.png",
+        f"{classifier_dir()}/training_curve.png",
     ]
+
+
+def ablation_evaluations(kind):
+    return expand(
+        f"{RESULTS}/classifier/{{variant}}/evaluation/{kind}", variant=ABLATION_VARIANTS
+    )
 
 
 # ------------------------------------------------------------------------------ cross-lab

@@ -6,7 +6,7 @@ rule synthesis_pool:
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
     log:
-        "logs/synthesis/pool.log",
+        "logs/synthesis/{norm}/pool.log",
     conda:
         "../envs/hemaflow.yaml"
     params:
@@ -29,7 +29,7 @@ checkpoint synthesis_routes:
             subcategory="routing",
         ),
     log:
-        "logs/synthesis/routes.log",
+        "logs/synthesis/{norm}/routes.log",
     conda:
         "../envs/hemaflow.yaml"
     params:
@@ -48,7 +48,7 @@ rule train_real_classifier:
         losses=f"{SYNTH}/classifier/losses.csv",
         summary=f"{SYNTH}/classifier/summary.json",
     log:
-        "logs/synthesis/train_real_classifier.log",
+        "logs/synthesis/{norm}/train_real_classifier.log",
     cache: True
     retries: 2
     conda:
@@ -76,7 +76,7 @@ rule train_gate_classifier:
         losses=f"{SYNTH}/gate_classifier/losses.csv",
         summary=f"{SYNTH}/gate_classifier/summary.json",
     log:
-        "logs/synthesis/train_gate_classifier.log",
+        "logs/synthesis/{norm}/train_gate_classifier.log",
     cache: True
     retries: 2
     conda:
@@ -105,7 +105,7 @@ rule train_cwgan:
         losses=f"{SYNTH}/cwgan/losses.csv",
         summary=f"{SYNTH}/cwgan/summary.json",
     log:
-        "logs/synthesis/train_cwgan.log",
+        "logs/synthesis/{norm}/train_cwgan.log",
     cache: True
     retries: 2
     conda:
@@ -133,7 +133,7 @@ rule train_fewshot_meta:
         losses=f"{SYNTH}/fewshot/meta/losses.csv",
         summary=f"{SYNTH}/fewshot/meta/summary.json",
     log:
-        "logs/synthesis/train_fewshot_meta.log",
+        "logs/synthesis/{norm}/train_fewshot_meta.log",
     cache: True
     retries: 2
     conda:
@@ -162,7 +162,7 @@ rule adapt_fewshot:
         losses=f"{SYNTH}/fewshot/{{synth_class}}/losses.csv",
         summary=f"{SYNTH}/fewshot/{{synth_class}}/summary.json",
     log:
-        "logs/synthesis/adapt_fewshot/{synth_class}.log",
+        "logs/synthesis/{norm}/adapt_fewshot/{synth_class}.log",
     cache: True
     retries: 2
     conda:
@@ -188,13 +188,13 @@ rule generate_class:
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
     output:
-        images=f"{SYNTH}/samples/{{synth_class}}/images.npy",
-        candidates=f"{SYNTH}/samples/{{synth_class}}/candidates.parquet",
-        summary=f"{SYNTH}/samples/{{synth_class}}/gate.json",
+        images=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/images.npy",
+        candidates=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/candidates.parquet",
+        summary=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/gate.json",
     log:
-        "logs/synthesis/generate/{synth_class}.log",
+        "logs/synthesis/{norm}/generate/{generator}/{synth_class}.log",
     benchmark:
-        "benchmarks/synthesis/generate/{synth_class}.tsv"
+        "benchmarks/synthesis/{norm}/generate/{generator}/{synth_class}.tsv"
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -208,26 +208,40 @@ rule generate_class:
         "../scripts/generate_class.py"
 
 
+rule variant_routes:
+    """The route table of a synthesis variant of the ablation (routed: as routed)."""
+    input:
+        f"{SYNTH}/routes.csv",
+    output:
+        f"{SYNTH}/routes/{{synth_variant}}.csv",
+    log:
+        "logs/synthesis/{norm}/routes_{synth_variant}.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    script:
+        "../scripts/variant_routes.py"
+
+
 rule balanced_training_set:
     """Real training images plus the accepted synthetic ones, with provenance."""
     input:
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
-        routes=f"{SYNTH}/routes.csv",
+        routes=f"{SYNTH}/routes/{{synth_variant}}.csv",
         samples=synthesis_sample_files("images.npy"),
         candidates=synthesis_sample_files("candidates.parquet"),
         gates=synthesis_sample_files("gate.json"),
     output:
-        images=f"{SYNTH}/balanced/images.npy",
-        manifest=f"{SYNTH}/balanced/manifest.parquet",
+        images=f"{SYNTH}/balanced/{{synth_variant}}/images.npy",
+        manifest=f"{SYNTH}/balanced/{{synth_variant}}/manifest.parquet",
         gate=report(
-            f"{SYNTH}/gate.csv",
+            f"{SYNTH}/balanced/{{synth_variant}}/gate.csv",
             caption="../report/synthesis_gate.rst",
             category="synthesis",
             subcategory="quality gate",
         ),
     log:
-        "logs/synthesis/balanced.log",
+        "logs/synthesis/{norm}/balanced/{synth_variant}.log",
     conda:
         "../envs/hemaflow.yaml"
     params:
@@ -258,9 +272,9 @@ rule synthesis_metrics:
             subcategory="samples",
         ),
     log:
-        "logs/synthesis/metrics.log",
+        "logs/synthesis/{norm}/metrics.log",
     benchmark:
-        "benchmarks/synthesis/metrics.tsv"
+        "benchmarks/synthesis/{norm}/metrics.tsv"
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -286,7 +300,7 @@ rule cwgan_training_curve:
             subcategory="training",
         ),
     log:
-        "logs/synthesis/cwgan_training_curve.log",
+        "logs/synthesis/{norm}/cwgan_training_curve.log",
     conda:
         "../envs/hemaflow.yaml"
     params:

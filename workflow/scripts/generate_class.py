@@ -15,4 +15,5 @@ generate_stage(
     out_images=snakemake.output.images,
     out_candidates=snakemake.output.candidates,
     out_summary=snakemake.output.summary,
+    route=snakemake.wildcards.generator,
 )

@@ -38,7 +38,10 @@ def build_pool(
             log.info("domain %s has no labelled images: not in the synthesis pool", domain)
             continue
         parts.append(np.asarray(images)[rows])
-        frame = index.iloc[rows][["record_id", "dataset", "canonical_class", "split"]].copy()
+        # provenance: which normalization produced the images, where the cache says so
+        columns = ["record_id", "dataset", "canonical_class", "split"]
+        columns += [c for c in ("normalization", "normalized_to") if c in index]
+        frame = index.iloc[rows][columns].copy()
         frame.insert(2, "domain", domain)
         frame["pool_index"] = np.arange(offset, offset + len(rows))
         offset += len(rows)

@@ -123,3 +123,31 @@ def subsample_train(index: pd.DataFrame, subsample: Mapping[str, int], seed: int
         index.iloc[dropped, index.columns.get_loc("split")] = "held_out"
         log.info("subsampled %s to %d training images (%d held out)", name, n, len(dropped))
     return index
+
+
+# The synthesis side of the ablation study: which generators balance the training set.
+SYNTHESIS_VARIANTS = ("routed", "no_cwgan", "no_fewshot", "fewshot_all")
+
+
+def ablate_routes(table: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """The route table of an ablation variant: ``routed`` as routed; ``no_cwgan`` and
+    ``no_fewshot`` leave the classes of that generator unbalanced (route ``none``);
+    ``fewshot_all`` sends every class that needs images to the few-shot GAN. Counts,
+    targets and needs are unchanged; ``reason`` says what the ablation did."""
+    if variant not in SYNTHESIS_VARIANTS:
+        raise ValueError(f"synthesis variant {variant!r} is not one of {SYNTHESIS_VARIANTS}")
+    table = table.copy()
+    if variant == "routed":
+        return table
+    if variant == "fewshot_all":
+        changed = (table["to_generate"] > 0) & (table["route"] != "fewshot")
+        new_route = "fewshot"
+    else:
+        dropped = "cwgan" if variant == "no_cwgan" else "fewshot"
+        changed = table["route"] == dropped
+        new_route = "none"
+    table.loc[changed, "reason"] = [
+        f"ablation {variant}: {old} -> {new_route}" for old in table.loc[changed, "route"]
+    ]
+    table.loc[changed, "route"] = new_route
+    return table

@@ -81,6 +81,15 @@ def read_routes(path: str) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False)
 
 
+def write_variant_routes(routes_csv: str, variant: str, out_csv: str) -> pd.DataFrame:
+    """The route table of a synthesis ablation variant (``routing.ablate_routes``)."""
+    from hemaflow.synth.routing import ablate_routes
+
+    table = ablate_routes(read_routes(routes_csv), variant)
+    table.to_csv(out_csv, index=False)
+    return table
+
+
 # ---------------------------------------------------------------------------------- training
 
 
@@ -267,12 +276,15 @@ def generate_stage(
     out_images: str,
     out_candidates: str,
     out_summary: str,
+    route: str | None = None,
 ) -> dict:
-    """Generate ``class_name`` through the quality gate up to its target count."""
+    """Generate ``class_name`` through the quality gate up to its target count, with the
+    generator of its route (or of ``route``, for the ablation's few-shot-for-all)."""
     from hemaflow.classify.train import load_classifier, predict_proba
 
     routes = read_routes(routes_csv).set_index("canonical_class")
-    route, n_needed = routes.loc[class_name, "route"], int(routes.loc[class_name, "to_generate"])
+    n_needed = int(routes.loc[class_name, "to_generate"])
+    route = route or routes.loc[class_name, "route"]
     images, pool = read_pool(pool_images, pool_index)
     # the judge: a SENet-GE trained on real images only, independent of the C-WGAN-GP's
     # third player (which the generator is trained to satisfy)

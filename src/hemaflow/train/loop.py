@@ -20,6 +20,7 @@ checkpoint, refuses one written with other options or other data, and stops earl
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import logging
 import os
@@ -209,6 +210,12 @@ def atomic_torch_save(payload: Any, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except RuntimeError as error:  # torch reports a short write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OSError(errno.EIO, f"cannot write {path}: {error} (disk full?)") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
