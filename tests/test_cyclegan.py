@@ -34,7 +34,7 @@ from hemaflow.train.losses import (
     wgan_generator_loss,
     wgan_gp_critic_loss,
 )
-from tests.realdata import load_square_cells
+from tests.realdata import load_square_cells, pbc_cells
 
 # ------------------------------------------------------------------------------ real cells
 
@@ -419,3 +419,23 @@ def test_identity_normalizer_returns_the_input(cells32):
     normalizer = IdentityNormalizer().fit(cells32[1])
     assert isinstance(normalizer, StainNormalizer) and normalizer.name == "none"
     assert normalizer.transform(images) is images
+
+
+def test_structure_loss_ignores_stain_and_penalizes_moved_edges():
+    from hemaflow.train.losses import structure_loss
+
+    images, _ = pbc_cells(1, 32)
+    cells = torch.from_numpy(images.astype("float32") / 127.5 - 1).permute(0, 3, 1, 2)
+    assert structure_loss(cells, cells).item() < 1e-4
+    # a stain change: another colour balance, brightness and contrast, same structure
+    weights = torch.tensor([0.6, 1.1, 0.8]).view(1, 3, 1, 1)
+    restained = (cells * weights * 0.7 + 0.1).clamp(-1, 1)
+    assert structure_loss(cells, restained).item() < 0.05
+    moved = torch.roll(cells, shifts=(4, 4), dims=(2, 3))
+    noise = torch.rand_like(cells) * 2 - 1
+    assert structure_loss(cells, moved).item() > 5 * structure_loss(cells, restained).item()
+    assert structure_loss(cells, noise).item() > 0.5
+    # differentiable, as a generator loss must be
+    fake = restained.clone().requires_grad_(True)
+    structure_loss(cells, fake).backward()
+    assert torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
