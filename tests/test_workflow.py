@@ -141,8 +141,9 @@ def link_subset(shared: Path, root: Path) -> None:
         (root / "raabin_frames" / "labels" / label.name).symlink_to(label)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """snakemake on this repository's Snakefile, in ``workdir`` with its config.yaml."""
+    return [
         SNAKEMAKE,
         "-s",
         str(REPO / "Snakefile"),
@@ -150,10 +151,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         str(workdir),
         "--configfile",
         str(workdir / "config.yaml"),
-        "--cores",
-        "2",
         *args,
     ]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = snakemake_command(workdir, "--cores", "2", *args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(
