@@ -34,6 +34,7 @@ def write_config(workdir: Path, data_root: Path, rare: str, shots: int, variants
         config = yaml.safe_load(handle)
     config["data_root"] = str(data_root.resolve())
     config["datasets"] = {"pbc": config["datasets"]["pbc"]}
+    config["class_map"] = {"pbc": config["class_map"]["pbc"]}
     config["normalization"]["method"] = "none"
     config["synthesis"] = {"subsample": {rare: shots}, "seed": seed}
     config["ablation"] = {"variants": list(variants)}

@@ -403,6 +403,37 @@ def test_adaptation_resumes_bit_identically(adapted, meta_run, rare_cells, tmp_p
     assert torch.equal(straight["code"], again["code"])
 
 
+def test_adaptation_to_a_large_class_subsamples_its_support_set(
+    meta_run, rare_cells, tmp_path, monkeypatch
+):
+    """The ablation's few-shot-for-all adapts to classes of thousands of images: each step
+    sees at most adapt_support of them, chosen anew (seeded), not the whole class."""
+    from hemaflow.train.loop import ImageSampler
+
+    seen = []
+    original = ImageSampler.sample_rows
+
+    def spy(self, rng, rows):
+        seen.append(tuple(int(r) for r in rows))
+        return original(self, rng, rows)
+
+    monkeypatch.setattr(ImageSampler, "sample_rows", spy)
+    summary = adapt_fewshot(
+        meta_run["root"] / "meta.pt",
+        rare_cells,
+        tiny(adapt_support=3),
+        tmp_path / "state",
+        tmp_path / "adapted.pt",
+    )
+    assert summary["completed"] and summary["n_images"] == 5
+    # per step: the support set (3 distinct rows, sorted), then the real batch
+    support = seen[0::2]
+    assert len(support) == 3 and all(len(set(rows)) == len(rows) == 3 for rows in support)
+    assert all(list(rows) == sorted(rows) for rows in support)
+    assert len(set(support)) > 1  # a new subset each step
+    assert not any(len(rows) == 5 for rows in seen)  # never the whole class
+
+
 def test_adaptation_validates_its_inputs(meta_run, rare_cells, tmp_path):
     meta = meta_run["root"] / "meta.pt"
     out = tmp_path / "a.pt"

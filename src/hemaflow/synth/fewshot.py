@@ -83,7 +83,7 @@ LOSS_COLUMNS = (
 ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection")
 # options of the other stage: changing them does not change this stage's run
 _META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
-_ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr"})
+_ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support"})
 _MS_EPS = 1e-5  # MSGAN's epsilon in 1 / (lz + eps)
 
 
@@ -116,6 +116,7 @@ class FewShotOptions(TrainingOptions):
     meta_lr: float = 0.1
     adapt_iterations: int = 2_000
     adapt_lr: float = 2e-4
+    adapt_support: int = 100
     beta1: float = 0.5
     beta2: float = 0.999
     lambda_ms: float = 1.0
@@ -140,6 +141,7 @@ class FewShotOptions(TrainingOptions):
             "inner_steps",
             "inner_lr",
             "adapt_lr",
+            "adapt_support",
             "checkpoint_every",
             "log_every",
         }
@@ -567,7 +569,13 @@ class AdaptTrainer(_GANSteps):
         return [self.encoder, self.generator, self.discriminator]
 
     def train_iteration(self) -> dict[str, torch.Tensor]:
-        support = self.sampler.sample_rows(self.rng, np.arange(len(self.sampler)))
+        # the support set is the class (a few-shot class has fewer than fewshot_max
+        # images); a larger class (the ablation's few-shot-for-all) is subsampled to
+        # adapt_support images per step, which keeps a step's cost that of a rare class
+        rows = np.arange(len(self.sampler))
+        if len(rows) > self.options.adapt_support:
+            rows = np.sort(self.rng.choice(rows, self.options.adapt_support, replace=False))
+        support = self.sampler.sample_rows(self.rng, rows)
         real = self.sampler.sample(self.rng, self.options.batch_size)
         losses = self.gan_step(
             self.encoder,
