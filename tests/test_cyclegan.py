@@ -20,6 +20,7 @@ from hemaflow.normalize.reinhard import ReinhardNormalizer, lab_to_uint8, rgb_to
 from hemaflow.train.cyclegan import (
     LOSS_COLUMNS,
     PRESETS,
+    CycleGANModel,
     CycleGANOptions,
     load_cyclegan,
     train_cyclegan,
@@ -107,6 +108,44 @@ def test_unet_rejects_sizes_that_are_not_powers_of_two():
         UNetGenerator(image_size=48)
     with pytest.raises(ValueError, match="upsample"):
         UNetGenerator(image_size=32, upsample="bilinear")
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_residual_unet_starts_as_the_identity_and_learns_a_change(upsample, cells32):
+    torch.manual_seed(0)
+    net = init_weights(UNetGenerator(ngf=8, image_size=32, upsample=upsample, residual=True))
+    real = torch.from_numpy(cells32[0][:4]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    before = net(real)
+    # the identity up to the clamp of saturated pixels inside (-1, 1) before atanh
+    assert torch.allclose(before, real, atol=1.1e-3)
+    # a step towards a colour shift moves the output: the zero output layer still learns
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    target = (real * 0.5 + 0.3).clamp(-1, 1)
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = (net(real) - target).abs().mean()
+        loss.backward()
+        optimizer.step()
+    after = net(real)
+    assert after.abs().max() <= 1.0
+    assert (after - target).abs().mean() < (before - target).abs().mean() - 0.01
+
+
+def test_cycle_noise_reaches_only_the_reverse_generator_input():
+    quiet = CycleGANModel(tiny(cycle_noise=0.0), torch.device("cpu"), np.random.default_rng(0))
+    translated = torch.zeros(8, 3, 32, 32)
+    assert quiet._hide_nothing(translated) is translated
+    noisy = CycleGANModel(tiny(cycle_noise=0.1), torch.device("cpu"), np.random.default_rng(0))
+    seen = noisy._hide_nothing(translated)
+    assert abs(float(seen.std()) - 0.1) < 0.01 and abs(float(seen.mean())) < 0.01
+    assert float(translated.abs().max()) == 0  # the translation itself is left alone
+    with pytest.raises(ValueError, match="'cycle_noise'"):
+        tiny(cycle_noise=-0.1)
+
+
+def test_residual_needs_the_unet_generator():
+    with pytest.raises(ValueError, match="'residual'"):
+        CycleGANOptions.from_config({"preset": "cpu", "generator": "resnet", "residual": True})
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -439,3 +478,25 @@ def test_structure_loss_ignores_stain_and_penalizes_moved_edges():
     fake = restained.clone().requires_grad_(True)
     structure_loss(cells, fake).backward()
     assert torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
+
+
+def test_contrast_structure_charges_for_texture_hidden_in_a_flat_region():
+    from hemaflow.train.losses import structure_loss
+
+    images, _ = pbc_cells(1, 32)
+    cells = torch.from_numpy(images.astype("float32") / 127.5 - 1).permute(0, 3, 1, 2)
+    flat = cells.clone()
+    flat[:, :, 8:24, 8:24] = flat[:, :, 8:24, 8:24].mean(dim=(2, 3), keepdim=True)
+    # a high-contrast code drawn into the flat square, as a CycleGAN hides one there
+    coded = flat.clone()
+    coded[:, :, 12:20, 12:20] = torch.where(
+        torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5, 1.0, -1.0
+    )
+    plain = structure_loss(flat, coded, mode="structure").item()
+    charged = structure_loss(flat, coded, mode="contrast_structure").item()
+    assert charged > 2 * plain
+    # a stain change still costs (almost) nothing in either mode
+    restained = (cells * torch.tensor([0.6, 1.1, 0.8]).view(1, 3, 1, 1) + 0.1).clamp(-1, 1)
+    assert structure_loss(cells, restained, mode="contrast_structure").item() < 0.05
+    with pytest.raises(ValueError, match="mode"):
+        structure_loss(cells, cells, mode="ssim")

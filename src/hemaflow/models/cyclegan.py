@@ -28,7 +28,14 @@ class UNetGenerator(nn.Module):
     Channels double per level from ``ngf`` up to ``min(8 * ngf, max_channels)``.
     ``upsample="resize"`` replaces each transposed convolution by nearest-neighbour
     upsampling and a 3x3 convolution, which avoids checkerboard artefacts. ``dropout`` is
-    applied in the three innermost decoder levels, as in pix2pix. Output in [-1, 1]."""
+    applied in the three innermost decoder levels, as in pix2pix. Output in [-1, 1].
+
+    ``residual=True`` makes the network predict a change of its input instead of a new
+    image: ``tanh(atanh(x) + r(x))``, with the last convolution initialized to zero, so
+    that an untrained generator is the identity. A stain translation changes colour and
+    texture but not where the cells are; starting from the identity, a short training
+    run cannot lose the source's content, which the plain U-Net must first learn to
+    copy through its skip connections."""
 
     def __init__(
         self,
@@ -39,6 +46,7 @@ class UNetGenerator(nn.Module):
         upsample: str = "transpose",
         max_channels: int = 512,
         dropout: float = 0.0,
+        residual: bool = False,
     ):
         super().__init__()
         if image_size < 8 or image_size & (image_size - 1):
@@ -51,6 +59,7 @@ class UNetGenerator(nn.Module):
             )
         self.image_size = image_size
         self.upsample = upsample
+        self.residual = residual
         n_levels = int(math.log2(image_size))
         cap = min(8 * ngf, max_channels)
         channels = [min(ngf * 2**level, cap) for level in range(n_levels)]
@@ -75,7 +84,7 @@ class UNetGenerator(nn.Module):
             outermost = level == 0
             width = out_channels if outermost else channels[level - 1]
             layers = [nn.ReLU(inplace=False), self._upsampling(inner, width)]
-            if outermost:
+            if outermost and not residual:
                 layers.append(nn.Tanh())
             else:
                 layers.append(_instance_norm(width))
@@ -91,7 +100,15 @@ class UNetGenerator(nn.Module):
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect"),
         )
 
+    def output_layer(self) -> nn.Conv2d | nn.ConvTranspose2d:
+        """The convolution that produces the image (or, residual, the change)."""
+        layers = [
+            m for m in self.ups[-1].modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+        ]
+        return layers[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        source = x
         skips = []
         for down in self.downs:
             x = down(x)
@@ -99,7 +116,12 @@ class UNetGenerator(nn.Module):
         x = skips.pop()
         for up in self.ups[:-1]:
             x = torch.cat([up(x), skips.pop()], dim=1)
-        return self.ups[-1](x)
+        out = self.ups[-1](x)
+        if not self.residual:
+            return out
+        # atanh of inputs clamped inside (-1, 1): exact 0/255 pixels stay finite
+        limit = 1.0 - 1e-3
+        return torch.tanh(torch.atanh(source.clamp(-limit, limit)) + out)
 
 
 class ResnetBlock(nn.Module):
@@ -217,7 +239,8 @@ class PatchCritic(nn.Module):
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """CycleGAN's ``normal`` init: convolution and linear weights ~ N(0, gain), biases 0;
-    normalization scales ~ N(1, gain), shifts 0. Returns ``net``."""
+    normalization scales ~ N(1, gain), shifts 0; a residual U-Net's output layer 0 (the
+    identity). Returns ``net``."""
     for module in net.modules():
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(module.weight, 0.0, gain)
@@ -226,4 +249,8 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
         elif isinstance(module, nn.InstanceNorm2d | nn.BatchNorm2d) and module.affine:
             nn.init.normal_(module.weight, 1.0, gain)
             nn.init.zeros_(module.bias)
+    if isinstance(net, UNetGenerator) and net.residual:
+        output = net.output_layer()
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
     return net

@@ -47,6 +47,7 @@ from hemaflow.train.loop import (
 )
 from hemaflow.train.losses import (
     GAN_MODES,
+    STRUCTURE_MODES,
     critic_loss,
     generator_adversarial_loss,
     gradient_penalty,
@@ -93,6 +94,7 @@ class CycleGANOptions(TrainingOptions):
     ngf: int = 64
     ndf: int = 64
     upsample: str = "transpose"
+    residual: bool = False
     n_blocks: int = 9
     dropout: float = 0.0
     n_layers_critic: int = 3
@@ -101,6 +103,8 @@ class CycleGANOptions(TrainingOptions):
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     lambda_structure: float = 0.0
+    structure_mode: str = "structure"
+    cycle_noise: float = 0.0
     lambda_gp: float = 10.0
     n_critic: int = 1
     lr: float = 2e-4
@@ -121,6 +125,7 @@ class CycleGANOptions(TrainingOptions):
         "upsample": UPSAMPLE_MODES,
         "gan_mode": GAN_MODES,
         "critic_norm": CRITIC_NORMS,
+        "structure_mode": STRUCTURE_MODES,
     }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
@@ -140,6 +145,7 @@ class CycleGANOptions(TrainingOptions):
             "lambda_cycle",
             "lambda_identity",
             "lambda_structure",
+            "cycle_noise",
             "lambda_gp",
             "iterations",
             "decay_iterations",
@@ -152,6 +158,11 @@ class CycleGANOptions(TrainingOptions):
         super().__post_init__()
         if self.total_iterations <= 0:
             raise ValueError("cyclegan options 'iterations' + 'decay_iterations' must be > 0")
+        if self.residual and self.generator != "unet":
+            raise ValueError(
+                f"cyclegan option 'residual': only the unet generator has a residual form, "
+                f"got generator {self.generator!r}"
+            )
 
     def check_field(self, name: str, value: Any) -> str | None:
         if name == "image_size" and (value < 32 or value & (value - 1)):
@@ -208,6 +219,7 @@ def build_generator(options: CycleGANOptions) -> nn.Module:
             image_size=options.image_size,
             upsample=options.upsample,
             dropout=options.dropout,
+            residual=options.residual,
         )
     else:
         net = ResnetGenerator(
@@ -280,6 +292,18 @@ class CycleGANModel:
     def modules(self) -> list[nn.Module]:
         return [self.G_AB, self.G_BA, self.D_A, self.D_B]
 
+    def _hide_nothing(self, translated: torch.Tensor) -> torch.Tensor:
+        """The translation as the reverse generator sees it in the cycle loss: with
+        ``cycle_noise`` > 0, plus Gaussian noise of that standard deviation. A CycleGAN
+        between domains that are not one-to-one learns to hide the source's colours in a
+        faint high-frequency code (often a corner patch) from which it rebuilds the source
+        exactly (Chu et al. 2017, "CycleGAN, a master of steganography"); noise destroys
+        such a code, so the cycle can only be closed through the visible image."""
+        sigma = self.options.cycle_noise
+        if sigma <= 0:
+            return translated
+        return translated + sigma * torch.randn_like(translated)
+
     def train_iteration(self) -> dict[str, torch.Tensor]:
         """One generator step, then ``n_critic`` critic steps on new batches of each domain
         from the samplers. Returns detached losses."""
@@ -298,8 +322,8 @@ class CycleGANModel:
         with self._autocast():
             fake_b = self.G_AB(real_a)
             fake_a = self.G_BA(real_b)
-            rec_a = self.G_BA(fake_b)
-            rec_b = self.G_AB(fake_a)
+            rec_a = self.G_BA(self._hide_nothing(fake_b))
+            rec_b = self.G_AB(self._hide_nothing(fake_a))
             adv_b = generator_adversarial_loss(o.gan_mode, self.D_B(fake_b))
             adv_a = generator_adversarial_loss(o.gan_mode, self.D_A(fake_a))
             loss_adv = adv_a + adv_b
@@ -317,7 +341,8 @@ class CycleGANModel:
             if o.lambda_structure > 0:
                 # the translation keeps the source's edges (any colour, any brightness)
                 loss_structure = o.lambda_structure * (
-                    structure_loss(real_a, fake_b) + structure_loss(real_b, fake_a)
+                    structure_loss(real_a, fake_b, mode=o.structure_mode)
+                    + structure_loss(real_b, fake_a, mode=o.structure_mode)
                 )
             else:
                 loss_structure = torch.zeros((), device=self.device)

@@ -100,15 +100,30 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return (g[:, None] * g[None, :]).expand(1, 1, size, size).contiguous()
 
 
+STRUCTURE_MODES = ("structure", "contrast_structure")
+
+
 def structure_loss(
-    source: torch.Tensor, translated: torch.Tensor, window: int = 7, sigma: float = 1.5
+    source: torch.Tensor,
+    translated: torch.Tensor,
+    window: int = 7,
+    sigma: float = 1.5,
+    mode: str = "structure",
 ) -> torch.Tensor:
     """1 - mean structure term of SSIM (the local correlation of luminance) between
     ``source`` and ``translated`` (NCHW, RGB in [-1, 1]). The term ignores local means and
     contrasts, so a change of stain colour, brightness or contrast costs nothing, while
     moving, adding or removing edges does: the structure-preserving constraint of
     stain-translation GANs, which keeps the source's cells in place. 0 for images whose
-    luminance differs by a local affine map with positive slope; at most 2."""
+    luminance differs by a local affine map with positive slope; at most 2.
+
+    The structure term is blind where the source is flat (its local variance near 0):
+    any texture drawn into a flat nucleus or background costs nothing, which a CycleGAN
+    uses to hide a code there. ``mode="contrast_structure"`` multiplies in SSIM's contrast
+    term ``(2 sx sy + C2) / (sx^2 + sy^2 + C2)``, which charges for contrast added to (or
+    removed from) a region, still ignoring the local mean: colour and brightness stay free."""
+    if mode not in STRUCTURE_MODES:
+        raise ValueError(f"structure_loss: mode must be one of {STRUCTURE_MODES}, got {mode!r}")
     weights = torch.tensor(_LUMA, device=source.device, dtype=torch.float32).view(1, 3, 1, 1)
     x = ((source.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
     y = ((translated.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
@@ -120,6 +135,10 @@ def structure_loss(
     var_x = (F.conv2d(x * x, w) - mu_x**2).clamp_min(0)
     var_y = (F.conv2d(y * y, w) - mu_y**2).clamp_min(0)
     cov = F.conv2d(x * y, w) - mu_x * mu_y
-    c3 = (0.03**2) / 2  # SSIM's C2 / 2, for luminance in [0, 1]
-    s = (cov + c3) / (torch.sqrt(var_x * var_y + 1e-12) + c3)
+    c2 = 0.03**2  # SSIM's C2, for luminance in [0, 1]
+    c3 = c2 / 2
+    sd_xy = torch.sqrt(var_x * var_y + 1e-12)
+    s = (cov + c3) / (sd_xy + c3)
+    if mode == "contrast_structure":
+        s = s * (2 * sd_xy + c2) / (var_x + var_y + c2)
     return 1 - s.mean()
