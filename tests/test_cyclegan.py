@@ -384,6 +384,7 @@ def test_lsgan_mode_with_the_resnet_generator_trains(cells32, tmp_path):
     options = tiny(
         gan_mode="lsgan",
         generator="resnet",
+        residual=False,
         n_blocks=2,
         n_critic=2,
         iterations=2,
