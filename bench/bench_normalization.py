@@ -19,16 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from cli import parse_overrides
 
 from hemaflow.normalize.evaluate import evaluate_pair_files
 from hemaflow.normalize.stages import fit_reinhard, train_pair
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def main(argv=None) -> int:
@@ -48,10 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = {"preset": args.preset}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        options[key] = parse_value(value)
+    options = {"preset": args.preset, **parse_overrides(args.set)}
     cache = args.results / "cache"
     rows = []
     for pair in args.pairs:
