@@ -27,7 +27,7 @@ from hemaflow.train.cyclegan import (
     translate,
 )
 from hemaflow.train.image_pool import ImagePool
-from hemaflow.train.loop import list_checkpoints
+from hemaflow.train.loop import list_checkpoints, to_model_range, uint8_tensor
 from hemaflow.train.losses import (
     gradient_penalty,
     lsgan_critic_loss,
@@ -114,7 +114,7 @@ def test_unet_rejects_sizes_that_are_not_powers_of_two():
 def test_residual_unet_starts_as_the_identity_and_learns_a_change(upsample, cells32):
     torch.manual_seed(0)
     net = init_weights(UNetGenerator(ngf=8, image_size=32, upsample=upsample, residual=True))
-    real = torch.from_numpy(cells32[0][:4]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    real = to_model_range(uint8_tensor(cells32[0][:4]))
     before = net(real)
     # the identity up to the clamp of saturated pixels inside (-1, 1) before atanh
     assert torch.allclose(before, real, atol=1.1e-3)
@@ -134,9 +134,9 @@ def test_residual_unet_starts_as_the_identity_and_learns_a_change(upsample, cell
 def test_cycle_noise_reaches_only_the_reverse_generator_input():
     quiet = CycleGANModel(tiny(cycle_noise=0.0), torch.device("cpu"), np.random.default_rng(0))
     translated = torch.zeros(8, 3, 32, 32)
-    assert quiet._hide_nothing(translated) is translated
+    assert quiet._cycle_input(translated) is translated
     noisy = CycleGANModel(tiny(cycle_noise=0.1), torch.device("cpu"), np.random.default_rng(0))
-    seen = noisy._hide_nothing(translated)
+    seen = noisy._cycle_input(translated)
     assert abs(float(seen.std()) - 0.1) < 0.01 and abs(float(seen.mean())) < 0.01
     assert float(translated.abs().max()) == 0  # the translation itself is left alone
     with pytest.raises(ValueError, match="'cycle_noise'"):
