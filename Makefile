@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hemaflow-installed
+# the workflow profile: profiles/default (one GPU job at a time) where a GPU is, and
+# profiles/cpu (one-thread training jobs side by side, no GPU counter) where none is
+PROFILE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),profiles/default,profiles/cpu)
 
 .PHONY: install run test lint report clean-results
 
@@ -20,8 +23,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the whole pipeline, ingest to the HTML report (results/report.html)
 run: install
-	$(BIN)/snakemake
+	$(BIN)/snakemake --workflow-profile $(PROFILE)
+	$(BIN)/snakemake --workflow-profile $(PROFILE) --report results/report.html
 
 test: install
 	$(BIN)/python -m pytest
@@ -32,4 +37,4 @@ lint: install
 	$(BIN)/snakemake --lint
 
 report: install
-	$(BIN)/snakemake --report report.html
+	$(BIN)/snakemake --workflow-profile $(PROFILE) --report results/report.html

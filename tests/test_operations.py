@@ -82,7 +82,7 @@ def profile_args(name: str) -> list[str]:
     return ["--profile", str(REPO / "profiles" / name), "--workflow-profile", "none"]
 
 
-@pytest.mark.parametrize("profile", ["default", "slurm", "kubernetes", "cluster-generic"])
+@pytest.mark.parametrize("profile", ["default", "cpu", "slurm", "kubernetes", "cluster-generic"])
 def test_dry_run_with_each_profile(tmp_path, data_root, profile):
     write_config(tmp_path, data_root)
     args = ["-n", *profile_args(profile)]
@@ -102,6 +102,18 @@ def test_dry_run_with_each_profile(tmp_path, data_root, profile):
     assert "gpu=1" in block and "batch_divisor=1" in block
     ingest = text.split("rule ingest:", 1)[1].split("\n\n", 1)[0]
     assert "gpu=1" not in ingest
+    # the cpu profile runs the per-domain jobs at one thread each (two side by side on
+    # 2 cores); the local default profile keeps the rule's 2 threads
+    normalize = [
+        block.split("\n\n", 1)[0] for block in text.split("rule normalize_domain:")[1:]
+    ]
+    assert len(normalize) == 4
+    if profile in ("default", "cpu"):
+        threads = {"threads: 2" in block for block in normalize}
+        assert threads == ({False} if profile == "cpu" else {True}), (profile, normalize)
+    # a labelled domain's normalization goes first: it feeds the synthesis pool
+    first = {"raabin" not in block for block in normalize if "priority: 1" in block}
+    assert first == {True} and sum("priority: 1" in block for block in normalize) == 3
 
 
 def test_whole_pipeline_through_a_cluster_executor(tmp_path, data_root):

@@ -154,6 +154,14 @@ def normalize_domain_gpu(wildcards):
     return 1 if wildcards.method == "cyclegan" else 0
 
 
+def labelled_first(wildcards):
+    """Scheduling priority: the normalization of a labelled domain feeds the synthesis
+    pool, an unlabelled domain's (raabin) feeds only the report, so it may run later,
+    beside the synthesis jobs."""
+    domain = wildcards.get("source", wildcards.get("domain"))
+    return 1 if domain in LABELLED_DOMAINS else 0
+
+
 def normalization_metrics_inputs(wildcards):
     inputs = {
         "source_images": f"{RESULTS}/cache/{wildcards.source}/images.npy",

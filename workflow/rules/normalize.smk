@@ -32,6 +32,7 @@ rule train_cyclegan:
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
+    priority: labelled_first
     resources:
         gpu=1,
         batch_divisor=retry_batch_divisor,
@@ -72,6 +73,7 @@ rule normalize_domain:
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
+    priority: labelled_first
     resources:
         gpu=normalize_domain_gpu,
     params:
