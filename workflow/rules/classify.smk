@@ -53,6 +53,8 @@ rule evaluate_classifier:
         predictions=f"{CLASSIFIER_DIR}/evaluation/predictions.parquet",
     log:
         "logs/classifier/{variant}/evaluate.log",
+    benchmark:
+        "benchmarks/classifier/{variant}/evaluate.tsv"
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -113,6 +115,8 @@ rule cross_lab_table:
         ),
     log:
         "logs/cross_lab/table.log",
+    benchmark:
+        "benchmarks/cross_lab/table.tsv"
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
