@@ -131,6 +131,23 @@ def test_residual_unet_starts_as_the_identity_and_learns_a_change(upsample, cell
     assert (after - target).abs().mean() < (before - target).abs().mean() - 0.01
 
 
+def test_residual_unet_can_shift_every_pixel_alike(cells32):
+    """A stain change is close to one shift everywhere. The change comes out of the last
+    convolution unnormalized: with an instance norm there (the first residual design) a
+    uniform change was impossible, and the network drew an 8 px blob into every
+    translation to put the norm's fixed spread somewhere."""
+    net = init_weights(UNetGenerator(ngf=8, image_size=32, upsample="resize", residual=True))
+    assert not [m for m in net.ups[-1].modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    with torch.no_grad():
+        net.output_layer().bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    real = to_model_range(uint8_tensor(cells32[0][:2]))
+    limit = 1.0 - 1e-3
+    expected = torch.tanh(
+        torch.atanh(real.clamp(-limit, limit)) + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    )
+    assert torch.allclose(net(real), expected, atol=1e-5)
+
+
 def test_cycle_noise_reaches_only_the_reverse_generator_input():
     quiet = CycleGANModel(tiny(cycle_noise=0.0), torch.device("cpu"), np.random.default_rng(0))
     translated = torch.zeros(8, 3, 32, 32)
@@ -501,3 +518,31 @@ def test_contrast_structure_charges_for_texture_hidden_in_a_flat_region():
     assert structure_loss(cells, restained, mode="contrast_structure").item() < 0.05
     with pytest.raises(ValueError, match="mode"):
         structure_loss(cells, cells, mode="ssim")
+
+
+def test_rgb_structure_charges_for_an_isoluminant_code():
+    """The code the CycleGAN drew on the shared data: a red-green patch of the brightness
+    around it. Luminance cannot see it; the per-channel term can, and a stain change is
+    still (almost) free."""
+    from hemaflow.train.losses import _LUMA, structure_loss
+
+    images, _ = pbc_cells(1, 32)
+    cells = torch.from_numpy(images.astype("float32") / 127.5 - 1).permute(0, 3, 1, 2)
+    flat = cells.clone()
+    flat[:, :, 8:24, 8:24] = flat[:, :, 8:24, 8:24].mean(dim=(2, 3), keepdim=True)
+    bits = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5
+    # +red / -green in the code's cells, balanced so the luminance does not change
+    red, green, _ = _LUMA
+    shift = torch.where(bits, 0.4, -0.4)
+    coded = flat.clone()
+    coded[:, 0:1, 12:20, 12:20] += shift
+    coded[:, 1:2, 12:20, 12:20] -= shift * red / green
+    kwargs = {"mode": "contrast_structure"}
+    luma = structure_loss(flat, coded, channels="luma", **kwargs).item()
+    rgb = structure_loss(flat, coded, channels="rgb", **kwargs).item()
+    assert luma < 1e-3 and rgb > 0.02
+    restained = (cells * torch.tensor([0.6, 1.1, 0.8]).view(1, 3, 1, 1) + 0.1).clamp(-1, 1)
+    assert structure_loss(cells, restained, channels="rgb", **kwargs).item() < 0.05
+    assert structure_loss(cells, cells, channels="rgb", **kwargs).item() < 1e-4
+    with pytest.raises(ValueError, match="channels"):
+        structure_loss(cells, cells, channels="lab")

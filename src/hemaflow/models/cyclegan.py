@@ -84,8 +84,13 @@ class UNetGenerator(nn.Module):
             outermost = level == 0
             width = out_channels if outermost else channels[level - 1]
             layers = [nn.ReLU(inplace=False), self._upsampling(inner, width)]
-            if outermost and not residual:
-                layers.append(nn.Tanh())
+            if outermost:
+                # the image, or (residual) the change of it, unnormalized: an instance norm
+                # here fixes each channel's spread of the change, so a near-uniform stain
+                # shift must put all that spread into one spot (measured: an 8 px blob
+                # on every translation, the "droplet" of StyleGAN2's Fig. 1)
+                if not residual:
+                    layers.append(nn.Tanh())
             else:
                 layers.append(_instance_norm(width))
                 if dropout > 0 and level >= n_levels - 3:

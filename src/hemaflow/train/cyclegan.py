@@ -47,6 +47,7 @@ from hemaflow.train.loop import (
 )
 from hemaflow.train.losses import (
     GAN_MODES,
+    STRUCTURE_CHANNELS,
     STRUCTURE_MODES,
     critic_loss,
     generator_adversarial_loss,
@@ -104,6 +105,7 @@ class CycleGANOptions(TrainingOptions):
     lambda_identity: float = 0.5
     lambda_structure: float = 0.0
     structure_mode: str = "structure"
+    structure_channels: str = "luma"
     cycle_noise: float = 0.0
     lambda_gp: float = 10.0
     n_critic: int = 1
@@ -126,6 +128,7 @@ class CycleGANOptions(TrainingOptions):
         "gan_mode": GAN_MODES,
         "critic_norm": CRITIC_NORMS,
         "structure_mode": STRUCTURE_MODES,
+        "structure_channels": STRUCTURE_CHANNELS,
     }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
@@ -344,10 +347,11 @@ class CycleGANModel:
             else:
                 loss_idt = torch.zeros((), device=self.device)
             if o.lambda_structure > 0:
+                structure = {"mode": o.structure_mode, "channels": o.structure_channels}
                 # the translation keeps the source's edges (any colour, any brightness)
                 loss_structure = o.lambda_structure * (
-                    structure_loss(real_a, fake_b, mode=o.structure_mode)
-                    + structure_loss(real_b, fake_a, mode=o.structure_mode)
+                    structure_loss(real_a, fake_b, **structure)
+                    + structure_loss(real_b, fake_a, **structure)
                 )
             else:
                 loss_structure = torch.zeros((), device=self.device)

@@ -70,12 +70,14 @@ def keyed_state_dir(
     *key_groups: Iterable[str],
 ) -> Path:
     """Where a model's resumable checkpoints live: outside the workflow's outputs (a failed
-    job's outputs are deleted), keyed by the options (canonical JSON) and the training
-    record ids (each group sorted), so that a changed config or new data never resumes a
-    stale run."""
+    job's outputs are deleted), keyed by the library version, the options (canonical JSON)
+    and the training record ids (each group sorted), so that a changed config, new data or
+    another version's networks never resume a stale run."""
+    from hemaflow import __version__
     from hemaflow.config import canonical_json
 
-    digest = hashlib.sha256(canonical_json(dict(options)).encode())
+    digest = hashlib.sha256(f"hemaflow {__version__}\n".encode())
+    digest.update(canonical_json(dict(options)).encode())
     for keys in key_groups:
         digest.update("\n".join(sorted(keys)).encode())
     return Path(root) / kind / f"{name}-{digest.hexdigest()[:16]}"

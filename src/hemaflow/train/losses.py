@@ -101,6 +101,7 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 STRUCTURE_MODES = ("structure", "contrast_structure")
+STRUCTURE_CHANNELS = ("luma", "rgb")
 
 
 def structure_loss(
@@ -109,6 +110,7 @@ def structure_loss(
     window: int = 7,
     sigma: float = 1.5,
     mode: str = "structure",
+    channels: str = "luma",
 ) -> torch.Tensor:
     """1 - mean structure term of SSIM (the local correlation of luminance) between
     ``source`` and ``translated`` (NCHW, RGB in [-1, 1]). The term ignores local means and
@@ -121,20 +123,37 @@ def structure_loss(
     any texture drawn into a flat nucleus or background costs nothing, which a CycleGAN
     uses to hide a code there. ``mode="contrast_structure"`` multiplies in SSIM's contrast
     term ``(2 sx sy + C2) / (sx^2 + sy^2 + C2)``, which charges for contrast added to (or
-    removed from) a region, still ignoring the local mean: colour and brightness stay free."""
+    removed from) a region, still ignoring the local mean: colour and brightness stay free.
+
+    Luminance alone is blind to an isoluminant code (a red-green patch of the brightness
+    around it), which is what the CycleGAN drew on the shared data. ``channels="rgb"``
+    takes the term per colour channel and averages: a stain change, locally an affine map
+    of each channel, still costs nothing, a chromatic code does."""
     if mode not in STRUCTURE_MODES:
         raise ValueError(f"structure_loss: mode must be one of {STRUCTURE_MODES}, got {mode!r}")
-    weights = torch.tensor(_LUMA, device=source.device, dtype=torch.float32).view(1, 3, 1, 1)
-    x = ((source.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
-    y = ((translated.float() + 1) * 0.5 * weights).sum(dim=1, keepdim=True)
-    w = _gaussian_window(window, sigma, x.device, x.dtype)
+    if channels not in STRUCTURE_CHANNELS:
+        raise ValueError(
+            f"structure_loss: channels must be one of {STRUCTURE_CHANNELS}, got {channels!r}"
+        )
+    x = (source.float() + 1) * 0.5
+    y = (translated.float() + 1) * 0.5
+    if channels == "luma":
+        weights = torch.tensor(_LUMA, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        x = (x * weights).sum(dim=1, keepdim=True)
+        y = (y * weights).sum(dim=1, keepdim=True)
+    groups = x.shape[1]
+    w = _gaussian_window(window, sigma, x.device, x.dtype).repeat(groups, 1, 1, 1)
     pad = window // 2
     x = F.pad(x, (pad,) * 4, mode="reflect")
     y = F.pad(y, (pad,) * 4, mode="reflect")
-    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
-    var_x = (F.conv2d(x * x, w) - mu_x**2).clamp_min(0)
-    var_y = (F.conv2d(y * y, w) - mu_y**2).clamp_min(0)
-    cov = F.conv2d(x * y, w) - mu_x * mu_y
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, groups=groups)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = (blur(x * x) - mu_x**2).clamp_min(0)
+    var_y = (blur(y * y) - mu_y**2).clamp_min(0)
+    cov = blur(x * y) - mu_x * mu_y
     c2 = 0.03**2  # SSIM's C2, for luminance in [0, 1]
     c3 = c2 / 2
     sd_xy = torch.sqrt(var_x * var_y + 1e-12)
