@@ -104,9 +104,7 @@ def test_dry_run_with_each_profile(tmp_path, data_root, profile):
     assert "gpu=1" not in ingest
     # the cpu profile runs the per-domain jobs at one thread each (two side by side on
     # 2 cores); the local default profile keeps the rule's 2 threads
-    normalize = [
-        block.split("\n\n", 1)[0] for block in text.split("rule normalize_domain:")[1:]
-    ]
+    normalize = [block.split("\n\n", 1)[0] for block in text.split("rule normalize_domain:")[1:]]
     assert len(normalize) == 4
     if profile in ("default", "cpu"):
         threads = {"threads: 2" in block for block in normalize}
