@@ -305,8 +305,9 @@ class CycleGANModel:
         between domains that are not one-to-one learns to hide the source's colours in a
         faint high-frequency code (often a corner patch) from which it rebuilds the source
         exactly (Chu et al. 2017, "CycleGAN, a master of steganography"); noise is meant to
-        destroy such a code. Measured on the shared data it did not: the code grew coarser
-        and larger (README), so the presets leave it at 0."""
+        destroy such a code. On the shared data it did not remove the blob seen in every
+        translation, which was no code but an instance-norm artefact of the first residual
+        U-Net (``models/cyclegan.py``; README), so the presets leave it at 0."""
         sigma = self.options.cycle_noise
         if sigma <= 0:
             return translated
