@@ -263,6 +263,21 @@ def test_normalization_outputs(workflow_run):
         assert (results / "normalization" / "grids" / f"{a}_to_{b}.png").stat().st_size > 5_000
     log = (workdir / "logs" / "normalization" / "train_cyclegan" / f"{a}_to_{b}.log").read_text()
     assert "cpu" in log
+    # a domain's copy waits only for the models that map it: the target's for none (so the
+    # synthesis pool need not wait for raabin's CycleGAN), bccd's for its own
+    for domain, models in ((target, 0), ("bccd", 1)):
+        planned = planned_jobs(
+            snakemake(
+                workdir,
+                "-n",
+                "--forcerun",
+                "train_cyclegan",
+                "normalize_domain",
+                "--",
+                f"results/normalized/cyclegan/{domain}/images.npy",
+            )
+        )
+        assert planned.get("train_cyclegan", 0) == models, (domain, planned)
 
 
 def test_synthesis_outputs(workflow_run):

@@ -118,13 +118,17 @@ def pair_model(source, target):
 
 
 def normalize_domain_models(wildcards):
+    """The CycleGANs that map this domain's images onto their destinations (none for the
+    target itself: its copy need not wait for any model)."""
     if wildcards.method != "cyclegan":
         return {}
     plan = read_plan()
+    domain = wildcards.domain
+    wanted = set(plan_destinations(plan, domain))
     return {
         f"{a}_to_{b}": pair_model(a, b)
         for a, b in plan["pairs"]
-        if wildcards.domain in (a, b)
+        if (a == domain and b in wanted) or (b == domain and a in wanted)
     }
 
 
@@ -151,6 +155,7 @@ def normalize_domain_inputs(wildcards):
 
 
 def normalize_domain_gpu(wildcards):
+    # by method only: resources are evaluated before the plan (a checkpoint) exists
     return 1 if wildcards.method == "cyclegan" else 0
 
 
