@@ -28,11 +28,11 @@ rule train_cyclegan:
     log:
         "logs/normalization/train_cyclegan/{source}_to_{target}.log",
     cache: True
+    priority: labelled_first
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
     threads: 4
-    priority: labelled_first
     resources:
         gpu=1,
         batch_divisor=retry_batch_divisor,
@@ -70,10 +70,10 @@ rule normalize_domain:
         "logs/normalization/normalize/{method}/{domain}.log",
     benchmark:
         "benchmarks/normalization/normalize/{method}/{domain}.tsv"
+    priority: labelled_first
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
-    priority: labelled_first
     resources:
         gpu=normalize_domain_gpu,
     params:
