@@ -181,10 +181,11 @@ class CycleGANOptions(TrainingOptions):
 PRESETS: dict[str, CycleGANOptions] = {
     # 64 px, narrow networks, 1500 iterations: about 7 minutes on a 2-core CPU, 17-18 at
     # one thread with two pairs side by side. The critic sees 16 px patches (the paper's
-    # 70 px on 256 px images, scaled to 64 px) and the structure loss keeps the source's edges: without them the generator
-    # reframes the source's cells as pbc's centred ones. The residual U-Net starts as the
-    # identity, so this short run changes the stain, not the cell; the contrast term keeps
-    # texture out of flat regions, per colour channel (all measured in the README)
+    # 70 px on 256 px images, scaled to 64 px) and the structure loss keeps the source's
+    # edges: without them the generator reframes the source's cells as pbc's centred ones.
+    # The residual U-Net starts as the identity, so this short run changes the stain, not
+    # the cell; the contrast term keeps texture out of flat regions, per colour channel
+    # (all measured in the README)
     "cpu": CycleGANOptions(
         image_size=64,
         generator="unet",
