@@ -183,6 +183,28 @@ def test_patch_critic_returns_a_patch_map(size, patches):
     assert any(isinstance(m, nn.InstanceNorm2d) for m in critic.modules())
 
 
+@pytest.mark.parametrize(
+    ("norm", "layer_type"),
+    [("instance", nn.InstanceNorm2d), ("layer", nn.GroupNorm), ("none", None)],
+)
+def test_every_critic_norm_scores_each_sample_alone(norm, layer_type):
+    # the gradient penalty takes the gradient of each sample's score with respect to that
+    # sample only: a norm coupling the batch (batch norm) would break it
+    torch.manual_seed(0)
+    critic = init_weights(PatchCritic(ndf=8, n_layers=2, norm=norm)).eval()
+    norms = [m for m in critic.modules() if isinstance(m, nn.InstanceNorm2d | nn.GroupNorm)]
+    assert (layer_type is None and not norms) or all(type(m) is layer_type for m in norms)
+    batch = torch.rand(3, 3, 32, 32) * 2 - 1
+    alone = critic(batch[:1])
+    together = critic(batch)[:1]
+    assert torch.allclose(alone, together, atol=1e-6)
+    shifted = batch.clone()
+    shifted[1:] = shifted[1:] * 0.5  # other samples change: sample 0's score must not
+    assert torch.allclose(critic(shifted)[:1], together, atol=1e-6)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        PatchCritic(norm="batch")
+
+
 def test_init_weights_is_normal_with_the_given_gain():
     net = init_weights(PatchCritic(ndf=64), gain=0.02)
     weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.Conv2d)])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 UPSAMPLE_MODES = ("transpose", "resize")
-CRITIC_NORMS = ("instance", "none")
+CRITIC_NORMS = ("instance", "layer", "none")
 
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
@@ -205,8 +205,11 @@ class ResnetGenerator(nn.Module):
 
 class PatchCritic(nn.Module):
     """The 70x70 PatchGAN of pix2pix/CycleGAN (for ``n_layers=3``) as a Wasserstein
-    critic: 4x4 convolutions, LeakyReLU(0.2), instance norm (never batch norm, which would
-    couple the samples that the gradient penalty treats one by one), and no sigmoid.
+    critic: 4x4 convolutions, LeakyReLU(0.2), no sigmoid, and ``norm``: ``instance`` (as
+    in CycleGAN), ``layer`` (WGAN-GP's advice for critics) or ``none``; never batch norm,
+    which would couple the samples that the gradient penalty treats one by one. Instance
+    norm removes each feature map's mean over the image, and with it most of a global
+    colour cast: a critic that should judge stain is then nearly blind to it.
     Returns an (N, 1, H', W') map of unbounded patch scores."""
 
     def __init__(
@@ -219,7 +222,13 @@ class PatchCritic(nn.Module):
             raise ValueError(f"PatchCritic: n_layers must be >= 1, got {n_layers}")
 
         def normalization(channels: int) -> list[nn.Module]:
-            return [_instance_norm(channels)] if norm == "instance" else []
+            if norm == "instance":
+                return [_instance_norm(channels)]
+            if norm == "layer":
+                # over channels and positions together: per-sample, as the gradient
+                # penalty needs, and it keeps each channel's mean relative to the others
+                return [nn.GroupNorm(1, channels, affine=True)]
+            return []
 
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
@@ -251,7 +260,9 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
             nn.init.normal_(module.weight, 0.0, gain)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.InstanceNorm2d | nn.BatchNorm2d) and module.affine:
+        elif (
+            isinstance(module, nn.InstanceNorm2d | nn.BatchNorm2d | nn.GroupNorm) and module.affine
+        ):
             nn.init.normal_(module.weight, 1.0, gain)
             nn.init.zeros_(module.bias)
     if isinstance(net, UNetGenerator) and net.residual:
