@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from hemaflow.train.cyclegan import (
     train_cyclegan,
     translate,
 )
+from hemaflow.train.ema import MovingAverage
 from hemaflow.train.image_pool import ImagePool
 from hemaflow.train.loop import list_checkpoints, to_model_range, uint8_tensor
 from hemaflow.train.losses import (
@@ -417,6 +419,51 @@ def test_resume_refuses_changed_options(trained, cells32, tmp_path):
     train_cyclegan(*cells32, tiny(), state, tmp_path / "model.pt", max_iterations_this_run=2)
     with pytest.raises(ValueError, match="'lambda_cycle'"):
         train_cyclegan(*cells32, tiny(lambda_cycle=5.0), state, tmp_path / "model.pt")
+
+
+def test_moving_average_follows_its_half_life():
+    net = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = MovingAverage(net, decay=0.9, rampup=0.0)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    average.update()  # 3 + (1 - 3) * 0.9
+    assert torch.allclose(average.average.weight, torch.full((1, 2), 1.2))
+    assert not average.average.weight.requires_grad and not average.average.training
+    ramped = MovingAverage(net, decay=0.999, rampup=0.5)
+    ramped.update()  # step 1: half-life min(693, 0.5) steps: beta 0.25
+    assert math.isclose(ramped.beta(), 0.25) and ramped.steps == 1
+    assert MovingAverage(net, decay=0.0, rampup=0.05).beta() == 0.0
+    with pytest.raises(ValueError, match="decay"):
+        MovingAverage(net, decay=1.0, rampup=0.0)
+
+
+def test_ema_generators_resume_and_are_what_the_model_file_holds(cells32, tmp_path):
+    images_a, images_b = cells32
+    options = tiny(ema_decay=0.9, ema_rampup=0.0)
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    train_cyclegan(images_a, images_b, options, straight_dir / "state", straight_dir / "m.pt")
+    train_cyclegan(
+        images_a,
+        images_b,
+        options,
+        resumed_dir / "state",
+        resumed_dir / "m.pt",
+        max_iterations_this_run=4,
+    )
+    train_cyclegan(images_a, images_b, options, resumed_dir / "state", resumed_dir / "m.pt")
+    straight = torch.load(straight_dir / "m.pt", weights_only=True)
+    again = torch.load(resumed_dir / "m.pt", weights_only=True)
+    last = torch.load(list_checkpoints(straight_dir / "state")[-1][1], weights_only=False)
+    for name in ("G_AB", "G_BA"):
+        assert all(torch.equal(straight[name][k], again[name][k]) for k in straight[name])
+        trained = last["model"][name]  # the last trained weights differ from the average
+        assert any(not torch.equal(straight[name][k], trained[k]) for k in trained)
+        average = last["model"]["ema"][name]["average"]
+        assert all(torch.equal(straight[name][k], average[k]) for k in average)
+    g_ab, _, loaded = load_cyclegan(straight_dir / "m.pt")
+    assert loaded.ema_decay == 0.9 and translate(g_ab, images_a[:2]).shape == images_a[:2].shape
 
 
 def test_lsgan_mode_with_the_resnet_generator_trains(cells32, tmp_path):

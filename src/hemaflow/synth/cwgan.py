@@ -20,9 +20,7 @@ weights (``ema_decay``, with stylegan2-ada's ramp-up: the half-life is at most
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ from hemaflow.models.cwgan import (
     ResidualClassifier,
     ResidualCritic,
 )
+from hemaflow.train.ema import MovingAverage
 from hemaflow.train.loop import (
     ImageSampler,
     atomic_torch_save,
@@ -581,8 +580,8 @@ class CWGANModel:
         self.use_amp = options.amp and device.type == "cuda"
         self.G = build_generator(options, n_classes).to(device)
         self.D = build_critic(options, n_classes).to(device)
-        self.G_ema = copy.deepcopy(self.G).eval()
-        set_requires_grad([self.G_ema], False)
+        self.ema = MovingAverage(self.G, options.ema_decay, options.ema_rampup)
+        self.G_ema = self.ema.average
         self.classifier = classifier.to(device).eval()
         set_requires_grad([self.classifier], False)
         self.class_map = class_map.to(device)
@@ -591,7 +590,6 @@ class CWGANModel:
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=options.lr, betas=betas)
         self.scaler_G = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.scaler_D = torch.amp.GradScaler("cuda") if self.use_amp else None
-        self.ema_steps = 0
 
     def modules(self) -> list[nn.Module]:
         # the classifier stays in eval mode (no dropout), G_ema is never run in training
@@ -599,24 +597,6 @@ class CWGANModel:
 
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.options.z_dim, device=self.device)
-
-    def _ema_beta(self) -> float:
-        o = self.options
-        if o.ema_decay == 0:
-            return 0.0
-        half_life = math.log(0.5) / math.log(o.ema_decay)  # in generator steps
-        if o.ema_rampup > 0:
-            half_life = min(half_life, o.ema_rampup * self.ema_steps)
-        return 0.5 ** (1.0 / max(half_life, 1e-8))
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        self.ema_steps += 1
-        beta = self._ema_beta()
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            b_ema.copy_(b)
 
     def train_iteration(self) -> dict[str, torch.Tensor]:
         o = self.options
@@ -657,7 +637,7 @@ class CWGANModel:
         loss_G = loss_adv + o.lambda_class * loss_class
         _step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
-        self._update_ema()
+        self.ema.update()
         accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
         return {
             "loss_G": loss_G.detach(),
@@ -674,7 +654,7 @@ class CWGANModel:
         }
         state["scaler_G"] = self.scaler_G.state_dict() if self.scaler_G else None
         state["scaler_D"] = self.scaler_D.state_dict() if self.scaler_D else None
-        state["ema_steps"] = self.ema_steps
+        state["ema_steps"] = self.ema.steps
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -684,7 +664,7 @@ class CWGANModel:
             scaler = getattr(self, name)
             if scaler is not None and state.get(name):
                 scaler.load_state_dict(state[name])
-        self.ema_steps = int(state["ema_steps"])
+        self.ema.steps = int(state["ema_steps"])
 
 
 def _classifier_fingerprint(net: nn.Module) -> str:

@@ -28,6 +28,7 @@ from hemaflow.models.cyclegan import (
     UNetGenerator,
     init_weights,
 )
+from hemaflow.train.ema import MovingAverage
 from hemaflow.train.image_pool import ImagePool
 from hemaflow.train.loop import (
     ImageSampler,
@@ -88,7 +89,10 @@ class CycleGANOptions(TrainingOptions):
     ``lambda_identity`` is a fraction of ``lambda_cycle``, as in CycleGAN: the identity
     term weighs ``lambda_cycle * lambda_identity``. The learning rate is constant for
     ``iterations`` steps, then decays linearly towards 0 over ``decay_iterations`` more.
-    ``amp`` (float16 autocast + GradScaler) is used only on CUDA."""
+    ``amp`` (float16 autocast + GradScaler) is used only on CUDA. ``ema_decay`` > 0 keeps
+    a moving average of each generator's weights (``hemaflow.train.ema``, with
+    ``ema_rampup``) and the model file holds the averages; 0, as in CycleGAN, keeps the
+    last weights."""
 
     image_size: int = 128
     generator: str = "unet"
@@ -116,6 +120,8 @@ class CycleGANOptions(TrainingOptions):
     iterations: int = 100_000
     decay_iterations: int = 100_000
     pool_size: int = 50
+    ema_decay: float = 0.0
+    ema_rampup: float = 0.05
     checkpoint_every: int = 2_500
     log_every: int = 100
     seed: int = 0
@@ -155,7 +161,9 @@ class CycleGANOptions(TrainingOptions):
             "pool_size",
         }
     )
-    FRACTIONS: ClassVar[frozenset[str]] = frozenset({"dropout", "beta1", "beta2"})
+    FRACTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"dropout", "beta1", "beta2", "ema_decay", "ema_rampup"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -282,6 +290,12 @@ class CycleGANModel:
         self.scaler_D = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.pool_A = ImagePool(options.pool_size, seed=options.seed + 1)
         self.pool_B = ImagePool(options.pool_size, seed=options.seed + 2)
+        self.ema: dict[str, MovingAverage] = {}
+        if options.ema_decay > 0:
+            for name in ("G_AB", "G_BA"):
+                self.ema[name] = MovingAverage(
+                    getattr(self, name), options.ema_decay, options.ema_rampup
+                )
 
     def _autocast(self):
         return torch.autocast(
@@ -360,6 +374,8 @@ class CycleGANModel:
                 loss_structure = torch.zeros((), device=self.device)
             loss_G = loss_adv + loss_cycle + loss_idt + loss_structure
         self._step(loss_G, self.optimizer_G, self.scaler_G)
+        for average in self.ema.values():
+            average.update()
         set_requires_grad([self.D_A, self.D_B], True)
 
         totals = {"loss_D_A": 0.0, "loss_D_B": 0.0, "gp": 0.0}
@@ -413,7 +429,13 @@ class CycleGANModel:
         }
         state["scaler_G"] = self.scaler_G.state_dict() if self.scaler_G else None
         state["scaler_D"] = self.scaler_D.state_dict() if self.scaler_D else None
+        state["ema"] = {name: average.state_dict() for name, average in self.ema.items()}
         return state
+
+    def generator_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The weights the model file holds: the moving average if there is one."""
+        net = self.ema[name].average if name in self.ema else getattr(self, name)
+        return net.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name in (
@@ -433,6 +455,8 @@ class CycleGANModel:
             scaler = getattr(self, name)
             if scaler is not None and state.get(name):
                 scaler.load_state_dict(state[name])
+        for name, average in self.ema.items():
+            average.load_state_dict(state["ema"][name])
 
 
 # ------------------------------------------------------------------------------ training
@@ -506,8 +530,8 @@ def train_cyclegan(
     atomic_torch_save(
         {
             "options": asdict(options),
-            "G_AB": model.G_AB.state_dict(),
-            "G_BA": model.G_BA.state_dict(),
+            "G_AB": model.generator_weights("G_AB"),
+            "G_BA": model.generator_weights("G_BA"),
             "iterations": step,
         },
         out_model,
