@@ -15,7 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hemaflow.models.cyclegan import PatchCritic, ResnetGenerator, UNetGenerator, init_weights
+from hemaflow.models.cyclegan import (
+    PatchCritic,
+    PixelCritic,
+    ResnetGenerator,
+    UNetGenerator,
+    init_weights,
+)
 from hemaflow.normalize.base import IdentityNormalizer, StainNormalizer
 from hemaflow.normalize.reinhard import ReinhardNormalizer, lab_to_uint8, rgb_to_lab
 from hemaflow.train.cyclegan import (
@@ -205,6 +211,55 @@ def test_every_critic_norm_scores_each_sample_alone(norm, layer_type):
     assert torch.allclose(critic(shifted)[:1], together, atol=1e-6)
     with pytest.raises(ValueError, match="norm must be one of"):
         PatchCritic(norm="batch")
+
+
+def test_pixel_critic_scores_each_pixel_by_its_colour_alone():
+    torch.manual_seed(0)
+    critic = init_weights(PixelCritic(ndf=8)).eval()
+    batch = torch.rand(2, 3, 16, 16) * 2 - 1
+    scores = critic(batch)
+    assert scores.shape == (2, 1, 16, 16)
+    changed = batch.clone()
+    changed[0, :, 5, 7] = torch.tensor([0.9, -0.9, 0.1])
+    moved = (critic(changed) - scores).abs() > 0
+    assert moved[0, 0, 5, 7] and moved.sum() == 1  # a receptive field of one pixel
+    # the same colour scores the same wherever it is: no shapes, only colours
+    flat = torch.zeros(1, 3, 16, 16) + torch.tensor([0.3, -0.2, 0.5]).view(1, 3, 1, 1)
+    assert torch.allclose(critic(flat), critic(flat)[0, 0, 0, 0].expand(1, 1, 16, 16))
+
+
+def test_pixel_critics_train_log_and_resume(cells32, tmp_path):
+    images_a, images_b = cells32
+    options = tiny(lambda_pixel=1.0)
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    log_csv = straight_dir / "losses.csv"
+    summary = train_cyclegan(
+        images_a, images_b, options, straight_dir / "state", straight_dir / "m.pt", log_csv
+    )
+    assert summary["completed"] and all(np.isfinite(v) for v in summary["final_losses"].values())
+    assert all(float(r["loss_P"]) != 0.0 for r in _read_log(log_csv))
+    last = torch.load(list_checkpoints(straight_dir / "state")[-1][1], weights_only=False)
+    assert set(last["model"]["pixel"]) == {"P_A", "P_B"}
+    train_cyclegan(
+        images_a,
+        images_b,
+        options,
+        resumed_dir / "state",
+        resumed_dir / "m.pt",
+        max_iterations_this_run=4,
+    )
+    train_cyclegan(images_a, images_b, options, resumed_dir / "state", resumed_dir / "m.pt")
+    straight = torch.load(straight_dir / "m.pt", weights_only=True)
+    again = torch.load(resumed_dir / "m.pt", weights_only=True)
+    for name in ("G_AB", "G_BA"):
+        assert all(torch.equal(straight[name][k], again[name][k]) for k in straight[name])
+    # the pixel critics change what the generators learn
+    without = train_cyclegan(
+        images_a, images_b, tiny(), tmp_path / "plain" / "state", tmp_path / "plain" / "m.pt"
+    )
+    assert without["final_losses"]["loss_P"] == 0.0
+    plain = torch.load(tmp_path / "plain" / "m.pt", weights_only=True)
+    assert any(not torch.equal(plain["G_AB"][k], straight["G_AB"][k]) for k in plain["G_AB"])
 
 
 def test_init_weights_is_normal_with_the_given_gain():

@@ -251,6 +251,27 @@ class PatchCritic(nn.Module):
         return self.model(x)
 
 
+class PixelCritic(nn.Module):
+    """pix2pix's PixelGAN (``netD=pixel``) as a Wasserstein critic: 1x1 convolutions only,
+    so each score sees one pixel's colour and nothing of the shapes around it. Without a
+    normalization it judges exactly what an instance-normed patch critic is blind to, the
+    distribution of colours (Isola et al. 2017: the PixelGAN "increases colourfulness" and
+    leaves spatial structure alone). Returns an (N, 1, H, W) map of unbounded scores."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(in_channels, ndf, kernel_size=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, 2 * ndf, kernel_size=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * ndf, 1, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """CycleGAN's ``normal`` init: convolution and linear weights ~ N(0, gain), biases 0;
     normalization scales ~ N(1, gain), shifts 0; a residual U-Net's output layer 0 (the

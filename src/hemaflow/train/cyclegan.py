@@ -24,6 +24,7 @@ from hemaflow.models.cyclegan import (
     CRITIC_NORMS,
     UPSAMPLE_MODES,
     PatchCritic,
+    PixelCritic,
     ResnetGenerator,
     UNetGenerator,
     init_weights,
@@ -70,6 +71,7 @@ LOSS_COLUMNS = (
     "loss_D_A",
     "loss_D_B",
     "gp",
+    "loss_P",
     "lr",
     "seconds",
 )
@@ -92,7 +94,10 @@ class CycleGANOptions(TrainingOptions):
     ``amp`` (float16 autocast + GradScaler) is used only on CUDA. ``ema_decay`` > 0 keeps
     a moving average of each generator's weights (``hemaflow.train.ema``, with
     ``ema_rampup``) and the model file holds the averages; 0, as in CycleGAN, keeps the
-    last weights."""
+    last weights. ``lambda_pixel`` > 0 adds a PixelGAN critic per domain
+    (``PixelCritic``: 1x1 convolutions, no norm, WGAN-GP) whose generator term weighs
+    ``lambda_pixel``: it judges the colours that the instance-normed patch critic cannot
+    see, and nothing else."""
 
     image_size: int = 128
     generator: str = "unet"
@@ -104,6 +109,7 @@ class CycleGANOptions(TrainingOptions):
     dropout: float = 0.0
     n_layers_critic: int = 3
     critic_norm: str = "instance"
+    lambda_pixel: float = 0.0
     gan_mode: str = "wgangp"
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
@@ -154,6 +160,7 @@ class CycleGANOptions(TrainingOptions):
             "lambda_cycle",
             "lambda_identity",
             "lambda_structure",
+            "lambda_pixel",
             "cycle_noise",
             "lambda_gp",
             "iterations",
@@ -253,6 +260,10 @@ def build_critic(options: CycleGANOptions) -> nn.Module:
     return init_weights(net)
 
 
+def build_pixel_critic(options: CycleGANOptions) -> nn.Module:
+    return init_weights(PixelCritic(ndf=options.ndf))
+
+
 # ---------------------------------------------------------------------------------- data
 
 
@@ -278,9 +289,14 @@ class CycleGANModel:
         self.G_BA = build_generator(options).to(device)
         self.D_A = build_critic(options).to(device)
         self.D_B = build_critic(options).to(device)
+        # the pixel critics, if any: (P_A judges domain A, P_B domain B)
+        self.pixel: dict[str, nn.Module] = {}
+        if options.lambda_pixel > 0:
+            self.pixel = {name: build_pixel_critic(options).to(device) for name in ("P_A", "P_B")}
         betas = (options.beta1, options.beta2)
         generators = [*self.G_AB.parameters(), *self.G_BA.parameters()]
         critics = [*self.D_A.parameters(), *self.D_B.parameters()]
+        critics += [p for critic in self.pixel.values() for p in critic.parameters()]
         self.optimizer_G = torch.optim.Adam(generators, lr=options.lr, betas=betas)
         self.optimizer_D = torch.optim.Adam(critics, lr=options.lr, betas=betas)
         decay = LinearDecay(options.iterations, options.decay_iterations)
@@ -313,7 +329,10 @@ class CycleGANModel:
             scaler.update()
 
     def modules(self) -> list[nn.Module]:
-        return [self.G_AB, self.G_BA, self.D_A, self.D_B]
+        return [self.G_AB, self.G_BA, self.D_A, self.D_B, *self.pixel.values()]
+
+    def critics(self) -> list[nn.Module]:
+        return [self.D_A, self.D_B, *self.pixel.values()]
 
     def _cycle_input(self, translated: torch.Tensor) -> torch.Tensor:
         """The translation as the reverse generator sees it in the cycle loss: with
@@ -342,7 +361,7 @@ class CycleGANModel:
 
         real_a, real_b = sample_a(), sample_b()
 
-        set_requires_grad([self.D_A, self.D_B], False)
+        set_requires_grad(self.critics(), False)
         self.optimizer_G.zero_grad(set_to_none=True)
         with self._autocast():
             fake_b = self.G_AB(real_a)
@@ -352,6 +371,11 @@ class CycleGANModel:
             adv_b = generator_adversarial_loss(o.gan_mode, self.D_B(fake_b))
             adv_a = generator_adversarial_loss(o.gan_mode, self.D_A(fake_a))
             loss_adv = adv_a + adv_b
+            if self.pixel:
+                loss_adv = loss_adv + o.lambda_pixel * (
+                    generator_adversarial_loss(o.gan_mode, self.pixel["P_B"](fake_b))
+                    + generator_adversarial_loss(o.gan_mode, self.pixel["P_A"](fake_a))
+                )
             loss_cycle = o.lambda_cycle * (
                 F.l1_loss(rec_a.float(), real_a) + F.l1_loss(rec_b.float(), real_b)
             )
@@ -376,9 +400,9 @@ class CycleGANModel:
         self._step(loss_G, self.optimizer_G, self.scaler_G)
         for average in self.ema.values():
             average.update()
-        set_requires_grad([self.D_A, self.D_B], True)
+        set_requires_grad(self.critics(), True)
 
-        totals = {"loss_D_A": 0.0, "loss_D_B": 0.0, "gp": 0.0}
+        totals = {"loss_D_A": 0.0, "loss_D_B": 0.0, "gp": 0.0, "loss_P": 0.0}
         for critic_step in range(o.n_critic):
             if critic_step > 0:
                 real_a, real_b = sample_a(), sample_b()
@@ -396,8 +420,23 @@ class CycleGANModel:
                 gp = gp_a + gradient_penalty(self.D_B, real_b, pooled_b, o.lambda_gp)
             else:
                 gp = torch.zeros((), device=self.device)
-            self._step(loss_D_A + loss_D_B + gp, self.optimizer_D, self.scaler_D)
-            for name, value in (("loss_D_A", loss_D_A), ("loss_D_B", loss_D_B), ("gp", gp)):
+            loss_P = torch.zeros((), device=self.device)
+            for name, real, pooled in (("P_A", real_a, pooled_a), ("P_B", real_b, pooled_b)):
+                if name not in self.pixel:
+                    continue
+                critic = self.pixel[name]
+                with self._autocast():
+                    loss_P = loss_P + critic_loss(o.gan_mode, critic(real), critic(pooled))
+                if o.gan_mode == "wgangp" and o.lambda_gp > 0:
+                    gp = gp + gradient_penalty(critic, real, pooled, o.lambda_gp)
+            loss_D = loss_D_A + loss_D_B + loss_P + gp
+            self._step(loss_D, self.optimizer_D, self.scaler_D)
+            for name, value in (
+                ("loss_D_A", loss_D_A),
+                ("loss_D_B", loss_D_B),
+                ("gp", gp),
+                ("loss_P", loss_P),
+            ):
                 totals[name] = totals[name] + value.detach() / o.n_critic
 
         self.scheduler_G.step()
@@ -430,6 +469,7 @@ class CycleGANModel:
         state["scaler_G"] = self.scaler_G.state_dict() if self.scaler_G else None
         state["scaler_D"] = self.scaler_D.state_dict() if self.scaler_D else None
         state["ema"] = {name: average.state_dict() for name, average in self.ema.items()}
+        state["pixel"] = {name: critic.state_dict() for name, critic in self.pixel.items()}
         return state
 
     def generator_weights(self, name: str) -> dict[str, torch.Tensor]:
@@ -457,6 +497,8 @@ class CycleGANModel:
                 scaler.load_state_dict(state[name])
         for name, average in self.ema.items():
             average.load_state_dict(state["ema"][name])
+        for name, critic in self.pixel.items():
+            critic.load_state_dict(state["pixel"][name])
 
 
 # ------------------------------------------------------------------------------ training
