@@ -156,6 +156,88 @@ def test_residual_unet_can_shift_every_pixel_alike(cells32):
     assert torch.allclose(net(real), expected, atol=1e-5)
 
 
+def _affine_unet(cell: int) -> UNetGenerator:
+    return init_weights(
+        UNetGenerator(
+            ngf=8,
+            image_size=32,
+            upsample="resize",
+            residual=True,
+            residual_mode="affine",
+            affine_cell=cell,
+        )
+    )
+
+
+def test_affine_unet_starts_as_the_identity_and_scales_every_detail(cells32):
+    """The affine residual U-Net outputs ``tanh((I + M) atanh(x) + b)``: zero-initialized,
+    it is the identity; with ``M = I`` everywhere it doubles the contrast of every pixel
+    in atanh space (a gain), which the shift form could only get by drawing each detail."""
+    torch.manual_seed(0)
+    net = _affine_unet(8)
+    assert net.output_layer().out_channels == 12  # a 3x3 matrix and a bias per pixel
+    real = to_model_range(uint8_tensor(cells32[0][:2]))
+    assert torch.allclose(net(real), real, atol=1.1e-3)
+    with torch.no_grad():
+        net.output_layer().bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 0.2, 0, -0.2]))
+    limit = 1.0 - 1e-3
+    shift = torch.tensor([0.2, 0.0, -0.2]).view(1, 3, 1, 1)
+    expected = torch.tanh(2 * torch.atanh(real.clamp(-limit, limit)) + shift)
+    assert torch.allclose(net(real), expected, atol=1e-5)
+
+
+def test_affine_unet_cannot_paint_texture_finer_than_its_cells():
+    """On a flat image every pixel has the same colour, so all the output's texture comes
+    from the colour transform varying in space; averaged over 8 px cells and interpolated,
+    it has a small fraction of the per-pixel transform's fine detail (same weights)."""
+    torch.manual_seed(0)
+    per_pixel, smooth = _affine_unet(1), _affine_unet(8)
+    smooth.load_state_dict(per_pixel.state_dict())
+    with torch.no_grad():
+        per_pixel.output_layer().weight.normal_(0, 0.5)
+        smooth.output_layer().weight.copy_(per_pixel.output_layer().weight)
+    flat = torch.full((2, 3, 32, 32), 0.3)
+    flat[:, 1] = -0.2
+
+    def fine_detail(image: torch.Tensor) -> float:
+        laplacian = (
+            4 * image[..., 1:-1, 1:-1]
+            - image[..., :-2, 1:-1]
+            - image[..., 2:, 1:-1]
+            - image[..., 1:-1, :-2]
+            - image[..., 1:-1, 2:]
+        )
+        return float(laplacian.pow(2).mean())
+
+    with torch.no_grad():
+        rough, fine = fine_detail(per_pixel(flat)), fine_detail(smooth(flat))
+    assert rough > 1e-3  # the per-pixel transform does texture a flat image
+    assert fine < 0.05 * rough
+
+
+def test_affine_mode_options_are_checked():
+    with pytest.raises(ValueError, match="'residual_mode'"):
+        CycleGANOptions.from_config({"preset": "cpu", "residual": False, "residual_mode": "affine"})
+    with pytest.raises(ValueError, match="'affine_cell'"):
+        CycleGANOptions.from_config({"preset": "cpu", "residual_mode": "affine", "affine_cell": 6})
+    with pytest.raises(ValueError, match="residual_mode"):
+        CycleGANOptions.from_config({"preset": "cpu", "residual_mode": "multiply"})
+    with pytest.raises(ValueError, match="affine_cell"):
+        UNetGenerator(image_size=32, residual=True, residual_mode="affine", affine_cell=64)
+
+
+def test_affine_generators_train_and_load(cells32, tmp_path):
+    options = tiny(residual_mode="affine", affine_cell=4, iterations=3, decay_iterations=1)
+    summary = train_cyclegan(*cells32, options, tmp_path / "state", tmp_path / "model.pt")
+    assert summary["completed"] and all(np.isfinite(v) for v in summary["final_losses"].values())
+    g_ab, g_ba, loaded = load_cyclegan(tmp_path / "model.pt")
+    assert loaded.residual_mode == "affine" and g_ab.affine and g_ab.affine_cell == 4
+    translated = translate(g_ab, cells32[0][:3])
+    assert translated.shape == (3, 32, 32, 3) and translated.dtype == np.uint8
+    # three steps from the identity: a small colour change, the same cells
+    assert 0 < np.abs(translated.astype(int) - cells32[0][:3]).mean() < 20
+
+
 def test_cycle_noise_reaches_only_the_reverse_generator_input():
     quiet = CycleGANModel(tiny(cycle_noise=0.0), torch.device("cpu"), np.random.default_rng(0))
     translated = torch.zeros(8, 3, 32, 32)

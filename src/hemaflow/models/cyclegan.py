@@ -11,9 +11,11 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 UPSAMPLE_MODES = ("transpose", "resize")
 CRITIC_NORMS = ("instance", "layer", "none")
+RESIDUAL_MODES = ("shift", "affine")
 
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
@@ -35,7 +37,16 @@ class UNetGenerator(nn.Module):
     that an untrained generator is the identity. A stain translation changes colour and
     texture but not where the cells are; starting from the identity, a short training
     run cannot lose the source's content, which the plain U-Net must first learn to
-    copy through its skip connections."""
+    copy through its skip connections.
+
+    ``residual_mode="affine"`` (with ``residual``) predicts, instead of a change, a colour
+    transform per pixel: a 3x3 matrix ``M`` and a bias ``b`` applied to the input's colour,
+    ``tanh((I + M) atanh(x) + b)``, with ``M`` and ``b`` averaged over cells of
+    ``affine_cell`` pixels and interpolated bilinearly between cell centres. A stain is a
+    colour mapping that varies slowly over a slide: this generator can remap every colour
+    and scale the contrast of every detail (a gain, where the shift must draw the detail
+    anew), but it cannot paint texture finer than a cell, so no speckle and no invented
+    edges."""
 
     def __init__(
         self,
@@ -47,8 +58,22 @@ class UNetGenerator(nn.Module):
         max_channels: int = 512,
         dropout: float = 0.0,
         residual: bool = False,
+        residual_mode: str = "shift",
+        affine_cell: int = 8,
     ):
         super().__init__()
+        if residual_mode not in RESIDUAL_MODES:
+            raise ValueError(
+                f"UNetGenerator: residual_mode must be one of {RESIDUAL_MODES}, "
+                f"got {residual_mode!r}"
+            )
+        if residual_mode == "affine" and (
+            affine_cell < 1 or affine_cell & (affine_cell - 1) or affine_cell > image_size
+        ):
+            raise ValueError(
+                f"UNetGenerator: affine_cell must be a power of two <= image_size "
+                f"({image_size}), got {affine_cell}"
+            )
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(
                 f"UNetGenerator: image_size must be a power of two >= 8, got {image_size}"
@@ -60,6 +85,10 @@ class UNetGenerator(nn.Module):
         self.image_size = image_size
         self.upsample = upsample
         self.residual = residual
+        self.affine = residual and residual_mode == "affine"
+        self.affine_cell = affine_cell
+        if self.affine:
+            out_channels = out_channels * (out_channels + 1)  # the matrix and the bias
         n_levels = int(math.log2(image_size))
         cap = min(8 * ngf, max_channels)
         channels = [min(ngf * 2**level, cap) for level in range(n_levels)]
@@ -126,7 +155,24 @@ class UNetGenerator(nn.Module):
             return out
         # atanh of inputs clamped inside (-1, 1): exact 0/255 pixels stay finite
         limit = 1.0 - 1e-3
-        return torch.tanh(torch.atanh(source.clamp(-limit, limit)) + out)
+        z = torch.atanh(source.clamp(-limit, limit))
+        if not self.affine:
+            return torch.tanh(z + out)
+        return torch.tanh(z + self._colour_change(out, z))
+
+    def _colour_change(self, params: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``M z + b`` from the per-pixel parameters, smoothed over ``affine_cell`` cells."""
+        n, c, h, w = z.shape
+        if self.affine_cell > 1:
+            params = F.interpolate(
+                F.avg_pool2d(params, self.affine_cell),
+                size=(h, w),
+                mode="bilinear",
+                align_corners=False,
+            )
+        matrix = params[:, : c * c].reshape(n, c, c, h, w)
+        bias = params[:, c * c :]
+        return torch.einsum("nijhw,njhw->nihw", matrix, z) + bias
 
 
 class ResnetBlock(nn.Module):

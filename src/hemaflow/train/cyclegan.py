@@ -22,6 +22,7 @@ from torch import nn
 
 from hemaflow.models.cyclegan import (
     CRITIC_NORMS,
+    RESIDUAL_MODES,
     UPSAMPLE_MODES,
     PatchCritic,
     PixelCritic,
@@ -97,7 +98,9 @@ class CycleGANOptions(TrainingOptions):
     last weights. ``lambda_pixel`` > 0 adds a PixelGAN critic per domain
     (``PixelCritic``: 1x1 convolutions, no norm, WGAN-GP) whose generator term weighs
     ``lambda_pixel``: it judges the colours that the instance-normed patch critic cannot
-    see, and nothing else."""
+    see, and nothing else. ``residual_mode: affine`` (residual U-Net only) makes the
+    generator a smooth per-pixel colour transform (``UNetGenerator``) over cells of
+    ``affine_cell`` pixels."""
 
     image_size: int = 128
     generator: str = "unet"
@@ -105,6 +108,8 @@ class CycleGANOptions(TrainingOptions):
     ndf: int = 64
     upsample: str = "transpose"
     residual: bool = False
+    residual_mode: str = "shift"
+    affine_cell: int = 8
     n_blocks: int = 9
     dropout: float = 0.0
     n_layers_critic: int = 3
@@ -139,6 +144,7 @@ class CycleGANOptions(TrainingOptions):
         "upsample": UPSAMPLE_MODES,
         "gan_mode": GAN_MODES,
         "critic_norm": CRITIC_NORMS,
+        "residual_mode": RESIDUAL_MODES,
         "structure_mode": STRUCTURE_MODES,
         "structure_channels": STRUCTURE_CHANNELS,
     }
@@ -151,6 +157,7 @@ class CycleGANOptions(TrainingOptions):
             "batch_size",
             "checkpoint_every",
             "log_every",
+            "affine_cell",
             "lr",
         }
     )
@@ -180,6 +187,18 @@ class CycleGANOptions(TrainingOptions):
             raise ValueError(
                 f"cyclegan option 'residual': only the unet generator has a residual form, "
                 f"got generator {self.generator!r}"
+            )
+        if self.residual_mode == "affine" and not self.residual:
+            raise ValueError(
+                "cyclegan option 'residual_mode': 'affine' is a form of the residual U-Net; "
+                "set residual: true"
+            )
+        if self.residual_mode == "affine" and (
+            self.affine_cell & (self.affine_cell - 1) or self.affine_cell > self.image_size
+        ):
+            raise ValueError(
+                f"cyclegan option 'affine_cell': must be a power of two <= image_size "
+                f"({self.image_size}), got {self.affine_cell}"
             )
 
     def check_field(self, name: str, value: Any) -> str | None:
@@ -244,6 +263,8 @@ def build_generator(options: CycleGANOptions) -> nn.Module:
             upsample=options.upsample,
             dropout=options.dropout,
             residual=options.residual,
+            residual_mode=options.residual_mode,
+            affine_cell=options.affine_cell,
         )
     else:
         net = ResnetGenerator(
