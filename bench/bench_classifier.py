@@ -6,12 +6,14 @@
    sensitivity and specificity, and the training time.
 2. Tests that model on the held-out (val + test) images of bccd and zheng_tecom over the
    classes they share with pbc, raw, after Reinhard (statistics of pbc's training images)
-   and after the CycleGANs of --cyclegan-dir (``{source}_to_pbc/model.pt``, e.g. the
-   models `bench/bench_normalization.py` wrote) and prints the table.
+   and after the CycleGANs of each --cyclegan-dir (``{source}_to_pbc/model.pt``, e.g. the
+   models `bench/bench_normalization.py` wrote; ``LABEL=DIR`` names a variant, by default
+   the folder's name) and prints the table.
 
 Reads the domain caches of the workflow (run `snakemake` up to the caches first).
 
     python bench/bench_classifier.py --cyclegan-dir results/bench/normalization_wgangp
+    python bench/bench_classifier.py --cyclegan-dir shift=results/bench/a affine=results/bench/b
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench/classifier"))
     parser.add_argument("--train-domain", default="pbc")
     parser.add_argument("--test-domains", nargs="+", default=["bccd", "zheng_tecom"])
-    parser.add_argument("--cyclegan-dir", type=Path, default=None)
+    parser.add_argument("--cyclegan-dir", nargs="*", default=[], metavar="[LABEL=]DIR")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--n-boot", type=int, default=1000)
@@ -54,6 +56,14 @@ def main(argv=None) -> int:
         return str(cache / domain / "images.npy"), str(cache / domain / "index.parquet")
 
     options = {"preset": args.preset, **parse_overrides(args.set)}
+    cyclegan_dirs = {}
+    for spec in args.cyclegan_dir:
+        label, _, folder = spec.rpartition("=")
+        path = Path(folder)
+        name = label or ("cyclegan" if len(args.cyclegan_dir) == 1 else path.name)
+        if name in cyclegan_dirs or name in ("none", "reinhard"):
+            parser.error(f"--cyclegan-dir: label {name!r} given twice or reserved")
+        cyclegan_dirs[name] = path
     start = time.perf_counter()
     summary = train_domain_stage(
         *files(args.train_domain),
@@ -92,16 +102,15 @@ def main(argv=None) -> int:
     for domain in args.test_domains:
         images, rows = _domain_split(*files(domain), ("val", "test"))
         variants = {"none": images, "reinhard": reinhard.transform(images)}
-        model = (
-            args.cyclegan_dir / f"{domain}_to_{args.train_domain}" / "model.pt"
-            if args.cyclegan_dir
-            else None
-        )
-        if model is not None and model.is_file():
+        for label, folder in cyclegan_dirs.items():
+            model = folder / f"{domain}_to_{args.train_domain}" / "model.pt"
+            if not model.is_file():
+                print(f"  {domain}: no CycleGAN at {model}, skipped")
+                continue
             from hemaflow.train.cyclegan import load_cyclegan, translate
 
             generator, _, _ = load_cyclegan(model)
-            variants["cyclegan"] = translate(generator, images)
+            variants[label] = translate(generator, images)
         for method, normalized in variants.items():
             metrics = cross_lab_row(net, list(classes), normalized, rows, args.n_boot, 0)
             table.append({"test_domain": domain, "method": method, **metrics})
@@ -109,7 +118,7 @@ def main(argv=None) -> int:
     print(f"cross-lab: trained on {args.train_domain}, tested on held-out images of each lab")
     for row in table.itertuples():
         print(
-            f"  {row.test_domain:<12} {row.method:<9} n={row.n_images:<4} "
+            f"  {row.test_domain:<12} {row.method:<12} n={row.n_images:<4} "
             f"balanced accuracy {row.balanced_accuracy:.3f} "
             f"[{row.balanced_accuracy_low:.3f}, {row.balanced_accuracy_high:.3f}]  "
             f"accuracy {row.accuracy:.3f}  classes: {row.shared_classes}"

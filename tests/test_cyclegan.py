@@ -29,6 +29,7 @@ from hemaflow.train.cyclegan import (
     PRESETS,
     CycleGANModel,
     CycleGANOptions,
+    build_generator,
     load_cyclegan,
     train_cyclegan,
     translate,
@@ -216,8 +217,9 @@ def test_affine_unet_cannot_paint_texture_finer_than_its_cells():
 
 
 def test_affine_mode_options_are_checked():
-    with pytest.raises(ValueError, match="'residual_mode'"):
-        CycleGANOptions.from_config({"preset": "cpu", "residual": False, "residual_mode": "affine"})
+    # the form of the residual U-Net: `residual: false` works with the preset's affine mode
+    plain = CycleGANOptions.from_config({"preset": "cpu", "residual": False})
+    assert not build_generator(plain).residual
     with pytest.raises(ValueError, match="'affine_cell'"):
         CycleGANOptions.from_config({"preset": "cpu", "residual_mode": "affine", "affine_cell": 6})
     with pytest.raises(ValueError, match="residual_mode"):
