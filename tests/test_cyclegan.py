@@ -99,6 +99,20 @@ def _without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def _stopped_after_4_then_resumed(images_a, images_b, options, folder: Path) -> dict:
+    """Train in two runs (stopped after 4 iterations, then resumed); the model file."""
+    for stop in (4, None):
+        train_cyclegan(
+            images_a,
+            images_b,
+            options,
+            folder / "state",
+            folder / "m.pt",
+            max_iterations_this_run=stop,
+        )
+    return torch.load(folder / "m.pt", weights_only=True)
+
+
 # ---------------------------------------------------------------------------------- models
 
 
@@ -324,17 +338,8 @@ def test_pixel_critics_train_log_and_resume(cells32, tmp_path):
     assert all(float(r["loss_P"]) != 0.0 for r in _read_log(log_csv))
     last = torch.load(list_checkpoints(straight_dir / "state")[-1][1], weights_only=False)
     assert set(last["model"]["pixel"]) == {"P_A", "P_B"}
-    train_cyclegan(
-        images_a,
-        images_b,
-        options,
-        resumed_dir / "state",
-        resumed_dir / "m.pt",
-        max_iterations_this_run=4,
-    )
-    train_cyclegan(images_a, images_b, options, resumed_dir / "state", resumed_dir / "m.pt")
+    again = _stopped_after_4_then_resumed(images_a, images_b, options, resumed_dir)
     straight = torch.load(straight_dir / "m.pt", weights_only=True)
-    again = torch.load(resumed_dir / "m.pt", weights_only=True)
     for name in ("G_AB", "G_BA"):
         assert all(torch.equal(straight[name][k], again[name][k]) for k in straight[name])
     # the pixel critics change what the generators learn
@@ -583,17 +588,8 @@ def test_ema_generators_resume_and_are_what_the_model_file_holds(cells32, tmp_pa
     options = tiny(ema_decay=0.9, ema_rampup=0.0)
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     train_cyclegan(images_a, images_b, options, straight_dir / "state", straight_dir / "m.pt")
-    train_cyclegan(
-        images_a,
-        images_b,
-        options,
-        resumed_dir / "state",
-        resumed_dir / "m.pt",
-        max_iterations_this_run=4,
-    )
-    train_cyclegan(images_a, images_b, options, resumed_dir / "state", resumed_dir / "m.pt")
+    again = _stopped_after_4_then_resumed(images_a, images_b, options, resumed_dir)
     straight = torch.load(straight_dir / "m.pt", weights_only=True)
-    again = torch.load(resumed_dir / "m.pt", weights_only=True)
     last = torch.load(list_checkpoints(straight_dir / "state")[-1][1], weights_only=False)
     for name in ("G_AB", "G_BA"):
         assert all(torch.equal(straight[name][k], again[name][k]) for k in straight[name])
