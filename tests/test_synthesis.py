@@ -274,6 +274,10 @@ def test_class_metrics_on_real_images(tmp_path):
     assert near["classifier_accuracy"] == 1.0
     small = class_metrics(same[:5], held_out, None, fid_min_images=10, lpips_pairs=10)
     assert np.isnan(small["fid"]) and np.isfinite(small["kid"])
+    assert 0 <= small["precision"] <= 1
+    # two gated images (seen in the main job): no k-NN manifold, the rest is still measured
+    two = class_metrics(same[:2], held_out, None, fid_min_images=10, lpips_pairs=10)
+    assert np.isnan(two["precision"]) and np.isnan(two["recall"]) and np.isfinite(two["kid"])
     table = metrics_table([{"canonical_class": "basophil", "route": "fewshot", **near}])
     assert table.loc[0, "kid"] == near["kid"]
     plot_samples({"basophil": held_out}, {"basophil": same}, str(tmp_path / "g.png"), "t")

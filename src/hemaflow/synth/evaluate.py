@@ -29,6 +29,9 @@ def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.asarray(images)[rows]
 
 
+PR_K = 3  # neighbours of the precision/recall manifolds (Kynkäänniemi et al.'s default)
+
+
 def class_metrics(
     synthetic: np.ndarray,
     real_held_out: np.ndarray,
@@ -53,7 +56,18 @@ def class_metrics(
     if len(fake) < 2 or len(real) < 2:
         log.warning("too few images for metrics (%d synthetic, %d real)", len(fake), len(real))
         return result
-    names = ["kid", "precision", "recall", "lpips_diversity"]
+    names = ["kid", "lpips_diversity"]
+    if min(len(fake), len(real)) > PR_K:
+        names[1:1] = ["precision", "recall"]
+    else:
+        # a k-NN manifold needs more than k points per set (seen: a class with 2 gated images)
+        log.warning(
+            "precision/recall left out: they need more than %d images per set "
+            "(%d synthetic, %d real)",
+            PR_K,
+            len(fake),
+            len(real),
+        )
     if min(len(fake), len(real)) >= fid_min_images:
         names.insert(0, "fid")
     result.update(
@@ -64,6 +78,7 @@ def class_metrics(
             inception=inception,
             lpips_model=lpips_model,
             kid_subset_size=min(kid_subset_size, len(fake), len(real)),
+            pr_k=PR_K,
             lpips_pairs=lpips_pairs,
             seed=seed,
         )
@@ -80,7 +95,8 @@ def class_metrics(
             )["lpips_diversity"]
         }
     )
-    result.setdefault("fid", float("nan"))
+    for key in ("fid", "precision", "recall"):
+        result.setdefault(key, float("nan"))
     return result
 
 
