@@ -67,8 +67,10 @@ class UNetGenerator(nn.Module):
                 f"UNetGenerator: residual_mode must be one of {RESIDUAL_MODES}, "
                 f"got {residual_mode!r}"
             )
-        if residual_mode == "affine" and (
-            affine_cell < 1 or affine_cell & (affine_cell - 1) or affine_cell > image_size
+        if (
+            residual
+            and residual_mode == "affine"
+            and (affine_cell < 1 or affine_cell & (affine_cell - 1) or affine_cell > image_size)
         ):
             raise ValueError(
                 f"UNetGenerator: affine_cell must be a power of two <= image_size "

@@ -358,6 +358,18 @@ class CycleGANModel:
     def critics(self) -> list[nn.Module]:
         return [self.D_A, self.D_B, *self.pixel.values()]
 
+    def _critic_terms(
+        self, critic: nn.Module, real: torch.Tensor, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One critic's loss on real vs pooled fake images and, for WGAN-GP, its gradient
+        penalty (0 otherwise)."""
+        o = self.options
+        with self._autocast():
+            loss = critic_loss(o.gan_mode, critic(real), critic(pooled))
+        if o.gan_mode == "wgangp" and o.lambda_gp > 0:
+            return loss, gradient_penalty(critic, real, pooled, o.lambda_gp)
+        return loss, torch.zeros((), device=self.device)
+
     def _cycle_input(self, translated: torch.Tensor) -> torch.Tensor:
         """The translation as the reverse generator sees it in the cycle loss: with
         ``cycle_noise`` > 0, plus Gaussian noise of that standard deviation. A CycleGAN
@@ -436,23 +448,14 @@ class CycleGANModel:
             pooled_a = self.pool_A.query(fake_a.detach().float())
             pooled_b = self.pool_B.query(fake_b.detach().float())
             self.optimizer_D.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss_D_A = critic_loss(o.gan_mode, self.D_A(real_a), self.D_A(pooled_a))
-                loss_D_B = critic_loss(o.gan_mode, self.D_B(real_b), self.D_B(pooled_b))
-            if o.gan_mode == "wgangp" and o.lambda_gp > 0:
-                gp_a = gradient_penalty(self.D_A, real_a, pooled_a, o.lambda_gp)
-                gp = gp_a + gradient_penalty(self.D_B, real_b, pooled_b, o.lambda_gp)
-            else:
-                gp = torch.zeros((), device=self.device)
+            loss_D_A, gp = self._critic_terms(self.D_A, real_a, pooled_a)
+            loss_D_B, gp_b = self._critic_terms(self.D_B, real_b, pooled_b)
+            gp = gp + gp_b
             loss_P = torch.zeros((), device=self.device)
             for name, real, pooled in (("P_A", real_a, pooled_a), ("P_B", real_b, pooled_b)):
-                if name not in self.pixel:
-                    continue
-                critic = self.pixel[name]
-                with self._autocast():
-                    loss_P = loss_P + critic_loss(o.gan_mode, critic(real), critic(pooled))
-                if o.gan_mode == "wgangp" and o.lambda_gp > 0:
-                    gp = gp + gradient_penalty(critic, real, pooled, o.lambda_gp)
+                if name in self.pixel:
+                    loss, penalty = self._critic_terms(self.pixel[name], real, pooled)
+                    loss_P, gp = loss_P + loss, gp + penalty
             loss_D = loss_D_A + loss_D_B + loss_P + gp
             self._step(loss_D, self.optimizer_D, self.scaler_D)
             for name, value in (
