@@ -30,7 +30,7 @@ LAYOUT_REQUIRED = {
     "yolo": ("images_dir", "labels_dir"),
 }
 LAYOUT_KEYS = {
-    "imagefolder": {"fine_label_regex"},
+    "imagefolder": {"fine_label_regex", "crop", "cell_crop_factor", "cell_reference"},
     "csv": {
         "csv",
         "images_dir",
@@ -39,14 +39,20 @@ LAYOUT_KEYS = {
         "filename_pattern",
         "label_codes",
         "multi_label_separator",
+        "crop",
+        "cell_crop_factor",
+        "cell_reference",
     },
     "yolo": {"images_dir", "labels_dir", "box_class", "box_margin"},
 }
 COMMON_KEYS = {"path", "domain", "layout", "labelled"}
 # Defaults that depend on the layout, so they cannot live in the schema.
 LAYOUT_DEFAULTS = {
-    "imagefolder": {},
+    "imagefolder": {"crop": "center", "cell_crop_factor": 2.0, "cell_reference": "auto"},
     "csv": {
+        "crop": "center",
+        "cell_crop_factor": 2.0,
+        "cell_reference": "auto",
         "images_dir": ".",
         "filename_pattern": "%s",
         "label_codes": {},

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hemaflow.classify.augment import stain_augment
 from hemaflow.classify.metrics import summary_metrics
 from hemaflow.models.classifier import (
     ARCHITECTURES,
@@ -127,6 +128,7 @@ class ClassifierOptions(TrainingOptions):
     eval_every: int = 256
     early_stopping_patience: int = 20
     color_jitter: bool = False
+    stain_augment: float = 0.0
     class_balanced: bool = True
     checkpoint_every: int = 2_560
     log_every: int = 100
@@ -156,7 +158,7 @@ class ClassifierOptions(TrainingOptions):
         }
     )
     NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"lr", "weight_decay", "warmup_iterations", "early_stopping_patience"}
+        {"lr", "weight_decay", "warmup_iterations", "early_stopping_patience", "stain_augment"}
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset({"dropout", "label_smoothing", "momentum"})
 
@@ -457,6 +459,8 @@ class ClassifierModel:
         images = self.sampler.sample_rows(self.rng, rows)
         if o.color_jitter:
             images = color_jitter(images, self.rng)
+        if o.stain_augment > 0:
+            images = stain_augment(images, self.rng, o.stain_augment)
         targets = torch.from_numpy(np.asarray(classes, np.int64)).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(self.device, self.use_amp):

@@ -7,13 +7,14 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from hemaflow.data.cellfinder import NoCellFound, find_cell, reference_extent
 from hemaflow.data.decode import RejectedImage, content_hash, decode_image, read_bytes
 from hemaflow.data.geometry import (
     Box,
@@ -63,6 +64,9 @@ class IngestOptions:
     max_pixels: int
     formats: tuple[str, ...]
     box_margin: float = 0.15
+    crop: str = "center"  # center | cell (whole images; detection frames use their boxes)
+    cell_crop_factor: float = 2.0
+    cell_reference: float | None = None  # stored pixels; set before ingest for crop: cell
 
 
 def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, Any]:
@@ -112,16 +116,23 @@ def process_item(
         mode=decoded.mode,
     )
     width, height = decoded.width, decoded.height
-    if item.boxes is None:
-        crops: list[tuple[Box, str, str]] = [(center_square_box(width, height), sha, "")]
+    # boxes are kept in stored-pixel coordinates; the decoded frame may be draft-reduced
+    scale_x = decoded.image.width / width
+    scale_y = decoded.image.height / height
+    if item.boxes is None and options.crop == "cell":
+        try:
+            box = _cell_box(decoded.image, scale_x, options)
+        except NoCellFound as exc:
+            row = _row(item, options, **common)
+            return [(_quarantine(row, "no_cell_found", f"no white cell found: {exc.reason}"), None)]
+        crops: list[tuple[Box, str, str]] = [(box, sha, "")]
+    elif item.boxes is None:
+        crops = [(center_square_box(width, height), sha, "")]
     else:
         crops = []
         for number, (cx, cy, w, h) in enumerate(item.boxes):
             box = yolo_square_box(cx, cy, w, h, width, height, options.box_margin)
             crops.append((box, f"{sha}:{box[0]},{box[1]},{box[2]},{box[3]}", f"#box{number}"))
-    # boxes are kept in stored-pixel coordinates; the decoded frame may be draft-reduced
-    scale_x = decoded.image.width / width
-    scale_y = decoded.image.height / height
     results = []
     for box, image_id, suffix in crops:
         row = _row(item, options, image_id=image_id, **common)
@@ -137,12 +148,28 @@ def process_item(
     return results
 
 
+def _cell_box(image, scale: float, options: IngestOptions) -> Box:
+    """The square crop (stored pixels) centred on the white cell of a decoded image that
+    is ``scale`` times the stored size."""
+    assert options.cell_reference is not None, "cell_reference is set before ingest"
+    location = find_cell(image)
+    side = options.cell_crop_factor * options.cell_reference
+    x0, y0, x1, y1 = location.square_box(side * scale)
+    # back to stored pixels, keeping the square exactly square
+    stored_side = max(1, int(round(side)))
+    left = int(round(x0 / scale))
+    top = int(round(y0 / scale))
+    return (left, top, left + stored_side, top + stored_side)
+
+
 def _draft_request(item: SourceItem, options: IngestOptions):
     """The smallest decoded frame that still gives every crop ``image_size`` pixels."""
     size = options.image_size
 
     def request(width: int, height: int) -> tuple[int, int]:
-        if item.boxes is None:
+        if item.boxes is None and options.crop == "cell" and options.cell_reference:
+            shortest = options.cell_crop_factor * options.cell_reference
+        elif item.boxes is None:
             shortest = min(width, height)
         else:
             shortest = min(max(w * width, h * height) for _, _, w, h in item.boxes) or 1
@@ -262,8 +289,39 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+# Up to this many images, evenly spaced over the listing, set a dataset's cell scale.
+CELL_REFERENCE_SAMPLE = 200
+
+
+def measure_cell_reference(
+    items: list[SourceItem], options: IngestOptions, sample: int = CELL_REFERENCE_SAMPLE
+) -> float:
+    """The dataset's reference nucleus size (stored pixels): the median over an evenly
+    spaced sample of its listed images (the same sample on every run)."""
+    candidates = [item for item in items if item.rejection is None and item.boxes is None]
+    if len(candidates) > sample:
+        picks = np.linspace(0, len(candidates) - 1, sample).round().astype(int)
+        candidates = [candidates[k] for k in picks]
+    extents = []
+    for item in candidates:
+        try:
+            data = read_bytes(str(Path(options.root) / item.rel_path))
+            decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
+            extents.append(find_cell(decoded.image).extent * decoded.width / decoded.image.width)
+        except (RejectedImage, NoCellFound):
+            continue
+    try:
+        return reference_extent(extents)
+    except ValueError:
+        raise ValueError(
+            f"dataset {options.dataset}: crop: cell found no white cell in {len(candidates)} "
+            f"sampled images under {options.root}; set cell_reference or use crop: center"
+        ) from None
+
+
 def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -> IngestOptions:
     spec = config["datasets"][dataset]
+    reference = spec.get("cell_reference", "auto")
     return IngestOptions(
         dataset=dataset,
         domain=spec["domain"],
@@ -273,6 +331,9 @@ def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -
         max_pixels=config["ingest"]["max_image_pixels"],
         formats=tuple(config["ingest"]["formats"]),
         box_margin=spec.get("box_margin", 0.15),
+        crop=spec.get("crop", "center"),
+        cell_crop_factor=float(spec.get("cell_crop_factor", 2.0)),
+        cell_reference=None if reference == "auto" else float(reference),
     )
 
 
@@ -285,6 +346,15 @@ def run_ingest(
         Path(options.root), config["datasets"][dataset], tuple(config["ingest"]["extensions"])
     )
     log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
+    if options.crop == "cell" and options.cell_reference is None:
+        reference = measure_cell_reference(items, options)
+        options = replace(options, cell_reference=reference)
+        log.info(
+            "%s: reference nucleus size %.1f px (median of a sample); crops of %.0f px",
+            dataset,
+            reference,
+            reference * options.cell_crop_factor,
+        )
     return ingest_dataset(items, options, workers)
 
 

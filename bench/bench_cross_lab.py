@@ -1,0 +1,173 @@
+"""Cross-lab arms: does a pbc classifier hold up on labs it never saw?
+
+One arm is one set of classifier options (``--set``, on the ``small`` preset) trained on
+the training domain's real training images (early stopping on its validation images
+only), then tested on ALL kept images of every other labelled lab (images it never
+saw), raw and after Reinhard (statistics of the training domain's training images),
+over the classes both labs have. Each seed is one run; the table gives each run and the
+mean and spread over seeds. ``--results`` picks the domain caches, so that centre crops
+(``results``) and cell crops (a config with ``crop: cell``) are two arms as well.
+
+    python bench/bench_cross_lab.py --results results_cell --arm cell-aug \\
+        --set stain_augment=1.0 --seeds 0 1 2
+    python bench/bench_cross_lab.py --table          # every arm run so far, one table
+
+Writes ``{out}/{arm}/seed{k}.json``; ``--table`` reads them all back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from cli import parse_overrides
+
+from hemaflow.classify.metrics import evaluation_report, restrict_to_shared_classes
+from hemaflow.classify.stages import _domain_split, train_domain_stage
+from hemaflow.classify.train import load_classifier, predict_proba
+from hemaflow.normalize.reinhard import ReinhardNormalizer
+
+ALL_SPLITS = ("train", "val", "test")
+
+
+def evaluate_lab(net, classes, images, rows, n_boot, seed) -> dict:
+    shared = sorted(set(rows["canonical_class"]) & set(classes))
+    keep = rows["canonical_class"].isin(shared).to_numpy()
+    probabilities = predict_proba(net, images[keep])
+    y_true, y_pred, names = restrict_to_shared_classes(
+        rows.loc[keep, "canonical_class"].tolist(), probabilities, list(classes), shared
+    )
+    summary, per_class, confusion = evaluation_report(y_true, y_pred, names, n_boot, seed)
+    return {
+        "n_images": int(keep.sum()),
+        "balanced_accuracy": summary["balanced_accuracy"],
+        "balanced_accuracy_low": summary["balanced_accuracy_low"],
+        "balanced_accuracy_high": summary["balanced_accuracy_high"],
+        "accuracy": summary["accuracy"],
+        "sensitivity": per_class["sensitivity"].round(3).to_dict(),
+        "confusion": np.asarray(confusion).tolist(),
+        "classes": names,
+    }
+
+
+def run_arm(args) -> None:
+    torch.set_num_threads(args.threads)
+    cache = args.results / "cache"
+
+    def files(domain: str) -> tuple[str, str]:
+        return str(cache / domain / "images.npy"), str(cache / domain / "index.parquet")
+
+    overrides = {"preset": "small", **parse_overrides(args.set)}
+    for seed in args.seeds:
+        out = args.out / args.arm
+        out.mkdir(parents=True, exist_ok=True)
+        options = {**overrides, "seed": seed}
+        start = time.perf_counter()
+        summary = train_domain_stage(
+            *files(args.train_domain),
+            args.train_domain,
+            options,
+            str(out / "state"),
+            str(out / f"model{seed}.pt"),
+            str(out / f"losses{seed}.csv"),
+            str(out / f"summary{seed}.json"),
+        )
+        seconds = time.perf_counter() - start
+        net, classes, _ = load_classifier(out / f"model{seed}.pt")
+        record = {
+            "arm": args.arm,
+            "results": str(args.results),
+            "options": options,
+            "seed": seed,
+            "train_seconds": seconds,
+            "iterations": summary["iterations"],
+            "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
+            "labs": {},
+        }
+        test_images, test_rows = _domain_split(*files(args.train_domain), ("test",))
+        record["labs"][f"{args.train_domain} (test split)"] = evaluate_lab(
+            net, classes, test_images, test_rows, args.n_boot, seed
+        )
+        reinhard = ReinhardNormalizer().fit(_domain_split(*files(args.train_domain), ("train",))[0])
+        for domain in args.test_domains:
+            images, rows = _domain_split(*files(domain), ALL_SPLITS)
+            for method, batch in (("none", images), ("reinhard", reinhard.transform(images))):
+                record["labs"][f"{domain} {method}"] = evaluate_lab(
+                    net, classes, batch, rows, args.n_boot, seed
+                )
+        with open(out / f"seed{seed}.json", "w") as handle:
+            json.dump(record, handle, indent=1, default=float)
+        print(f"{args.arm} seed {seed}: {seconds:.0f} s, {summary['iterations']} iterations")
+        for lab, metrics in record["labs"].items():
+            print(
+                f"  {lab:<24} n={metrics['n_images']:<5} balanced accuracy "
+                f"{metrics['balanced_accuracy']:.3f} [{metrics['balanced_accuracy_low']:.3f}, "
+                f"{metrics['balanced_accuracy_high']:.3f}]  sensitivity {metrics['sensitivity']}"
+            )
+
+
+def print_table(out: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(out.glob("*/seed*.json")):
+        record = json.loads(path.read_text())
+        for lab, metrics in record["labs"].items():
+            rows.append(
+                {
+                    "arm": record["arm"],
+                    "seed": record["seed"],
+                    "lab": lab,
+                    "balanced_accuracy": metrics["balanced_accuracy"],
+                    "val": record["val_balanced_accuracy"],
+                    "seconds": record["train_seconds"],
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        print(f"no runs under {out}")
+        return table
+    grouped = table.groupby(["arm", "lab"])["balanced_accuracy"]
+    summary = pd.DataFrame(
+        {
+            "runs": grouped.size(),
+            "mean": grouped.mean(),
+            "min": grouped.min(),
+            "max": grouped.max(),
+            "seeds": grouped.apply(lambda v: " ".join(f"{x:.3f}" for x in v)),
+        }
+    ).reset_index()
+    wide = summary.pivot(index="arm", columns="lab", values="mean")
+    with pd.option_context("display.width", 200, "display.precision", 3):
+        print(summary.to_string(index=False))
+        print()
+        print(wide.to_string())
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench/cross_lab"))
+    parser.add_argument("--arm", default="baseline")
+    parser.add_argument("--train-domain", default="pbc")
+    parser.add_argument("--test-domains", nargs="+", default=["bccd", "zheng_tecom"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="print the table of all runs")
+    args = parser.parse_args(argv)
+    if args.table:
+        print_table(args.out)
+        return 0
+    run_arm(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Stain-and-colour augmentation for classifier training: what another lab's stain,
+lamp, camera and focus do to an image, drawn at random per image.
+
+At ``strength`` s (1 is the default level, 0 the identity):
+
+- **stain** (Tellez et al. 2018, "HED" augmentation): the optical density of each pixel
+  is unmixed into haematoxylin, eosin and a residual channel (Ruifrok & Johnston's
+  matrix); each channel is scaled by U(1 - 0.3 s, 1 + 0.3 s) and shifted by
+  U(-0.05 s, 0.05 s), and mixed back. Romanowsky stains (Giemsa, May-Grünwald, Wright)
+  are not H&E, but their two dyes, one basic (azure / methylene blue, on nuclei) and one
+  acidic (eosin, on red cells and granules), lie close to these axes, and a random
+  rescaling of each is what differs between labs;
+- **colour**: brightness x U(1 - 0.2 s, 1 + 0.2 s), contrast x U(1 - 0.3 s, 1 + 0.3 s),
+  saturation x U(1 - 0.5 s, 1 + 0.5 s), hue rotated by up to 0.08 s of a turn;
+- **focus**: a Gaussian blur of sigma U(0, 1.2 s) pixels (at 64 px), half the images.
+
+Draws come from a numpy Generator, so a seeded run is reproducible (and resumes bit for
+bit with the checkpointed generator).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as skimage's rgb2hed
+_RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+_LOG_ADJUST = math.log(1e-6)
+
+STAIN_SCALE = 0.3
+STAIN_SHIFT = 0.05
+BRIGHTNESS = 0.2
+CONTRAST = 0.3
+SATURATION = 0.5
+HUE = 0.08
+BLUR_SIGMA = 1.2
+BLUR_PROBABILITY = 0.5
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x in [0, 1], NCHW; scale, shift (N, 3)."""
+    rgb_from_hed = torch.as_tensor(_RGB_FROM_HED, dtype=x.dtype, device=x.device)
+    hed_from_rgb = torch.as_tensor(_HED_FROM_RGB, dtype=x.dtype, device=x.device)
+    density = torch.log(x.clamp_min(1e-6)) / _LOG_ADJUST  # 0 (white) .. 1 (opaque)
+    # linear unmixing: no clipping, so that unit factors give the image back
+    hed = torch.einsum("nchw,cd->ndhw", density, hed_from_rgb)
+    hed = hed * scale[:, :, None, None] + shift[:, :, None, None]
+    density = torch.einsum("ndhw,dc->nchw", hed, rgb_from_hed).clamp_min(0.0)
+    return torch.exp(density * _LOG_ADJUST).clamp(0.0, 1.0)
+
+
+def _colour(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue; factors (4, N) in [-1, 1] times strength."""
+    n = x.shape[0]
+    f = factors.view(4, n, 1, 1, 1)
+    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = (x * (1.0 + BRIGHTNESS * f[0])).clamp(0.0, 1.0)
+    mean = (x * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    x = ((x - mean) * (1.0 + CONTRAST * f[1]) + mean).clamp(0.0, 1.0)
+    gray = (x * luma).sum(dim=1, keepdim=True)
+    x = ((x - gray) * (1.0 + SATURATION * f[2]) + gray).clamp(0.0, 1.0)
+    angle = 2.0 * math.pi * HUE * f[3]
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    i = 0.596 * r - 0.274 * g - 0.322 * b
+    q = 0.211 * r - 0.523 * g + 0.312 * b
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    i, q = i * cos - q * sin, i * sin + q * cos
+    x = torch.cat(
+        [y + 0.956 * i + 0.621 * q, y - 0.272 * i - 0.647 * q, y - 1.106 * i + 1.703 * q], dim=1
+    )
+    return x.clamp(0.0, 1.0)
+
+
+def _blur(x: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
+    """Separable Gaussian blur per image (sigma 0: unchanged), reflect padding."""
+    out = x.clone()
+    for k, sigma in enumerate(sigmas):
+        if sigma <= 1e-3:
+            continue
+        radius = max(1, int(math.ceil(3.0 * sigma)))
+        radius = min(radius, x.shape[-1] // 2 - 1)
+        taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        kernel = torch.exp(-0.5 * (taps / float(sigma)) ** 2)
+        kernel = kernel / kernel.sum()
+        image = x[k : k + 1].transpose(0, 1)  # (3, 1, H, W): one channel a batch entry
+        image = F.pad(image, (radius, radius, 0, 0), mode="reflect")
+        image = F.conv2d(image, kernel.view(1, 1, 1, -1))
+        image = F.pad(image, (0, 0, radius, radius), mode="reflect")
+        image = F.conv2d(image, kernel.view(1, 1, -1, 1))
+        out[k] = image.transpose(0, 1)[0]
+    return out
+
+
+def stain_augment(batch: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """Random stain, colour and focus changes per image of a [-1, 1] NCHW batch.
+
+    ``strength`` 0 returns the batch itself; the draws always consume the same number of
+    values from ``rng`` for a given batch size, whatever the strength."""
+    n = batch.shape[0]
+    draws = rng.uniform(-1.0, 1.0, size=(10, n))
+    blur_on = rng.random(n) < BLUR_PROBABILITY
+    blur_u = rng.random(n)
+    if strength <= 0.0:
+        return batch
+    s = float(strength)
+    dtype = batch.dtype
+    x = (batch.float() + 1.0) * 0.5
+    scale = torch.from_numpy(1.0 + STAIN_SCALE * s * draws[0:3].T).float().to(x.device)
+    shift = torch.from_numpy(STAIN_SHIFT * s * draws[3:6].T).float().to(x.device)
+    x = _hed_jitter(x, scale, shift)
+    x = _colour(x, torch.from_numpy(s * draws[6:10]).float().to(x.device))
+    sigmas = np.where(blur_on, BLUR_SIGMA * s * blur_u, 0.0)
+    x = _blur(x, sigmas)
+    return (x * 2.0 - 1.0).to(dtype)
