@@ -3,7 +3,8 @@
 One arm is one set of classifier options (``--set``, on the ``small`` preset) trained on
 the training domain's real training images (early stopping on its validation images
 only), then tested on ALL kept images of every other labelled lab (images it never
-saw), raw and after Reinhard (statistics of the training domain's training images),
+saw), raw, after Reinhard and after Macenko (fitted on the training domain's training
+images),
 over the classes both labs have. Each seed is one run; the table gives each run and the
 mean and spread over seeds. ``--results`` picks the domain caches, so that centre crops
 (``results``) and cell crops (a config with ``crop: cell``) are two arms as well.
@@ -31,6 +32,7 @@ from cli import parse_overrides
 from hemaflow.classify.metrics import evaluation_report, restrict_to_shared_classes
 from hemaflow.classify.stages import _domain_split, train_domain_stage
 from hemaflow.classify.train import load_classifier, predict_proba
+from hemaflow.normalize.macenko import MacenkoNormalizer
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
 ALL_SPLITS = ("train", "val", "test")
@@ -94,10 +96,17 @@ def run_arm(args) -> None:
         record["labs"][f"{args.train_domain} (test split)"] = evaluate_lab(
             net, classes, test_images, test_rows, args.n_boot, seed
         )
-        reinhard = ReinhardNormalizer().fit(_domain_split(*files(args.train_domain), ("train",))[0])
+        target_train = _domain_split(*files(args.train_domain), ("train",))[0]
+        reinhard = ReinhardNormalizer().fit(target_train)
+        macenko = MacenkoNormalizer().fit(target_train)
         for domain in args.test_domains:
             images, rows = _domain_split(*files(domain), ALL_SPLITS)
-            for method, batch in (("none", images), ("reinhard", reinhard.transform(images))):
+            variants = (
+                ("none", images),
+                ("reinhard", reinhard.transform(images)),
+                ("macenko", macenko.transform(images)),
+            )
+            for method, batch in variants:
                 record["labs"][f"{domain} {method}"] = evaluate_lab(
                     net, classes, batch, rows, args.n_boot, seed
                 )

@@ -384,6 +384,32 @@ def test_cross_lab_target(workflow_run):
     assert summary["train_domain"] == target
 
 
+def test_leave_one_lab_out_target(workflow_run):
+    """Each labelled lab is tested, all its kept images, by a classifier that was trained
+    on the other labs only; one row per normalization and lab, a chart with the
+    confusion matrices."""
+    _, workdir = workflow_run
+    snakemake(workdir, "leave_one_lab_out")
+    results = workdir / "results" / "leave_one_lab_out"
+    table = pd.read_csv(results / "table.csv", keep_default_na=False)
+    labs = {"pbc", "bccd", "zheng_tecom"}
+    assert set(table["held_out"]) == labs
+    assert set(table["method"]) == {"none", "reinhard", "cyclegan"}
+    for row in table.itertuples():
+        assert row.held_out not in row.train_domains.split()
+        assert set(row.train_domains.split()) == labs - {row.held_out}
+        cache = pd.read_parquet(workdir / "results" / "cache" / row.held_out / "index.parquet")
+        kept = cache[cache["canonical_class"].ne("") & cache["canonical_class"].notna()]
+        result = json.loads((results / row.method / row.held_out / "result.json").read_text())
+        # ALL kept images of the held-out lab over the shared classes, not a split of them
+        assert row.n_images == kept["canonical_class"].isin(result["classes"]).sum()
+        assert row.n_images > kept["split"].eq("test").sum()
+        matrix = np.asarray(result["confusion"])
+        assert matrix.sum() == row.n_images
+        assert row.balanced_accuracy_low <= row.balanced_accuracy <= row.balanced_accuracy_high
+    assert (results / "balanced_accuracy.png").stat().st_size > 5_000
+
+
 def test_ablation_target(workflow_run):
     """Every variant is a full pipeline: its own pool, routes, balanced set and classifier,
     evaluated on its own real test images; one table and one chart."""

@@ -211,3 +211,68 @@ rule classifier_training_curve:
         title="classifier",
     script:
         "../scripts/training_curve.py"
+
+
+rule train_lolo_classifier:
+    """Leave-one-lab-out: a classifier on every labelled lab but one, pooled, after one
+    stain normalization; tested on ALL kept images of the lab it never saw."""
+    input:
+        unpack(lolo_inputs),
+    output:
+        model=f"{RESULTS}/leave_one_lab_out/{{method}}/{{held_out}}/model.pt",
+        result=f"{RESULTS}/leave_one_lab_out/{{method}}/{{held_out}}/result.json",
+    log:
+        "logs/leave_one_lab_out/{method}/{held_out}.log",
+    benchmark:
+        "benchmarks/leave_one_lab_out/{method}/{held_out}.tsv"
+    retries: 2
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        batch_divisor=retry_batch_divisor,
+    params:
+        library=LIBRARY_VERSION,
+        options=classifier_options(),
+        state_root=STATE_DIR,
+        domains=LABELLED_DOMAINS,
+        n_boot=config["evaluation"]["n_boot"],
+        seed=config["evaluation"]["seed"],
+    script:
+        "../scripts/leave_one_lab_out.py"
+
+
+rule lolo_table:
+    """Every (normalization, held-out lab) result in one table and one chart."""
+    input:
+        lolo_results(),
+    output:
+        table=report(
+            f"{RESULTS}/leave_one_lab_out/table.csv",
+            caption="../report/lolo_table.rst",
+            category="classification",
+            subcategory="leave-one-lab-out",
+        ),
+        chart=report(
+            f"{RESULTS}/leave_one_lab_out/balanced_accuracy.png",
+            caption="../report/lolo_chart.rst",
+            category="classification",
+            subcategory="leave-one-lab-out",
+        ),
+    log:
+        "logs/leave_one_lab_out/table.log",
+    benchmark:
+        "benchmarks/leave_one_lab_out/table.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    script:
+        "../scripts/lolo_table.py"
+
+
+rule leave_one_lab_out:
+    """Target: the leave-one-lab-out study (not part of the default run: one classifier
+    per normalization and labelled lab)."""
+    input:
+        f"{RESULTS}/leave_one_lab_out/table.csv",
+        f"{RESULTS}/leave_one_lab_out/balanced_accuracy.png",

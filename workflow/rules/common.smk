@@ -40,7 +40,8 @@ wildcard_constraints:
     domain="|".join(DOMAINS),
     source="|".join(DOMAINS),
     target="|".join(DOMAINS),
-    method="none|reinhard|cyclegan",
+    method="none|reinhard|macenko|cyclegan",
+    classical="reinhard|macenko",
 
 
 def dataset_root(dataset):
@@ -133,10 +134,10 @@ def normalize_domain_models(wildcards):
 
 
 def normalize_domain_stats(wildcards):
-    if wildcards.method != "reinhard":
+    if wildcards.method not in ("reinhard", "macenko"):
         return {}
     return {
-        target: f"{RESULTS}/normalization/reinhard/{target}/stats.json"
+        target: f"{RESULTS}/normalization/{wildcards.method}/{target}/stats.json"
         for target in plan_destinations(read_plan(), wildcards.domain)
     }
 
@@ -422,6 +423,29 @@ def cross_lab_inputs(wildcards):
             inputs[f"images_{method}_{test_domain}"] = f"{base}/images.npy"
             inputs[f"index_{method}_{test_domain}"] = f"{base}/index.parquet"
     return inputs
+
+
+wildcard_constraints:
+    held_out="|".join(LABELLED_DOMAINS),
+
+
+def lolo_inputs(wildcards):
+    """The normalized caches of every labelled domain: the held-out lab's to test on,
+    the others' to train on."""
+    inputs = {}
+    for domain in LABELLED_DOMAINS:
+        base = f"{RESULTS}/normalized/{wildcards.method}/{domain}"
+        inputs[f"images_{domain}"] = f"{base}/images.npy"
+        inputs[f"index_{domain}"] = f"{base}/index.parquet"
+    return inputs
+
+
+def lolo_results():
+    return expand(
+        f"{RESULTS}/leave_one_lab_out/{{method}}/{{held_out}}/result.json",
+        method=CROSS_LAB["methods"],
+        held_out=LABELLED_DOMAINS,
+    )
 
 
 def get_final_output():

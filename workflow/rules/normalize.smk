@@ -44,19 +44,20 @@ rule train_cyclegan:
         "../scripts/train_cyclegan.py"
 
 
-rule fit_reinhard:
-    """LAB mean and standard deviation of a target domain (train split)."""
+rule fit_classical:
+    """A classical normalization's statistics of a target domain (train split):
+    Reinhard's LAB mean and standard deviation, Macenko's stain vectors."""
     input:
         images=f"{RESULTS}/cache/{{domain}}/images.npy",
         index=f"{RESULTS}/cache/{{domain}}/index.parquet",
     output:
-        f"{RESULTS}/normalization/reinhard/{{domain}}/stats.json",
+        f"{RESULTS}/normalization/{{classical}}/{{domain}}/stats.json",
     log:
-        "logs/normalization/fit_reinhard/{domain}.log",
+        "logs/normalization/fit_{classical}/{domain}.log",
     conda:
         "../envs/hemaflow.yaml"
     script:
-        "../scripts/fit_reinhard.py"
+        "../scripts/fit_classical.py"
 
 
 rule normalize_domain:

@@ -9,7 +9,7 @@ normalize_domain_files(
     snakemake.wildcards.domain,
     snakemake.wildcards.method,
     cyclegan_models=snakemake.params.models,
-    reinhard_stats=snakemake.params.stats,
+    classical_stats=snakemake.params.stats,
     out_images=snakemake.output.images,
     out_index=snakemake.output.index,
 )

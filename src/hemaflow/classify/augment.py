@@ -46,15 +46,20 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def _hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x in [0, 1], NCHW; scale, shift (N, 3)."""
+    """x in [0, 1], NCHW; scale, shift (N, 3). Unmixing, rescaling and mixing back are
+    one linear map of the optical density per image: ``od' = od A_n + b_n``."""
+    n, _, h, w = x.shape
     rgb_from_hed = torch.as_tensor(_RGB_FROM_HED, dtype=x.dtype, device=x.device)
     hed_from_rgb = torch.as_tensor(_HED_FROM_RGB, dtype=x.dtype, device=x.device)
+    # linear unmixing, no clipping in between, so that unit factors give the image back
+    maps = hed_from_rgb.unsqueeze(0) * scale.unsqueeze(1)  # (N, 3, 3): H diag(s)
+    maps = maps @ rgb_from_hed
+    bias = (shift @ rgb_from_hed).unsqueeze(1)  # (N, 1, 3)
     density = torch.log(x.clamp_min(1e-6)) / _LOG_ADJUST  # 0 (white) .. 1 (opaque)
-    # linear unmixing: no clipping, so that unit factors give the image back
-    hed = torch.einsum("nchw,cd->ndhw", density, hed_from_rgb)
-    hed = hed * scale[:, :, None, None] + shift[:, :, None, None]
-    density = torch.einsum("ndhw,dc->nchw", hed, rgb_from_hed).clamp_min(0.0)
-    return torch.exp(density * _LOG_ADJUST).clamp(0.0, 1.0)
+    density = density.permute(0, 2, 3, 1).reshape(n, h * w, 3)
+    density = torch.baddbmm(bias, density, maps).clamp_min(0.0)
+    out = torch.exp(density * _LOG_ADJUST).clamp(0.0, 1.0)
+    return out.reshape(n, h, w, 3).permute(0, 3, 1, 2)
 
 
 def _colour(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -81,23 +86,30 @@ def _colour(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur per image (sigma 0: unchanged), reflect padding."""
-    out = x.clone()
-    for k, sigma in enumerate(sigmas):
-        if sigma <= 1e-3:
-            continue
-        radius = max(1, int(math.ceil(3.0 * sigma)))
-        radius = min(radius, x.shape[-1] // 2 - 1)
-        taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        kernel = torch.exp(-0.5 * (taps / float(sigma)) ** 2)
-        kernel = kernel / kernel.sum()
-        image = x[k : k + 1].transpose(0, 1)  # (3, 1, H, W): one channel a batch entry
-        image = F.pad(image, (radius, radius, 0, 0), mode="reflect")
-        image = F.conv2d(image, kernel.view(1, 1, 1, -1))
-        image = F.pad(image, (0, 0, radius, radius), mode="reflect")
-        image = F.conv2d(image, kernel.view(1, 1, -1, 1))
-        out[k] = image.transpose(0, 1)[0]
-    return out
+    """Separable Gaussian blur, one sigma per image (0: unchanged), reflect padding; one
+    grouped convolution per direction for the whole batch."""
+    n, c, h, w = x.shape
+    largest = float(np.max(sigmas)) if len(sigmas) else 0.0
+    if largest <= 1e-3:
+        return x
+    radius = min(max(1, int(math.ceil(3.0 * largest))), min(h, w) // 2 - 1)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    sigma = torch.as_tensor(np.maximum(sigmas, 1e-3), dtype=x.dtype, device=x.device)
+    kernels = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernels = kernels / kernels.sum(dim=1, keepdim=True)  # sigma ~0: a unit impulse
+    kernels = kernels.repeat_interleave(c, dim=0)  # (N * C, taps)
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
+        kernels.view(n * c, 1, 1, -1),
+        groups=n * c,
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"),
+        kernels.view(n * c, 1, -1, 1),
+        groups=n * c,
+    )
+    return flat.view(n, c, h, w)
 
 
 def stain_augment(batch: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:

@@ -13,6 +13,23 @@ import pandas as pd
 
 from hemaflow.normalize.plan import destination, pair_name
 
+CLASSICAL = ("reinhard", "macenko")
+
+
+def classical_normalizer(method: str):
+    """The class of a classical stain normalization (fit on the target's training
+    images, applied image by image)."""
+    if method == "reinhard":
+        from hemaflow.normalize.reinhard import ReinhardNormalizer
+
+        return ReinhardNormalizer
+    if method == "macenko":
+        from hemaflow.normalize.macenko import MacenkoNormalizer
+
+        return MacenkoNormalizer
+    raise ValueError(f"not a classical normalization method: {method!r}")
+
+
 log = logging.getLogger(__name__)
 
 
@@ -38,12 +55,13 @@ def normalize_domain(
     plan: Mapping[str, Any],
     method: str,
     cyclegan_models: Mapping[str, str] | None = None,
-    reinhard_stats: Mapping[str, str] | None = None,
+    classical_stats: Mapping[str, str] | None = None,
     device: str | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Normalized copy of a domain cache, row for row, and an index with the destination
-    of each image. ``cyclegan_models``: pair name -> model path; ``reinhard_stats``:
-    target domain -> stats JSON path. The input array is never modified."""
+    of each image. ``cyclegan_models``: pair name -> model path; ``classical_stats``:
+    target domain -> the fitted statistics (JSON) of a classical method (reinhard,
+    macenko). The input array is never modified."""
     out = np.array(images, copy=True)
     targets = destinations(index, plan, domain)
     index = index.assign(
@@ -54,11 +72,9 @@ def normalize_domain(
         return out, index
     for target in sorted({t for t in targets if t != domain}):
         rows = np.flatnonzero(targets == target)
-        if method == "reinhard":
-            from hemaflow.normalize.reinhard import ReinhardNormalizer
-
-            with open(reinhard_stats[target]) as handle:
-                normalizer = ReinhardNormalizer.from_dict(json.load(handle))
+        if method in CLASSICAL:
+            with open(classical_stats[target]) as handle:
+                normalizer = classical_normalizer(method).from_dict(json.load(handle))
             out[rows] = normalizer.transform(images[rows])
         elif method == "cyclegan":
             from hemaflow.train.cyclegan import load_cyclegan, translate
@@ -80,7 +96,7 @@ def normalize_domain_files(
     domain: str,
     method: str,
     cyclegan_models: Mapping[str, str],
-    reinhard_stats: Mapping[str, str],
+    classical_stats: Mapping[str, str],
     out_images: str,
     out_index: str,
 ) -> None:
@@ -89,7 +105,7 @@ def normalize_domain_files(
     with open(plan_path) as handle:
         plan = json.load(handle)
     out, out_idx = normalize_domain(
-        np.asarray(images), index, domain, plan, method, cyclegan_models, reinhard_stats
+        np.asarray(images), index, domain, plan, method, cyclegan_models, classical_stats
     )
     Path(out_images).parent.mkdir(parents=True, exist_ok=True)
     np.save(out_images, out)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-METHODS = ("none", "reinhard", "cyclegan")
+METHODS = ("none", "reinhard", "macenko", "cyclegan")
 DIRECTIONS = ("target", "per_class_majority")
 UNLABELLED = "unlabelled"
 

@@ -80,9 +80,15 @@ def train_pair(
 
 def fit_reinhard(target_images: str, target_index: str, out_stats: str) -> dict:
     """Reinhard statistics of a target domain, from its train split."""
-    from hemaflow.normalize.reinhard import ReinhardNormalizer
+    return fit_classical("reinhard", target_images, target_index, out_stats)
 
-    normalizer = ReinhardNormalizer()
+
+def fit_classical(method: str, target_images: str, target_index: str, out_stats: str) -> dict:
+    """A classical normalization's statistics of a target domain (Reinhard's LAB mean and
+    spread, Macenko's stain vectors), from its train split."""
+    from hemaflow.normalize.apply import classical_normalizer
+
+    normalizer = classical_normalizer(method)()
     normalizer.fit(load_split(target_images, target_index, ("train",)))
     stats = normalizer.to_dict()
     with open(out_stats, "w") as handle:

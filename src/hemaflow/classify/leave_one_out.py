@@ -1,0 +1,226 @@
+"""Leave-one-lab-out: the headline test of a classifier that must work in a lab it has
+never seen.
+
+For each labelled lab L, a classifier is trained on the OTHER labelled labs pooled (their
+training images; early stopping on their validation images) and tested on ALL kept
+images of L, over the classes L and the training labs share. No image of L, and no label
+of L, reaches the classifier. The stain normalization that maps L's images onto the
+target lab may have been fitted on L's images (Reinhard's statistics, a CycleGAN): that
+uses no label, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from hemaflow.classify.metrics import (  # noqa: E402
+    evaluation_report,
+    restrict_to_shared_classes,
+)
+from hemaflow.train.loop import keyed_state_dir  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ALL_SPLITS = ("train", "val", "test")
+DomainFiles = Mapping[str, tuple[str, str]]  # domain -> (images.npy, index.parquet)
+
+
+def labelled_rows(
+    images_path: str, index_path: str, splits: Sequence[str]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """A domain cache's labelled images of the given splits, and their rows."""
+    index = pd.read_parquet(index_path)
+    labelled = index["canonical_class"].fillna("").astype(str).str.len() > 0
+    rows = index[labelled & index["split"].isin(list(splits))]
+    images = np.load(images_path, mmap_mode="r")
+    return np.asarray(images)[rows["domain_index"].to_numpy()], rows.reset_index(drop=True)
+
+
+def pooled_split(
+    files: DomainFiles, domains: Sequence[str], split: str
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """One split of several domains' caches, stacked (rows keep their ``domain``)."""
+    parts = [labelled_rows(*files[domain], (split,)) for domain in domains]
+    images = np.concatenate([images for images, _ in parts])
+    rows = pd.concat([rows for _, rows in parts], ignore_index=True)
+    return images, rows
+
+
+def train_pooled_classifier(
+    files: DomainFiles,
+    train_domains: Sequence[str],
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_losses: str | None = None,
+) -> dict:
+    """A classifier on the training images of ``train_domains`` pooled, early stopping on
+    their validation images; classes: every class with training images."""
+    from hemaflow.classify.train import ClassifierOptions, train_classifier
+
+    train_images, train_rows = pooled_split(files, train_domains, "train")
+    val_images, val_rows = pooled_split(files, train_domains, "val")
+    classes = sorted(train_rows["canonical_class"].unique())
+    lookup = {name: k for k, name in enumerate(classes)}
+    val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
+    options = ClassifierOptions.from_config(options_section)
+    key = "pooled-" + "+".join(sorted(train_domains))
+    state = keyed_state_dir(state_root, "classifier", key, options_section, train_rows["record_id"])
+    log.info(
+        "classifier on %s pooled: %d training images, classes %s",
+        ", ".join(train_domains),
+        len(train_rows),
+        classes,
+    )
+    summary = train_classifier(
+        train_images,
+        train_rows["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        val_images[val_keep],
+        val_rows.loc[val_keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        classes,
+        options,
+        state,
+        out_model,
+        log_csv=out_losses,
+    )
+    summary["train_domains"] = list(train_domains)
+    return summary
+
+
+def evaluate_on_lab(
+    net: Any,
+    model_classes: Sequence[str],
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Balanced accuracy (bootstrap CI), per-class sensitivity and the confusion matrix
+    of a model on a lab's images, over the classes both know."""
+    from hemaflow.classify.train import predict_proba
+
+    shared = sorted(set(rows["canonical_class"]) & set(model_classes))
+    keep = rows["canonical_class"].isin(shared).to_numpy()
+    if not keep.any():
+        return {"n_images": 0, "classes": [], "sensitivity": {}, "confusion": []}
+    probabilities = predict_proba(net, images[keep])
+    y_true, y_pred, names = restrict_to_shared_classes(
+        rows.loc[keep, "canonical_class"].tolist(), probabilities, list(model_classes), shared
+    )
+    summary, per_class, confusion = evaluation_report(y_true, y_pred, names, n_boot, seed)
+    out: dict[str, Any] = {"n_images": int(keep.sum()), "classes": list(names)}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        for suffix in ("", "_low", "_high"):
+            out[name + suffix] = float(summary[name + suffix])
+    out["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
+    out["confusion"] = np.asarray(confusion).tolist()
+    return out
+
+
+def leave_one_lab_out(
+    files: DomainFiles,
+    held_out: str,
+    labelled_domains: Sequence[str],
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_model: str,
+    out_json: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    method: str = "",
+) -> dict:
+    """Train on every labelled domain but ``held_out``, test on all of ``held_out``."""
+    from hemaflow.classify.train import load_classifier
+
+    train_domains = [d for d in labelled_domains if d != held_out]
+    if not train_domains:
+        raise ValueError(f"leave-one-lab-out needs a second labelled lab besides {held_out!r}")
+    summary = train_pooled_classifier(files, train_domains, options_section, state_root, out_model)
+    net, classes, _ = load_classifier(out_model)
+    images, rows = labelled_rows(*files[held_out], ALL_SPLITS)
+    result = {
+        "held_out": held_out,
+        "method": method,
+        "train_domains": train_domains,
+        "iterations": summary.get("iterations"),
+        "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
+        **evaluate_on_lab(net, classes, images, rows, n_boot, seed),
+    }
+    with open(out_json, "w") as handle:
+        json.dump(result, handle, indent=2, default=float)
+    log.info(
+        "leave %s out (%s): balanced accuracy %.3f on %d images",
+        held_out,
+        method,
+        result.get("balanced_accuracy", float("nan")),
+        result["n_images"],
+    )
+    return result
+
+
+def lolo_table(results: Sequence[Mapping[str, Any]], out_csv: str, out_png: str) -> pd.DataFrame:
+    """One row per (method, held-out lab): balanced accuracy with its CI and per-class
+    sensitivity; a grouped bar chart; and one confusion matrix per row in the chart."""
+    rows = []
+    for result in results:
+        row = {
+            "method": result["method"],
+            "held_out": result["held_out"],
+            "train_domains": " ".join(result["train_domains"]),
+            "n_images": result["n_images"],
+        }
+        for name in ("balanced_accuracy", "accuracy", "macro_f1"):
+            for suffix in ("", "_low", "_high"):
+                row[name + suffix] = result.get(name + suffix, float("nan"))
+        for cls, value in result.get("sensitivity", {}).items():
+            row[f"sensitivity_{cls}"] = value
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["held_out", "method"]).reset_index(drop=True)
+    table.to_csv(out_csv, index=False)
+    _plot(table, list(results), out_png)
+    return table
+
+
+def _plot(table: pd.DataFrame, results: list[Mapping[str, Any]], path: str) -> None:
+    methods = sorted(table["method"].unique())
+    labs = sorted(table["held_out"].unique())
+    n = len(results)
+    fig = plt.figure(figsize=(max(6.0, 2.6 * n), 7.0))
+    bars = fig.add_subplot(2, 1, 1)
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        part = table[table["method"] == method].set_index("held_out").reindex(labs)
+        x = np.arange(len(labs)) + k * width
+        value = part["balanced_accuracy"].to_numpy(dtype=float)
+        low = value - part["balanced_accuracy_low"].to_numpy(dtype=float)
+        high = part["balanced_accuracy_high"].to_numpy(dtype=float) - value
+        bars.bar(x, value, width, yerr=[low, high], capsize=3, label=method)
+    bars.set_xticks(np.arange(len(labs)) + 0.4 - width / 2)
+    bars.set_xticklabels([f"{lab} held out" for lab in labs])
+    bars.set_ylim(0, 1)
+    bars.set_ylabel("balanced accuracy (95 % CI)")
+    bars.legend(fontsize=8)
+    ordered = sorted(results, key=lambda r: (r["held_out"], r["method"]))
+    for k, result in enumerate(ordered):
+        ax = fig.add_subplot(2, n, n + k + 1)
+        matrix = np.asarray(result.get("confusion") or [[0]], dtype=float)
+        ax.imshow(matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1), vmin=0, vmax=1)
+        names = [c[:4] for c in result.get("classes", [])]
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=6)
+        ax.set_title(f"{result['held_out']} / {result['method']}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
