@@ -23,7 +23,7 @@ from hemaflow.data.geometry import (
     scale_box,
     yolo_square_box,
 )
-from hemaflow.data.layouts import SourceItem, list_dataset
+from hemaflow.data.layouts import ListingOptions, SourceItem, list_dataset
 from hemaflow.dedup.phash import phash
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ MANIFEST_COLUMNS = [
     "dataset",
     "domain",
     "source_path",
+    "link_target",
     "source_label",
     "fine_label",
     "box_x0",
@@ -63,6 +64,7 @@ class IngestOptions:
     max_pixels: int
     formats: tuple[str, ...]
     box_margin: float = 0.15
+    read_timeout_s: float = 60.0
 
 
 def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, A
         dataset=options.dataset,
         domain=options.domain,
         source_path=f"{options.data_prefix}/{item.rel_path}".lstrip("/"),
+        link_target=item.link_target,
         source_label=item.source_label,
         fine_label=item.fine_label,
         status="ok",
@@ -93,7 +96,7 @@ def process_item(
         return [(_quarantine(_row(item, options), *item.rejection), None)]
     path = str(Path(options.root) / item.rel_path)
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, timeout_s=options.read_timeout_s)
         sha = content_hash(data)
         decoded = decode_image(
             data,
@@ -251,6 +254,7 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in (
         "image_id",
         "sha256",
+        "link_target",
         "source_label",
         "fine_label",
         "format",
@@ -273,6 +277,7 @@ def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -
         max_pixels=config["ingest"]["max_image_pixels"],
         formats=tuple(config["ingest"]["formats"]),
         box_margin=spec.get("box_margin", 0.15),
+        read_timeout_s=config["ingest"]["read_timeout_s"],
     )
 
 
@@ -282,7 +287,10 @@ def run_ingest(
     """List and ingest one configured dataset."""
     options = options_from_config(config, dataset, data_root)
     items = list_dataset(
-        Path(options.root), config["datasets"][dataset], tuple(config["ingest"]["extensions"])
+        Path(options.root),
+        config["datasets"][dataset],
+        tuple(config["ingest"]["extensions"]),
+        ListingOptions.from_config(config, data_root),
     )
     log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
     return ingest_dataset(items, options, workers)
