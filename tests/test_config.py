@@ -40,7 +40,8 @@ def test_minimal_config_gets_all_section_defaults(shared_datasets):
         {
             "data_root": str(shared_datasets),
             "datasets": {"z": {"path": "zheng_tecom", "domain": "z", "layout": "imagefolder"}},
-            "class_map": {"z": {}},
+            # its one folder is its one label (checked against the map at parse time)
+            "class_map": {"z": {"Dataset 1": None}},
         }
     )
     assert config["dedup"] == {

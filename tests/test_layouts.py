@@ -86,8 +86,13 @@ def test_pbc_fine_labels_from_regex(real):
 def test_bccd_csv_counts(real):
     root, spec, items = real["bccd"]
     assert spec["layout"] == "csv"
-    assert len(items) == 411
-    assert rejections(items) == {"missing_file": 44, "multiple_labels": 8, "empty_label": 1}
+    assert len(items) == 412  # 411 table rows + index.txt in the image folder
+    assert rejections(items) == {
+        "missing_file": 44,
+        "multiple_labels": 8,
+        "empty_label": 1,
+        "unsupported_extension": 1,
+    }
     assert accepted_labels(items) == {
         "NEUTROPHIL": 211,
         "EOSINOPHIL": 90,
@@ -98,13 +103,15 @@ def test_bccd_csv_counts(real):
     for item in items:
         if item.rejection and item.rejection[0] == "missing_file":
             assert not (root / item.rel_path).exists()
+        elif item.rejection and item.rejection[0] == "unsupported_extension":
+            # a non-image file in the image folder gets a row, never silence
+            assert item.rel_path == "Original_Images/index.txt"
+            assert "not listed in labels.csv" in item.rejection[1]
         else:
             assert (root / item.rel_path).is_file()
             assert item.rel_path.startswith("Original_Images/BloodImage_")
-    # no image file is left out of the listing (index.txt is not an image)
-    on_disk = {
-        f"Original_Images/{n}" for n in os.listdir(root / "Original_Images") if n.endswith(".jpg")
-    }
+    # no file is left out of the listing
+    on_disk = {f"Original_Images/{n}" for n in os.listdir(root / "Original_Images")}
     assert on_disk <= {item.rel_path for item in items}
 
 
@@ -267,7 +274,7 @@ def test_csv_infinite_id_is_bad_id(tmp_path: Path):
 def test_csv_unlisted_and_missing_files(tmp_path: Path):
     png(tmp_path / "imgs" / "001.png")
     png(tmp_path / "imgs" / "002.png")  # not in the CSV
-    (tmp_path / "imgs" / "README.txt").write_text("docs are ignored")
+    (tmp_path / "imgs" / "README.txt").write_text("docs get a row too")
     (tmp_path / "labels.csv").write_text("id,label\n1,A\n5,B\n5,B\n")
     items = list_dataset(tmp_path, csv_spec(), EXTENSIONS)
     codes = {item.rel_path: item.rejection and item.rejection[0] for item in items}
@@ -275,6 +282,7 @@ def test_csv_unlisted_and_missing_files(tmp_path: Path):
         "imgs/001.png": None,
         "imgs/002.png": "unlisted",
         "imgs/005.png": "missing_file",  # listed twice, reported once
+        "imgs/README.txt": "unsupported_extension",  # nothing in the image folder vanishes
     }
 
 

@@ -3,6 +3,7 @@
 The data root is a temporary folder of symbolic links into the shared datasets (a
 subset of each), so nothing is copied and the originals are never touched."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -188,6 +189,8 @@ def write_config(workdir: Path, data_root: Path, **changes) -> None:
     config["synthesis"] = json.loads(json.dumps(TINY_SYNTHESIS))
     config["classifier"] = dict(TINY_CLASSIFIER)
     config["evaluation"] = {"n_boot": 50}
+    # the subset's files are links into the shared folder, outside this data root
+    config["ingest"] = {"follow_links_outside": True}
     for key, value in changes.items():
         section, _, name = key.partition(".")
         if name:
@@ -223,7 +226,7 @@ def test_outputs_of_ingest_dedup_subgroup(workflow_run):
     assert (
         summary["quarantined"]
         == len(quarantine)
-        == 1 + 53 + (quarantine["dataset"] == "raabin_frames").sum()
+        == 1 + 54 + (quarantine["dataset"] == "raabin_frames").sum()
     )
     assert summary["by_reason"]["missing_file"] == 44
     groups = pd.read_csv(results / "dedup" / "groups.csv")
@@ -568,3 +571,113 @@ def test_snakemake_lint_and_snakefmt_are_clean():
     files = [str(REPO / "Snakefile"), str(REPO / "workflow" / "rules")]
     fmt = subprocess.run([snakefmt, "--check", *files], capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def plant_bad_inputs(shared: Path, base: Path) -> tuple[Path, dict[str, str | None]]:
+    """One csv dataset holding every bad-input case at once, built from real images;
+    returns the data root and record_id -> expected reason code (None: kept)."""
+    data_root = base / "data"
+    images = data_root / "planted" / "imgs"
+    images.mkdir(parents=True)
+    cells = {
+        label: [p for p in sorted((shared / "pbc" / label).glob("*.jpg")) if p.name[0] != "."]
+        for label in ("neutrophil", "lymphocyte", "eosinophil")
+    }
+    for n in range(3):
+        shutil.copyfile(cells["neutrophil"][n], images / f"good{n}.jpg")
+    other = data_root / "other" / "lymphocyte"
+    other.mkdir(parents=True)
+    shutil.copyfile(cells["lymphocyte"][0], other / "LY.jpg")
+    pool = data_root / "pool"
+    pool.mkdir()
+    shutil.copyfile(cells["lymphocyte"][1], pool / "L.jpg")
+    outside = base / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(cells["eosinophil"][0], outside / "EO.jpg")
+    (images / "broken_link.jpg").symlink_to(images / "gone.jpg")
+    (images / "out.jpg").symlink_to(outside / "EO.jpg")
+    (images / "linked").symlink_to(pool, target_is_directory=True)
+    (images / "loop").symlink_to(images, target_is_directory=True)
+    os.mkfifo(images / "x.jpg")
+    (images / "notes.txt").write_text("not an image")
+    (images / "zero.jpg").write_bytes(b"")
+    rows = {
+        "good0.jpg": "neutrophil",
+        "good1.jpg": "neutrophil",
+        "good2.jpg": "neutrophil",
+        "broken_link.jpg": "neutrophil",
+        "../../other/lymphocyte/LY.jpg": "lymphocyte",
+        str(other / "LY.jpg"): "lymphocyte",
+        "out.jpg": "eosinophil",
+        "linked/L.jpg": "lymphocyte",
+        "x.jpg": "neutrophil",
+        "zero.jpg": "neutrophil",
+    }
+    table = "file,label\n" + "".join(f"{name},{label}\n" for name, label in rows.items())
+    (data_root / "planted" / "labels.csv").write_text(table)
+    expected = {
+        "planted:imgs/good0.jpg": None,
+        "planted:imgs/good1.jpg": None,
+        "planted:imgs/good2.jpg": None,
+        "planted:imgs/broken_link.jpg": "broken_link",
+        "planted:labels.csv#line6": "bad_id",
+        "planted:labels.csv#line7": "bad_id",
+        "planted:imgs/out.jpg": "link_outside",
+        "planted:imgs/linked/L.jpg": None,
+        "planted:imgs/x.jpg": "not_a_file",
+        "planted:imgs/zero.jpg": "empty_file",
+        "planted:imgs/loop": "link_loop",
+        "planted:imgs/notes.txt": "unsupported_extension",
+    }
+    return data_root, expected
+
+
+def write_planted_config(workdir: Path, data_root: Path, class_map: dict) -> None:
+    config = {
+        "data_root": str(data_root),
+        "datasets": {
+            "planted": {
+                "path": "planted",
+                "domain": "planted",
+                "layout": "csv",
+                "csv": "labels.csv",
+                "images_dir": "imgs",
+                "id_column": "file",
+                "label_column": "label",
+            }
+        },
+        "class_map": {"planted": class_map},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_every_planted_bad_input_is_accounted_for(tmp_path):
+    shared = require_shared_datasets()
+    data_root, expected = plant_bad_inputs(shared, tmp_path)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    classes = {"neutrophil": "neutrophil", "lymphocyte": "lymphocyte", "eosinophil": "eosinophil"}
+    # a label the class map misses stops the run before any job, naming it
+    write_planted_config(workdir, data_root, {"neutrophil": "neutrophil"})
+    refused = snakemake(workdir, "results/data/manifest.parquet", check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "config key 'class_map.planted'" in output and "'lymphocyte'" in output
+    assert not (workdir / "results").exists()
+    # the complete map: the run goes through the broken link, FIFO and loop to the end
+    write_planted_config(workdir, data_root, classes)
+    snakemake(workdir, "results/data/manifest.parquet")
+    manifest = pd.read_parquet(workdir / "results" / "data" / "manifest.parquet")
+    found = {
+        row.record_id: (None if row.status == "ok" else row.reason_code)
+        for row in manifest.itertuples()
+    }
+    assert found == expected
+    linked = manifest.set_index("record_id").loc["planted:imgs/linked/L.jpg"]
+    assert linked["link_target"] == str((data_root / "pool" / "L.jpg").resolve())
+    # the other folder's image was never read: its hash is nowhere in the manifest
+    stolen = hashlib.sha256((data_root / "other" / "lymphocyte" / "LY.jpg").read_bytes())
+    assert stolen.hexdigest() not in set(manifest["sha256"].dropna())

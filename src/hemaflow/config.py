@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hemaflow.data.layouts import format_filename
+from hemaflow.data.layouts import LayoutError, format_filename
 from hemaflow.errors import ConfigError
 
 SCHEMA_PATH = Path(str(resources.files("hemaflow") / "schemas" / "config.schema.yaml"))
@@ -177,6 +177,8 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
                 "labelled dataset has no class map (add one, or set "
                 f"datasets.{name}.labelled: false)",
             )
+    if config["subgroup"]["unmapped"] == "error":
+        check_class_map_coverage(config, data_root)
     domains = {spec["domain"] for spec in config["datasets"].values()}
     target = config["normalization"]["target"]
     if target != "auto" and target not in domains:
@@ -218,6 +220,28 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
         raise ConfigError("split", f"train + val + test must sum to 1, got {total:g}")
     if ratios["train"] <= 0:
         raise ConfigError("split.train", "must be positive")
+
+
+def check_class_map_coverage(config: dict[str, Any], data_root: Path) -> None:
+    """Every label that the labelled datasets' listings give is in the class map (or
+    mapped to null); a ConfigError names every missing label of every dataset."""
+    from hemaflow.labels import labels_missing_from_class_map
+
+    try:
+        missing = labels_missing_from_class_map(config, data_root)
+    except LayoutError as exc:
+        raise ConfigError("datasets", f"cannot list a dataset: {exc}") from None
+    if missing:
+        listing = "; ".join(
+            f"{dataset}: {', '.join(repr(label) for label in labels)}"
+            for dataset, labels in sorted(missing.items())
+        )
+        key = f"class_map.{next(iter(missing))}" if len(missing) == 1 else "class_map"
+        raise ConfigError(
+            key,
+            f"labels not covered (add them, map them to null, or set "
+            f"subgroup.unmapped: drop): {listing}",
+        )
 
 
 def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:

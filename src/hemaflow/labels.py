@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,8 +46,35 @@ def unmapped_labels(manifest: pd.DataFrame, classes: pd.Series) -> dict[str, lis
     rows = manifest.loc[classes == UNMAPPED]
     for dataset, fine, source in zip(rows["dataset"], rows["fine_label"], rows["source_label"]):
         fine, source = _none_if_na(fine), _none_if_na(source)
-        label = f"{source} (fine label {fine})" if fine and source else (source or fine)
-        missing.setdefault(dataset, set()).add(str(label))
+        missing.setdefault(dataset, set()).add(_label_text(fine, source))
+    return {dataset: sorted(labels) for dataset, labels in missing.items()}
+
+
+def _label_text(fine: Any, source: Any) -> str:
+    return f"{source} (fine label {fine})" if fine and source else str(source or fine)
+
+
+def labels_missing_from_class_map(
+    config: Mapping[str, Any], data_root: Path
+) -> dict[str, list[str]]:
+    """dataset -> sorted labels of listed files that the class map misses, found from
+    the listings alone (folder names, label columns, file-name fine labels; nothing is
+    decoded), so that a run can stop before any job instead of after ingest and dedup."""
+    from hemaflow.data.layouts import ListingOptions, list_dataset
+
+    options = ListingOptions.from_config(dict(config), data_root)
+    extensions = tuple(config["ingest"]["extensions"])
+    missing: dict[str, set[str]] = {}
+    for dataset, spec in config["datasets"].items():
+        if not spec["labelled"]:
+            continue
+        mapping = config["class_map"].get(dataset, {})
+        for item in list_dataset(data_root / spec["path"], spec, extensions, options):
+            if item.rejection is not None:
+                continue
+            if lookup_class(mapping, item.fine_label, item.source_label) == UNMAPPED:
+                label = _label_text(item.fine_label, item.source_label)
+                missing.setdefault(dataset, set()).add(label)
     return {dataset: sorted(labels) for dataset, labels in missing.items()}
 
 

@@ -12,7 +12,7 @@ from hemaflow.config import (
     resolve_data_root,
     validate_config,
 )
-from hemaflow.data.layouts import dataset_input_files
+from hemaflow.data.layouts import ListingOptions, dataset_input_files
 
 # Our own check first: its messages name the key; then the schema via Snakemake.
 validate_config(config)
@@ -20,6 +20,7 @@ validate(config, str(SCHEMA_PATH), set_default=True)
 
 RESULTS = config["results_dir"]
 DATA_ROOT = resolve_data_root(config)
+LISTING = ListingOptions.from_config(config, DATA_ROOT)
 DATASETS = list(config["datasets"])
 DOMAINS = sorted({spec["domain"] for spec in config["datasets"].values()})
 
@@ -51,7 +52,9 @@ def dataset_root(dataset):
 def ingest_inputs(wildcards):
     """Every file of the dataset, so that an added or changed image reruns its ingest."""
     return dataset_input_files(
-        dataset_root(wildcards.dataset), config["datasets"][wildcards.dataset]
+        dataset_root(wildcards.dataset),
+        config["datasets"][wildcards.dataset],
+        LISTING,
     )
 
 

@@ -20,6 +20,8 @@ rule subgroup:
         summary=f"{RESULTS}/data/summary.json",
     log:
         "logs/subgroup.log",
+    # a label missing from the class map fails the same way every time: no retry
+    retries: 0
     conda:
         "../envs/hemaflow.yaml"
     params:

@@ -6,10 +6,14 @@ reason code and a human message, so ingest can quarantine it instead of crashing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
+import stat
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,16 +47,51 @@ class DecodedImage:
         return np.asarray(self.image, dtype=np.uint8)
 
 
-def read_bytes(path: str) -> bytes:
+_READ_CHUNK = 1 << 20
+
+
+def read_bytes(path: str, timeout_s: float = 60.0) -> bytes:
+    """The bytes of a regular file, read within ``timeout_s`` seconds.
+
+    The file is opened non-blocking and checked with fstat before any read, so a FIFO,
+    socket or device named like an image is rejected instead of hanging ingest; the read
+    itself goes in chunks against a deadline (ingest.read_timeout_s)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise RejectedImage("missing_file", "file does not exist") from None
+        kind = "broken_link" if os.path.islink(path) else "missing_file"
+        raise RejectedImage(kind, "file does not exist") from None
     except IsADirectoryError:
         raise RejectedImage("unreadable", "is a directory, not a file") from None
     except OSError as exc:
         raise RejectedImage("unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RejectedImage("unreadable", "is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise RejectedImage("not_a_file", "not a regular file (a FIFO, socket or device)")
+        deadline = time.monotonic() + timeout_s
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, max(_READ_CHUNK, info.st_size + 1))
+            except OSError as exc:
+                raise RejectedImage(
+                    "unreadable", f"cannot read file: {exc.strerror or exc}"
+                ) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise RejectedImage(
+                    "read_timeout",
+                    f"reading took longer than {timeout_s:g} s (ingest.read_timeout_s)",
+                )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def content_hash(data: bytes) -> str:
@@ -84,6 +123,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's own bomb guard at ``max_pixels`` (it raises above twice its limit, which
+    by default is about 179 M pixels), so that ingest.max_image_pixels alone decides."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def decode_image(
     data: bytes,
     *,
@@ -99,7 +150,7 @@ def decode_image(
     if len(data) == 0:
         raise RejectedImage("empty_file", "zero-byte file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             fmt = image.format or "unknown"
@@ -131,8 +182,12 @@ def decode_image(
         raise
     except UnidentifiedImageError:
         raise RejectedImage("not_an_image", "content is not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
-        raise RejectedImage("too_large", str(exc)) from None
+    except Image.DecompressionBombError:
+        raise RejectedImage(
+            "too_large",
+            f"image exceeds the limit of {max_pixels} pixels "
+            "(decompression-bomb guard, ingest.max_image_pixels)",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc) or type(exc).__name__
         code = "truncated" if "truncated" in text.lower() else "corrupt"

@@ -24,7 +24,7 @@ from hemaflow.data.geometry import (
     scale_box,
     yolo_square_box,
 )
-from hemaflow.data.layouts import SourceItem, list_dataset
+from hemaflow.data.layouts import ListingOptions, SourceItem, list_dataset
 from hemaflow.dedup.phash import phash
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ MANIFEST_COLUMNS = [
     "dataset",
     "domain",
     "source_path",
+    "link_target",
     "source_label",
     "fine_label",
     "box_x0",
@@ -67,6 +68,7 @@ class IngestOptions:
     crop: str = "center"  # center | cell (whole images; detection frames use their boxes)
     cell_crop_factor: float = 2.0
     cell_reference: float | None = None  # stored pixels; set before ingest for crop: cell
+    read_timeout_s: float = 60.0
 
 
 def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, Any]:
@@ -76,6 +78,7 @@ def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, A
         dataset=options.dataset,
         domain=options.domain,
         source_path=f"{options.data_prefix}/{item.rel_path}".lstrip("/"),
+        link_target=item.link_target,
         source_label=item.source_label,
         fine_label=item.fine_label,
         status="ok",
@@ -97,7 +100,7 @@ def process_item(
         return [(_quarantine(_row(item, options), *item.rejection), None)]
     path = str(Path(options.root) / item.rel_path)
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, timeout_s=options.read_timeout_s)
         sha = content_hash(data)
         decoded = decode_image(
             data,
@@ -278,6 +281,7 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in (
         "image_id",
         "sha256",
+        "link_target",
         "source_label",
         "fine_label",
         "format",
@@ -305,7 +309,9 @@ def measure_cell_reference(
     extents = []
     for item in candidates:
         try:
-            data = read_bytes(str(Path(options.root) / item.rel_path))
+            data = read_bytes(
+                str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s
+            )
             decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
             extents.append(find_cell(decoded.image).extent * decoded.width / decoded.image.width)
         except (RejectedImage, NoCellFound):
@@ -334,6 +340,7 @@ def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -
         crop=spec.get("crop", "center"),
         cell_crop_factor=float(spec.get("cell_crop_factor", 2.0)),
         cell_reference=None if reference == "auto" else float(reference),
+        read_timeout_s=config["ingest"]["read_timeout_s"],
     )
 
 
@@ -343,7 +350,10 @@ def run_ingest(
     """List and ingest one configured dataset."""
     options = options_from_config(config, dataset, data_root)
     items = list_dataset(
-        Path(options.root), config["datasets"][dataset], tuple(config["ingest"]["extensions"])
+        Path(options.root),
+        config["datasets"][dataset],
+        tuple(config["ingest"]["extensions"]),
+        ListingOptions.from_config(config, data_root),
     )
     log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
     if options.crop == "cell" and options.cell_reference is None:
