@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from hemaflow.cli import main
-from hemaflow.status import incomplete_outputs, status_report
+from hemaflow.status import dry_run_summary, incomplete_outputs, status_report
 
 CYCLEGAN_LOG = "logs/normalization/train_cyclegan/bccd_to_pbc.log"
 CYCLEGAN_MODEL = "results/normalization/cyclegan/bccd_to_pbc/model.pt"
@@ -118,3 +118,24 @@ def test_an_empty_folder_says_everything_is_left(tmp_path, capsys):
     assert "snakemake: not running" in out
     assert "left: ingest, dedup, subgroup + split, normalization," in out
     assert "jobs (" in out and ": 0 logs" in out
+
+
+def test_plan_shows_the_jobs_snakemake_would_run(tmp_path):
+    fake = tmp_path / "snakemake"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "Building DAG of jobs..."\n'
+        'printf "Job stats:\\njob      count\\n-----  -----\\ntrain_cwgan  1\\ntotal  1\\n\\n"\n'
+    )
+    fake.chmod(0o755)
+    assert dry_run_summary(tmp_path, binary=str(fake)).splitlines()[:4] == [
+        "jobs left (snakemake --dry-run): Job stats:",
+        "job      count",
+        "-----  -----",
+        "train_cwgan  1",
+    ]
+    assert "total  1" in dry_run_summary(tmp_path, binary=str(fake))
+    fake.write_text('#!/bin/sh\necho "Nothing to be done (all requested files are present)."\n')
+    assert dry_run_summary(tmp_path, binary=str(fake)) == "nothing left to run"
+    fake.write_text('#!/bin/sh\necho "LockException" >&2\nexit 1\n')
+    assert dry_run_summary(tmp_path, binary=str(fake)).startswith("snakemake --dry-run failed (1)")

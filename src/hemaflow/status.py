@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,16 +196,25 @@ def job_logs(
     return entries
 
 
-def dry_run_summary(workdir: Path, snakemake_args: Sequence[str] = ()) -> str:
+def snakemake_binary() -> str:
+    """The snakemake of this environment (beside its python), else the one on the PATH."""
+    beside = Path(sys.executable).parent / "snakemake"
+    return str(beside) if beside.is_file() else "snakemake"
+
+
+def dry_run_summary(
+    workdir: Path, snakemake_args: Sequence[str] = (), binary: str | None = None
+) -> str:
     """The 'Job stats' table of ``snakemake -n`` in ``workdir`` (the jobs left)."""
-    command = ["snakemake", "--dry-run", "--quiet", "rules", *snakemake_args]
+    command = [binary or snakemake_binary(), "--dry-run", "--quiet", "rules", *snakemake_args]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     text = result.stdout + result.stderr
     if result.returncode != 0:
         return f"snakemake --dry-run failed ({result.returncode}):\n{text.strip()}"
     if "Nothing to be done" in text or "Job stats" not in text:
         return "nothing left to run"
-    return "Job stats" + text.split("Job stats", 1)[1].rstrip()
+    table = "Job stats" + text.split("Job stats", 1)[1]
+    return "jobs left (snakemake --dry-run): " + table.split("\n\n", 1)[0].rstrip()
 
 
 def _shorten(text: str, width: int = 160) -> str:
