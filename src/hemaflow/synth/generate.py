@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from hemaflow.progress import Progress
 from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def generate_gated(
     accepted: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
     n_accepted = n_candidates = round_index = 0
+    progress = Progress(f"generate {class_name}", n_needed, "images", logger=log)
     while n_accepted < n_needed and n_candidates < limit:
         n = min(batch_size, limit - n_candidates, max(n_needed - n_accepted, 1) * 2)
         seed_k = batch_seed(seed, class_name, round_index)
@@ -69,6 +71,8 @@ def generate_gated(
         n_accepted += len(keep)
         n_candidates += n
         round_index += 1
+        progress.update(n_accepted, f"{n_candidates} candidates of at most {limit}")
+    progress.finish(f"{n_candidates} candidates of at most {limit}")
     candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if n_accepted < n_needed:
         log.warning(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hemaflow.progress import Progress
 from hemaflow.synth.balance import build_balanced, synthetic_rows
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, metrics_table, plot_samples
 from hemaflow.synth.generate import gate_summary, generate_gated
@@ -371,6 +372,7 @@ def metrics_stage(
     routes = read_routes(routes_csv).set_index("canonical_class")
     inception, lpips_model = InceptionFeatures(), get_lpips()
     rows, real_grid, fake_grid = [], {}, {}
+    progress = Progress("synthesis metrics", len(samples), "classes", logger=log)
     for name in sorted(samples):
         images_path, candidates_path = samples[name]
         synthetic = np.load(images_path)
@@ -391,6 +393,7 @@ def metrics_stage(
         )
         rows.append({"canonical_class": name, "route": routes.loc[name, "route"], **metrics})
         real_grid[name], fake_grid[name] = real[:8], synthetic[:8]
+        progress.advance(extra=f"{name} done")
     table = metrics_table(rows)
     table.to_csv(out_csv, index=False)
     plot_samples(real_grid, fake_grid, out_grid, "real held-out | synthetic, per class")

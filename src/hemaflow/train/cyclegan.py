@@ -220,7 +220,7 @@ PRESETS: dict[str, CycleGANOptions] = {
     # the cell; the contrast term keeps texture out of flat regions, per colour channel.
     # Since 0.3.0 the U-Net predicts a colour transform smoothed over 8 px cells
     # (residual_mode affine), not a change: it beats raw and Reinhard on bccd and
-    # zheng_tecom where the shift form did not (all measured in the README)
+    # zheng_tecom where the shift form did not (all measured in docs/normalization.md)
     "cpu": CycleGANOptions(
         image_size=64,
         generator="unet",
@@ -378,7 +378,7 @@ class CycleGANModel:
         exactly (Chu et al. 2017, "CycleGAN, a master of steganography"); noise is meant to
         destroy such a code. On the shared data it did not remove the blob seen in every
         translation, which was no code but an instance-norm artefact of the first residual
-        U-Net (``models/cyclegan.py``; README), so the presets leave it at 0."""
+        U-Net (``models/cyclegan.py``; docs/normalization.md), so the presets leave it at 0."""
         sigma = self.options.cycle_noise
         if sigma <= 0:
             return translated

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hemaflow.devices import resolve_device  # noqa: F401  (re-exported)
+from hemaflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -440,12 +441,14 @@ def run_training(
     for module in trainer.modules():
         module.train()
     losses: Mapping[str, Any] = {}
+    progress = Progress(kind, total_iterations, "iterations", start_at=step, logger=log)
     early = stopped_early()  # a resumed run whose last checkpoint had already stopped
     while step < stop and not early:
         lr = lr_of() if lr_of is not None else float("nan")
         losses = trainer.train_iteration()
         step += 1
         early = stopped_early()
+        progress.update(step)
         is_last = step == total_iterations or early
         logged = step % log_every == 0 or is_last
         if logged or step % checkpoint_every == 0:
@@ -459,6 +462,7 @@ def run_training(
                 )
         if step % checkpoint_every == 0 or is_last:
             checkpoint(step)
+    progress.finish()
     if step > start_step:  # the very last iteration, logged or not
         last_losses = {name: float(value) for name, value in losses.items()}
     seconds_this_run = time.monotonic() - start
