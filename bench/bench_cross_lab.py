@@ -4,7 +4,7 @@ One arm is one set of classifier options (``--set``, on the ``small`` preset) tr
 the training domain's real training images (early stopping on its validation images
 only), then tested on ALL kept images of every other labelled lab (images it never
 saw), raw, after Reinhard and after Macenko (fitted on the training domain's training
-images),
+images) and, with --cyclegan-dir, after each lab's CycleGAN,
 over the classes both labs have. Each seed is one run; the table gives each run and the
 mean and spread over seeds. ``--results`` picks the domain caches, so that centre crops
 (``results``) and cell crops (a config with ``crop: cell``) are two arms as well.
@@ -101,11 +101,18 @@ def run_arm(args) -> None:
         macenko = MacenkoNormalizer().fit(target_train)
         for domain in args.test_domains:
             images, rows = _domain_split(*files(domain), ALL_SPLITS)
-            variants = (
+            variants = [
                 ("none", images),
                 ("reinhard", reinhard.transform(images)),
                 ("macenko", macenko.transform(images)),
-            )
+            ]
+            folder = args.cyclegan_dir
+            model = folder / f"{domain}_to_{args.train_domain}" / "model.pt" if folder else None
+            if model is not None and model.is_file():
+                from hemaflow.train.cyclegan import load_cyclegan, translate
+
+                generator, _, _ = load_cyclegan(model)
+                variants.append(("cyclegan", translate(generator, images)))
             for method, batch in variants:
                 record["labs"][f"{domain} {method}"] = evaluate_lab(
                     net, classes, batch, rows, args.n_boot, seed
@@ -228,6 +235,12 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="print the table of all runs")
     parser.add_argument("--lolo", action="store_true", help="leave-one-lab-out instead")
     parser.add_argument("--method", default="none", choices=["none", "reinhard", "macenko"])
+    parser.add_argument(
+        "--cyclegan-dir",
+        type=Path,
+        default=None,
+        help="folder of {lab}_to_{train domain}/model.pt CycleGANs (bench_normalization.py)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print_table(args.out)
