@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if not model.is_file():
                 print(f"  {domain}: no CycleGAN at {model}, skipped")
                 continue
-            from hemaflow.train.cyclegan import load_cyclegan, translate
+            from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
             generator, _, _ = load_cyclegan(model)
             variants[label] = translate(generator, images)

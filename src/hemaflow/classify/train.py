@@ -40,7 +40,7 @@ from hemaflow.models.classifier import (
     STEM_STRIDES,
     build_classifier,
 )
-from hemaflow.synth.cwgan import BalancedRows, check_labelled
+from hemaflow.train.labelled import BalancedRows, check_labelled
 from hemaflow.train.loop import (
     ImageSampler,
     atomic_torch_save,

@@ -105,7 +105,7 @@ def train_classifier_stage(
 ) -> dict:
     """The real-data classifier over every class with training images (real train split
     only): the C-WGAN-GP's third player and the quality gate's judge."""
-    from hemaflow.synth.cwgan import RealClassifierOptions, train_real_classifier
+    from hemaflow.synth.real_classifier import RealClassifierOptions, train_real_classifier
 
     images, pool = read_pool(pool_images, pool_index)
     classes = sorted(c for c, n in train_counts(pool).items() if n > 0)
