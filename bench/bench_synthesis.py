@@ -51,13 +51,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
-    from hemaflow.synth.fewshot import (
-        FewShotOptions,
-        adapt_fewshot,
-        generate_fewshot,
-        load_fewshot,
-        train_fewshot_meta,
-    )
+    from hemaflow.synth.fewshot import FewShotOptions, train_fewshot_meta
+    from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
     from hemaflow.synth.real_classifier import (
         RealClassifierOptions,
         classify,

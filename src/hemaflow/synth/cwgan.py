@@ -20,7 +20,6 @@ times the iterations so far), and the model file holds that average."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +50,6 @@ from hemaflow.train.loop import (
 from hemaflow.train.losses import gradient_penalty, wgan_generator_loss, wgan_gp_critic_loss
 from hemaflow.train.model_file import read_model_file
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 CWGAN_LOSS_COLUMNS = (
     "iteration",

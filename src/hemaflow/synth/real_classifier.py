@@ -6,7 +6,6 @@ while the GAN trains (``hemaflow.synth.cwgan``). Runs on
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ from hemaflow.train.loop import (
 )
 from hemaflow.train.model_file import read_model_file
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 CLASSIFIER_LOSS_COLUMNS = ("iteration", "loss", "accuracy", "lr", "seconds")
 CLASSIFIER_FILE_KIND = "real_classifier"

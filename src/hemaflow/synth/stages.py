@@ -192,7 +192,8 @@ def adapt_fewshot_stage(
     out_summary: str,
 ) -> dict:
     """Adapt the meta-learned GAN to one rare class's few training images."""
-    from hemaflow.synth.fewshot import FewShotOptions, adapt_fewshot
+    from hemaflow.synth.fewshot import FewShotOptions
+    from hemaflow.synth.fewshot_adapt import adapt_fewshot
 
     images, pool = read_pool(pool_images, pool_index)
     class_train = class_images(images, pool, class_name, ["train"])
@@ -257,7 +258,7 @@ def _sampler(route: str, model_path: str, class_name: str):
         index = names.index(class_name)
         return lambda n, seed: generate_cwgan(generator, index, n, seed)
     if route == "fewshot":
-        from hemaflow.synth.fewshot import generate_fewshot, load_fewshot
+        from hemaflow.synth.fewshot_adapt import generate_fewshot, load_fewshot
 
         generator, code, _ = load_fewshot(model_path)
         return lambda n, seed: generate_fewshot(generator, code, n, seed)

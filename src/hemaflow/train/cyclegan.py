@@ -8,7 +8,6 @@ on CPU)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,8 +52,6 @@ from hemaflow.train.losses import (
     structure_loss,
 )
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 GENERATORS = ("unet", "resnet")
 LOSS_COLUMNS = (
