@@ -107,7 +107,7 @@ def evaluate_on_lab(
 ) -> dict:
     """Balanced accuracy (bootstrap CI), per-class sensitivity and the confusion matrix
     of a model on a lab's images, over the classes both know."""
-    from hemaflow.classify.train import predict_proba
+    from hemaflow.classify.predict import predict_proba
 
     shared = sorted(set(rows["canonical_class"]) & set(model_classes))
     keep = rows["canonical_class"].isin(shared).to_numpy()
@@ -140,7 +140,7 @@ def leave_one_lab_out(
     method: str = "",
 ) -> dict:
     """Train on every labelled domain but ``held_out``, test on all of ``held_out``."""
-    from hemaflow.classify.train import load_classifier
+    from hemaflow.classify.predict import load_classifier
 
     train_domains = [d for d in labelled_domains if d != held_out]
     if not train_domains:

@@ -118,7 +118,7 @@ def evaluate_stage(
     out_predictions: str,
 ) -> dict:
     """Metrics with bootstrap CIs on the real test split."""
-    from hemaflow.classify.train import load_classifier, predict_proba
+    from hemaflow.classify.predict import load_classifier, predict_proba
 
     net, classes, _ = load_classifier(model_path)
     images, labels, rows = split_images(pool_images, pool_index, "test", list(classes))
@@ -217,7 +217,7 @@ def cross_lab_row(
 ) -> dict:
     """Metrics of a model on another lab's images over the classes both have."""
     from hemaflow.classify.metrics import restrict_to_shared_classes
-    from hemaflow.classify.train import predict_proba
+    from hemaflow.classify.predict import predict_proba
 
     shared = sorted(set(rows["canonical_class"]) & set(model_classes))
     keep = rows["canonical_class"].isin(shared).to_numpy()
@@ -249,7 +249,7 @@ def cross_lab_stage(
     caches. Each domain is tested on its validation and test images (never seen by the
     classifier, nor by a CycleGAN, which trains on train splits only). The training
     domain's own held-out images are the reference row."""
-    from hemaflow.classify.train import load_classifier
+    from hemaflow.classify.predict import load_classifier
 
     net, classes, _ = load_classifier(model_path)
     rows = []

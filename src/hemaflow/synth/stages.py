@@ -282,7 +282,7 @@ def generate_stage(
 ) -> dict:
     """Generate ``class_name`` through the quality gate up to its target count, with the
     generator of its route (or of ``route``, for the ablation's few-shot-for-all)."""
-    from hemaflow.classify.train import load_classifier, predict_proba
+    from hemaflow.classify.predict import load_classifier, predict_proba
 
     routes = read_routes(routes_csv).set_index("canonical_class")
     n_needed = int(routes.loc[class_name, "to_generate"])

@@ -10,6 +10,11 @@ from typing import Any, ClassVar
 import torch
 
 
+def autocast(device: torch.device, enabled: bool):
+    """float16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
+
+
 class MixedPrecision:
     """Base of a trainer: ``use_amp``, one ``torch.amp.GradScaler`` (or None) per name in
     ``SCALERS`` as an attribute of that name, ``autocast()``, ``optimizer_step(loss, optimizer,
@@ -25,9 +30,7 @@ class MixedPrecision:
             setattr(self, name, torch.amp.GradScaler("cuda") if self.use_amp else None)
 
     def autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp
-        )
+        return autocast(self.device, self.use_amp)
 
     @staticmethod
     def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
