@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hemaflow.json_file import write_json
 from hemaflow.progress import Progress
 from hemaflow.synth.balance import build_balanced, synthetic_rows
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, metrics_table, plot_samples
@@ -24,11 +25,6 @@ from hemaflow.synth.routing import generating, meta_training_classes, route_tabl
 from hemaflow.train.loop import keyed_state_dir, resize_images
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(data: Any, path: str) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
 
 
 def read_pool(images_path: str, index_path: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -115,7 +111,7 @@ def train_classifier_stage(
     summary = train_real_classifier(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -144,7 +140,7 @@ def train_cwgan_stage(
     summary = train_cwgan(
         train_images, labels, classes, classifier, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -176,7 +172,7 @@ def train_fewshot_meta_stage(
     summary = train_fewshot_meta(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -203,7 +199,7 @@ def adapt_fewshot_stage(
     )
     log.info("adapting the few-shot GAN to %s (%d images)", class_name, len(class_train))
     summary = adapt_fewshot(meta_model, class_train, options, state, out_model, log_csv=out_losses)
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -240,7 +236,7 @@ def train_gate_classifier_stage(
         out_model,
         log_csv=out_losses,
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -314,7 +310,7 @@ def generate_stage(
     candidates.to_parquet(out_candidates, index=False)
     summary = gate_summary(class_name, route, n_needed, candidates)
     summary["model"] = model_path
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     log.info("%s: %s", class_name, summary)
     return summary
 
