@@ -30,8 +30,8 @@ import torch
 from cli import parse_overrides
 
 from hemaflow.classify.metrics import evaluation_report
+from hemaflow.classify.predict import load_classifier, predict_proba
 from hemaflow.classify.stages import _domain_split, cross_lab_row, train_domain_stage
-from hemaflow.classify.train import load_classifier, predict_proba
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if not model.is_file():
                 print(f"  {domain}: no CycleGAN at {model}, skipped")
                 continue
-            from hemaflow.train.cyclegan import load_cyclegan, translate
+            from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
             generator, _, _ = load_cyclegan(model)
             variants[label] = translate(generator, images)

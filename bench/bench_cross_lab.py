@@ -30,8 +30,8 @@ import torch
 from cli import parse_overrides
 
 from hemaflow.classify.metrics import evaluation_report, restrict_to_shared_classes
+from hemaflow.classify.predict import load_classifier, predict_proba
 from hemaflow.classify.stages import _domain_split, train_domain_stage
-from hemaflow.classify.train import load_classifier, predict_proba
 from hemaflow.normalize.macenko import MacenkoNormalizer
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 

@@ -50,22 +50,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from hemaflow.synth.cwgan import (
-        CWGANOptions,
+    from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
+    from hemaflow.synth.fewshot import FewShotOptions, train_fewshot_meta
+    from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
+    from hemaflow.synth.real_classifier import (
         RealClassifierOptions,
         classify,
-        generate_cwgan,
-        load_cwgan,
         load_real_classifier,
-        train_cwgan,
         train_real_classifier,
-    )
-    from hemaflow.synth.fewshot import (
-        FewShotOptions,
-        adapt_fewshot,
-        generate_fewshot,
-        load_fewshot,
-        train_fewshot_meta,
     )
 
     out = args.out

@@ -14,15 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from hemaflow.classify.augment import color_jitter
+from hemaflow.classify.options import PRESETS, ClassifierOptions
+from hemaflow.classify.predict import load_classifier, predict_proba
 from hemaflow.classify.train import (
     LOSS_COLUMNS,
-    PRESETS,
-    ClassifierOptions,
     LRSchedule,
     balanced_accuracy,
-    color_jitter,
-    load_classifier,
-    predict_proba,
     train_classifier,
 )
 from hemaflow.models.classifier import (

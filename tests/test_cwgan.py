@@ -13,19 +13,21 @@ import torch
 
 from hemaflow.models.cwgan import CWGANGenerator, ResidualClassifier, ResidualCritic
 from hemaflow.synth.cwgan import (
-    CLASSIFIER_PRESETS,
     CWGAN_LOSS_COLUMNS,
     CWGAN_PRESETS,
-    BalancedRows,
     CWGANOptions,
-    RealClassifierOptions,
-    classify,
     generate_cwgan,
     load_cwgan,
-    load_real_classifier,
     train_cwgan,
+)
+from hemaflow.synth.real_classifier import (
+    CLASSIFIER_PRESETS,
+    RealClassifierOptions,
+    classify,
+    load_real_classifier,
     train_real_classifier,
 )
+from hemaflow.train.labelled import BalancedRows
 from hemaflow.train.loop import list_checkpoints
 from tests.realdata import load_square_cells
 

@@ -23,6 +23,7 @@ from hemaflow.models.cyclegan import (
     init_weights,
 )
 from hemaflow.normalize.base import IdentityNormalizer, StainNormalizer
+from hemaflow.normalize.cyclegan import load_cyclegan, translate
 from hemaflow.normalize.reinhard import ReinhardNormalizer, lab_to_uint8, rgb_to_lab
 from hemaflow.train.cyclegan import (
     LOSS_COLUMNS,
@@ -30,9 +31,7 @@ from hemaflow.train.cyclegan import (
     CycleGANModel,
     CycleGANOptions,
     build_generator,
-    load_cyclegan,
     train_cyclegan,
-    translate,
 )
 from hemaflow.train.ema import MovingAverage
 from hemaflow.train.image_pool import ImagePool

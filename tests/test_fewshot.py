@@ -23,14 +23,12 @@ from hemaflow.synth.fewshot import (
     LOSS_COLUMNS,
     PRESETS,
     FewShotOptions,
-    adapt_fewshot,
     build_networks,
-    generate_fewshot,
-    load_fewshot,
     mode_seeking_loss,
     reptile_update,
     train_fewshot_meta,
 )
+from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
 from hemaflow.train.loop import list_checkpoints
 from tests.realdata import load_square_cells
 

@@ -1,5 +1,5 @@
 from hemaflow.jobs import retry_options, start_job
-from hemaflow.synth.cwgan import RealClassifierOptions
+from hemaflow.synth.real_classifier import RealClassifierOptions
 from hemaflow.synth.stages import train_classifier_stage
 
 start_job(snakemake)

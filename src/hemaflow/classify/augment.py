@@ -43,6 +43,12 @@ HUE = 0.08
 BLUR_SIGMA = 1.2
 BLUR_PROBABILITY = 0.5
 _LUMA = (0.299, 0.587, 0.114)
+# the classifier's milder ``color_jitter``: brightness, contrast and saturation factors in
+# [1 - s, 1 + s], hue rotated by up to this fraction of a turn (of the chroma plane of YIQ)
+JITTER_BRIGHTNESS = 0.2
+JITTER_CONTRAST = 0.2
+JITTER_SATURATION = 0.2
+JITTER_HUE = 0.02
 
 
 def _hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -62,17 +68,23 @@ def _hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
     return out.reshape(n, h, w, 3).permute(0, 3, 1, 2)
 
 
-def _colour(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Brightness, contrast, saturation, hue; factors (4, N) in [-1, 1] times strength."""
+def _colour(
+    x: torch.Tensor,
+    factors: torch.Tensor,
+    amounts: tuple[float, float, float, float] = (BRIGHTNESS, CONTRAST, SATURATION, HUE),
+) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue of x in [0, 1], NCHW; factors (4, N) in
+    [-1, 1] (times strength), scaled by ``amounts`` (the largest change of each)."""
+    brightness, contrast, saturation, hue = amounts
     n = x.shape[0]
     f = factors.view(4, n, 1, 1, 1)
     luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x * (1.0 + BRIGHTNESS * f[0])).clamp(0.0, 1.0)
+    x = (x * (1.0 + brightness * f[0])).clamp(0.0, 1.0)
     mean = (x * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-    x = ((x - mean) * (1.0 + CONTRAST * f[1]) + mean).clamp(0.0, 1.0)
+    x = ((x - mean) * (1.0 + contrast * f[1]) + mean).clamp(0.0, 1.0)
     gray = (x * luma).sum(dim=1, keepdim=True)
-    x = ((x - gray) * (1.0 + SATURATION * f[2]) + gray).clamp(0.0, 1.0)
-    angle = 2.0 * math.pi * HUE * f[3]
+    x = ((x - gray) * (1.0 + saturation * f[2]) + gray).clamp(0.0, 1.0)
+    angle = 2.0 * math.pi * hue * f[3]
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     y = 0.299 * r + 0.587 * g + 0.114 * b
     i = 0.596 * r - 0.274 * g - 0.322 * b
@@ -133,3 +145,12 @@ def stain_augment(batch: torch.Tensor, rng: np.random.Generator, strength: float
     sigmas = np.where(blur_on, BLUR_SIGMA * s * blur_u, 0.0)
     x = _blur(x, sigmas)
     return (x * 2.0 - 1.0).to(dtype)
+
+
+def color_jitter(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random brightness, contrast, saturation and hue per image of a [-1, 1] NCHW batch
+    (the ``JITTER_*`` amounts, factors from ``rng``); the result is clamped to [-1, 1]."""
+    draws = rng.uniform(-1.0, 1.0, size=(4, batch.shape[0])).astype(np.float32)
+    amounts = (JITTER_BRIGHTNESS, JITTER_CONTRAST, JITTER_SATURATION, JITTER_HUE)
+    x = _colour((batch.float() + 1.0) * 0.5, torch.from_numpy(draws).to(batch.device), amounts)
+    return (x * 2.0 - 1.0).to(batch.dtype)

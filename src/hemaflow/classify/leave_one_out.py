@@ -11,7 +11,6 @@ uses no label, and the report says so.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from hemaflow.classify.metrics import (  # noqa: E402
     evaluation_report,
     restrict_to_shared_classes,
 )
+from hemaflow.json_file import write_json  # noqa: E402
 from hemaflow.train.loop import keyed_state_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def evaluate_on_lab(
 ) -> dict:
     """Balanced accuracy (bootstrap CI), per-class sensitivity and the confusion matrix
     of a model on a lab's images, over the classes both know."""
-    from hemaflow.classify.train import predict_proba
+    from hemaflow.classify.predict import predict_proba
 
     shared = sorted(set(rows["canonical_class"]) & set(model_classes))
     keep = rows["canonical_class"].isin(shared).to_numpy()
@@ -140,7 +140,7 @@ def leave_one_lab_out(
     method: str = "",
 ) -> dict:
     """Train on every labelled domain but ``held_out``, test on all of ``held_out``."""
-    from hemaflow.classify.train import load_classifier
+    from hemaflow.classify.predict import load_classifier
 
     train_domains = [d for d in labelled_domains if d != held_out]
     if not train_domains:
@@ -156,8 +156,7 @@ def leave_one_lab_out(
         "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
         **evaluate_on_lab(net, classes, images, rows, n_boot, seed),
     }
-    with open(out_json, "w") as handle:
-        json.dump(result, handle, indent=2, default=float)
+    write_json(result, out_json, default=float)
     log.info(
         "leave %s out (%s): balanced accuracy %.3f on %d images",
         held_out,

@@ -7,7 +7,6 @@ a synthetic image and never an image a model or generator was trained on."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,15 +15,11 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.classify.metrics import evaluation_report, write_confusion_matrix
+from hemaflow.json_file import write_json
 from hemaflow.progress import Progress
 from hemaflow.train.loop import keyed_state_dir
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(data: Any, path: str) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, default=float)
 
 
 def training_set(
@@ -100,7 +95,7 @@ def train_stage(
         log_csv=out_losses,
     )
     summary["training_images"] = {str(k): int(v) for k, v in origin.items()}
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary, default=float)
     return summary
 
 
@@ -118,7 +113,7 @@ def evaluate_stage(
     out_predictions: str,
 ) -> dict:
     """Metrics with bootstrap CIs on the real test split."""
-    from hemaflow.classify.train import load_classifier, predict_proba
+    from hemaflow.classify.predict import load_classifier, predict_proba
 
     net, classes, _ = load_classifier(model_path)
     images, labels, rows = split_images(pool_images, pool_index, "test", list(classes))
@@ -126,7 +121,7 @@ def evaluate_stage(
     predicted = probabilities.argmax(axis=1)
     summary, per_class, cm = evaluation_report(labels, predicted, list(classes), n_boot, seed)
     summary["test_images_per_domain"] = rows["domain"].value_counts().to_dict()
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary, default=float)
     per_class.to_csv(out_per_class)
     write_confusion_matrix(
         cm,
@@ -203,7 +198,7 @@ def train_domain_stage(
         log_csv=out_losses,
     )
     summary["train_domain"] = domain
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary, default=float)
     return summary
 
 
@@ -217,7 +212,7 @@ def cross_lab_row(
 ) -> dict:
     """Metrics of a model on another lab's images over the classes both have."""
     from hemaflow.classify.metrics import restrict_to_shared_classes
-    from hemaflow.classify.train import predict_proba
+    from hemaflow.classify.predict import predict_proba
 
     shared = sorted(set(rows["canonical_class"]) & set(model_classes))
     keep = rows["canonical_class"].isin(shared).to_numpy()
@@ -249,7 +244,7 @@ def cross_lab_stage(
     caches. Each domain is tested on its validation and test images (never seen by the
     classifier, nor by a CycleGAN, which trains on train splits only). The training
     domain's own held-out images are the reference row."""
-    from hemaflow.classify.train import load_classifier
+    from hemaflow.classify.predict import load_classifier
 
     net, classes, _ = load_classifier(model_path)
     rows = []

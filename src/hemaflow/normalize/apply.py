@@ -77,7 +77,7 @@ def normalize_domain(
                 normalizer = classical_normalizer(method).from_dict(json.load(handle))
             out[rows] = normalizer.transform(images[rows])
         elif method == "cyclegan":
-            from hemaflow.train.cyclegan import load_cyclegan, translate
+            from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
             name, key = model_for(plan, domain, target)
             g_ab, g_ba, _ = load_cyclegan(cyclegan_models[name], device=device)

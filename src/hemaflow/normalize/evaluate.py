@@ -50,7 +50,7 @@ def evaluate_pair(
         reinhard = ReinhardNormalizer.from_dict(json.load(handle)).transform(source)
     sets = {"source": source, "reinhard": reinhard}
     if model_path:
-        from hemaflow.train.cyclegan import load_cyclegan, translate
+        from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
         g_ab, g_ba, _ = load_cyclegan(model_path)
         sets["cyclegan"] = translate(g_ab, source)

@@ -1,27 +1,25 @@
-"""C-WGAN-GP for the classes with more than 1000 images, and the real-data classifier that
-gives it class feedback (REFERENCE.md, "C-WGAN-GP for classes with more than 1000
-images").
+"""C-WGAN-GP for the classes with more than 1000 images (REFERENCE.md, "C-WGAN-GP for
+classes with more than 1000 images").
 
 Three players: one conditional generator G(z, y) over all the classes routed to it, a
 WGAN-GP critic D, and a classifier trained beforehand on real images only
-(``train_real_classifier``) and frozen while the GAN trains. The generator minimizes
+(``hemaflow.synth.real_classifier``) and frozen while the GAN trains. The generator minimizes
 ``-D(G(z, y)) + lambda_class * CE(classifier(G(z, y)), y)``: the critic judges realism,
 the classifier whether the image shows the class asked for. As in the paper the critic is
 unconditional by default; ``critic_conditioning="projection"`` makes it a projection
 critic (Miyato & Koyama 2018), which also penalizes a fake that is realistic but of the
 wrong class's distribution (the classifier only asks that the class be recognisable).
 
-Both trainers run on ``hemaflow.train.loop.run_training`` (atomic checkpoints with every
-RNG state, resume bit for bit on CPU, the loss CSV). Batches of real images are
-class-balanced: each draws its classes uniformly, then images within each class, under a
-random symmetry of the square. The generator keeps an exponential moving average of its
-weights (``ema_decay``, with stylegan2-ada's ramp-up: the half-life is at most
-``ema_rampup`` times the iterations so far), and the model file holds that average."""
+The trainer runs on ``hemaflow.train.loop.train_and_save`` (atomic checkpoints with every
+RNG state, resume bit for bit on CPU, the loss CSV, the model file written once complete).
+Batches of real images are class-balanced (``hemaflow.train.labelled.BalancedRows``):
+each draws its classes uniformly, then images within each class, under a random symmetry
+of the square. The generator keeps an exponential moving average of its weights
+(``ema_decay``, with stylegan2-ada's ramp-up: the half-life is at most ``ema_rampup``
+times the iterations so far), and the model file holds that average."""
 
 from __future__ import annotations
 
-import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,32 +30,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hemaflow.models.cwgan import (
-    CRITIC_CONDITIONINGS,
-    CWGANGenerator,
-    ResidualClassifier,
-    ResidualCritic,
-)
+from hemaflow.models.cwgan import CRITIC_CONDITIONINGS, CWGANGenerator, ResidualCritic
+from hemaflow.synth.real_classifier import check_image_size, load_real_classifier
+from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import MovingAverage
+from hemaflow.train.labelled import BalancedRows, check_labelled
 from hemaflow.train.loop import (
     ImageSampler,
-    atomic_torch_save,
-    check_images,
     fingerprint,
     from_model_range,
-    log_device,
     resize_float,
     resize_images,
     resolve_device,
-    run_training,
+    seed_everything,
     set_requires_grad,
-    to_model_range,
-    uint8_tensor,
+    train_and_save,
+    training_device,
 )
 from hemaflow.train.losses import gradient_penalty, wgan_generator_loss, wgan_gp_critic_loss
+from hemaflow.train.model_file import read_model_file
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 CWGAN_LOSS_COLUMNS = (
     "iteration",
@@ -71,18 +63,7 @@ CWGAN_LOSS_COLUMNS = (
     "lr",
     "seconds",
 )
-CLASSIFIER_LOSS_COLUMNS = ("iteration", "loss", "accuracy", "lr", "seconds")
-# options that may change between a checkpoint and its resumption without changing the run
-_RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "amp"})
 CWGAN_FILE_KIND = "cwgan"
-CLASSIFIER_FILE_KIND = "real_classifier"
-
-
-def _check_image_size(value: int) -> str | None:
-    # the critic's stride-2 stem must leave at least its final 8x8 map
-    if value < 16 or value & (value - 1):
-        return "must be a power of two >= 16"
-    return None
 
 
 # ------------------------------------------------------------------------------- options
@@ -151,7 +132,7 @@ class CWGANOptions(TrainingOptions):
 
     def check_field(self, name: str, value: Any) -> str | None:
         if name == "image_size":
-            return _check_image_size(value)
+            return check_image_size(value)
         return super().check_field(name, value)
 
     @property
@@ -198,76 +179,6 @@ CWGAN_PRESETS: dict[str, CWGANOptions] = {
 CWGANOptions.PRESETS = CWGAN_PRESETS
 
 
-@dataclass(frozen=True)
-class RealClassifierOptions(TrainingOptions):
-    """The real-data classifier that gives the C-WGAN-GP its class feedback: the critic's
-    residual body with one logit per class, dropout before the last layer, cross-entropy
-    with label smoothing, Adam (``lr``, L2 ``weight_decay``), class-balanced batches."""
-
-    image_size: int = 64
-    width: int = 64
-    blocks_1: int = 2
-    blocks_2: int = 4
-    blocks_3: int = 4
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    iterations: int = 20_000
-    checkpoint_every: int = 1_000
-    log_every: int = 100
-    seed: int = 0
-    amp: bool = True
-
-    KIND: ClassVar[str] = "real_classifier"
-    POSITIVE: ClassVar[frozenset[str]] = frozenset(
-        {"width", "lr", "batch_size", "iterations", "checkpoint_every", "log_every"}
-    )
-    NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"blocks_1", "blocks_2", "blocks_3", "weight_decay"}
-    )
-    FRACTIONS: ClassVar[frozenset[str]] = frozenset(
-        {"dropout", "label_smoothing", "beta1", "beta2"}
-    )
-
-    def check_field(self, name: str, value: Any) -> str | None:
-        if name == "image_size":
-            return _check_image_size(value)
-        return super().check_field(name, value)
-
-    @property
-    def blocks(self) -> tuple[int, int, int]:
-        return (self.blocks_1, self.blocks_2, self.blocks_3)
-
-
-CLASSIFIER_PRESETS: dict[str, RealClassifierOptions] = {
-    # 64 px, width 32, the paper's blocks, batch 32: ~0.25 s per step on a 2-core CPU,
-    # so 1500 steps (48k images, ~6000 per class for 8 classes) take ~6 minutes
-    "cpu": RealClassifierOptions(
-        image_size=64,
-        width=32,
-        batch_size=32,
-        iterations=1_500,
-        checkpoint_every=250,
-        log_every=25,
-    ),
-    # width 64, blocks (2, 4, 4), 20k steps of 64 images (~40 epochs of the ~33k images);
-    # GPU
-    "paper": RealClassifierOptions(
-        image_size=64,
-        width=64,
-        batch_size=64,
-        iterations=20_000,
-        checkpoint_every=1_000,
-        log_every=100,
-    ),
-}
-RealClassifierOptions.PRESETS = CLASSIFIER_PRESETS
-
-
 # ---------------------------------------------------------------------------- networks
 
 
@@ -292,272 +203,10 @@ def build_critic(options: CWGANOptions, n_classes: int) -> ResidualCritic:
     )
 
 
-def build_classifier(options: RealClassifierOptions, n_classes: int) -> ResidualClassifier:
-    return ResidualClassifier(
-        n_classes,
-        image_size=options.image_size,
-        width=options.width,
-        blocks=options.blocks,
-        dropout=options.dropout,
-    )
-
-
-# ---------------------------------------------------------------------------------- data
-
-
-def check_labelled(
-    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], where: str
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 NHWC images, 1-D integer labels of the same length indexing ``class_names``
-    (unique non-empty strings), every class with at least one image."""
-    images = check_images(images, f"{where}: images")
-    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
-        raise ValueError(f"{where}: class_names must be a sequence of names, got {class_names!r}")
-    names = list(class_names)
-    if not names:
-        raise ValueError(f"{where}: class_names is empty")
-    bad = [name for name in names if not isinstance(name, str) or not name]
-    if bad:
-        raise ValueError(f"{where}: class_names must be non-empty strings, got {bad!r}")
-    if len(set(names)) != len(names):
-        twice = sorted({name for name in names if names.count(name) > 1})
-        raise ValueError(f"{where}: class_names has duplicates: {twice}")
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{where}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}"
-        )
-    if len(labels) != len(images):
-        raise ValueError(f"{where}: {len(labels)} labels for {len(images)} images")
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise ValueError(
-            f"{where}: labels out of range: they index class_names (0..{len(names) - 1}), "
-            f"got values from {labels.min()} to {labels.max()}"
-        )
-    counts = np.bincount(labels.astype(np.int64), minlength=len(names))
-    empty = [names[index] for index in np.flatnonzero(counts == 0)]
-    if empty:
-        raise ValueError(f"{where}: empty class: no images labelled {', '.join(empty)}")
-    return images, labels.astype(np.int64), names
-
-
-class BalancedRows:
-    """Class-balanced draws of row indices: classes uniformly, then rows within each
-    class uniformly (with replacement), from the caller's numpy Generator."""
-
-    def __init__(self, labels: np.ndarray, n_classes: int):
-        labels = np.asarray(labels, dtype=np.int64)
-        self.n_classes = n_classes
-        self.order = np.argsort(labels, kind="stable")
-        self.counts = np.bincount(labels, minlength=n_classes).astype(np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
-
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, classes) of ``n`` draws."""
-        classes = rng.integers(0, self.n_classes, size=n)
-        within = rng.integers(0, self.counts[classes])
-        return self.order[self.offsets[classes] + within], classes
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
-
-
-def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-
-def _model_input(batch_uint8: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1] at size x size."""
-    return resize_float(to_model_range(batch_uint8), (size, size))
-
-
-# -------------------------------------------------------------------- real classifier
-
-
-class RealClassifierModel:
-    """The classifier, its optimizer and gradient scaler, and one training step."""
-
-    def __init__(
-        self,
-        options: RealClassifierOptions,
-        n_classes: int,
-        device: torch.device,
-        rng: np.random.Generator,
-    ):
-        self.options = options
-        self.device = device
-        self.rng = rng
-        self.sampler: ImageSampler | None = None  # set before training
-        self.balanced: BalancedRows | None = None
-        self.use_amp = options.amp and device.type == "cuda"
-        self.net = build_classifier(options, n_classes).to(device)
-        self.optimizer = torch.optim.Adam(
-            self.net.parameters(),
-            lr=options.lr,
-            betas=(options.beta1, options.beta2),
-            weight_decay=options.weight_decay,
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
-
-    def modules(self) -> list[nn.Module]:
-        return [self.net]
-
-    def train_iteration(self) -> dict[str, torch.Tensor]:
-        o = self.options
-        rows, classes = self.balanced.draw(self.rng, o.batch_size)
-        images = self.sampler.sample_rows(self.rng, rows)
-        targets = torch.from_numpy(classes).to(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.use_amp):
-            logits = self.net(images)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=o.label_smoothing)
-        _step(loss, self.optimizer, self.scaler)
-        accuracy = (logits.detach().argmax(dim=1) == targets).float().mean()
-        return {"loss": loss.detach(), "accuracy": accuracy}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-
-
-def _seed_everything(seed: int) -> np.random.Generator:
-    """Seed before building: a fresh run's initial weights come from this state."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    return np.random.default_rng(seed)
-
-
-def train_real_classifier(
-    images: np.ndarray,
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    options: RealClassifierOptions,
-    state_dir: str | Path,
-    out_model: str | Path,
-    log_csv: str | Path | None = None,
-    device: str | None = None,
-    max_iterations_this_run: int | None = None,
-) -> dict[str, Any]:
-    """Train the residual classifier on REAL uint8 NHWC images (``labels`` index
-    ``class_names``; resized to ``options.image_size`` if needed) with class-balanced
-    batches. Resumable from ``state_dir`` like ``train_cyclegan``; writes ``out_model``
-    (options, class_names, state_dict, iterations) atomically once completed. Returns
-    ``run_training``'s summary."""
-    where = "train_real_classifier"
-    if not isinstance(options, RealClassifierOptions):
-        raise ValueError(f"{where}: options must be RealClassifierOptions, got {type(options)}")
-    images, labels, names = check_labelled(images, labels, class_names, where)
-    state_dir, out_model = Path(state_dir), Path(out_model)
-    torch_device = resolve_device(device)
-    log_device(torch_device, "real classifier training")
-    images = resize_images(images, options.image_size)
-
-    rng = _seed_everything(options.seed)
-    model = RealClassifierModel(options, len(names), torch_device, rng)
-    model.sampler = ImageSampler(images, torch_device)
-    model.balanced = BalancedRows(labels, len(names))
-    summary = run_training(
-        model,
-        kind=CLASSIFIER_FILE_KIND,
-        options={**asdict(options), "class_names": names},
-        total_iterations=options.iterations,
-        data_fingerprint=fingerprint(images, labels),
-        rng=rng,
-        state_dir=state_dir,
-        checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every,
-        log_csv=log_csv,
-        loss_columns=CLASSIFIER_LOSS_COLUMNS,
-        device=torch_device,
-        max_iterations_this_run=max_iterations_this_run,
-        lr_of=lambda: model.optimizer.param_groups[0]["lr"],
-        resumable_changes=_RESUMABLE_CHANGES,
-    )
-    summary["amp"] = model.use_amp
-    if not summary["completed"]:
-        return summary
-    atomic_torch_save(
-        {
-            "kind": CLASSIFIER_FILE_KIND,
-            "options": asdict(options),
-            "class_names": names,
-            "state_dict": model.net.state_dict(),
-            "iterations": summary["iterations"],
-        },
-        out_model,
-    )
-    log.info("wrote %s after %d iterations", out_model, summary["iterations"])
-    return summary
-
-
-def _load_payload(path: str | Path, kind: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} model file {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("kind") != kind:
-        found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not a {kind} model file (kind {found!r})")
-    return payload
-
-
-def load_real_classifier(
-    path: str | Path, device: str | None = None
-) -> tuple[ResidualClassifier, list[str], RealClassifierOptions]:
-    """The classifier (eval mode, on ``device``; default CUDA if available), its class
-    names and options, from a file written by ``train_real_classifier``."""
-    payload = _load_payload(path, CLASSIFIER_FILE_KIND)
-    try:
-        options = RealClassifierOptions.from_dict(payload["options"])
-        names = list(payload["class_names"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: not a real classifier model file ({exc})") from exc
-    net = build_classifier(options, len(names))
-    net.load_state_dict(payload["state_dict"])
-    return net.to(resolve_device(device)).eval(), names, options
-
-
-@torch.no_grad()
-def classify(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (float32, shape (N, n_classes)) of uint8 NHWC images, resized
-    to the classifier's ``image_size``; eval mode, no gradients, on the net's device."""
-    images = check_images(images, "classify: images")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"classify: batch_size must be an int >= 1, got {batch_size!r}")
-    device = next(net.parameters()).device
-    out = np.empty((len(images), net.n_outputs), np.float32)
-    was_training = net.training
-    net.eval()
-    try:
-        for begin in range(0, len(images), batch_size):
-            chunk = uint8_tensor(images[begin : begin + batch_size]).to(device)
-            logits = net(_model_input(chunk, net.image_size)).float()
-            out[begin : begin + batch_size] = torch.softmax(logits, dim=1).cpu().numpy()
-    finally:
-        net.train(was_training)
-    return out
-
-
 # ------------------------------------------------------------------------------- the GAN
 
 
-class CWGANModel:
+class CWGANModel(MixedPrecision):
     """G, its moving average G_ema, the critic D, the frozen classifier, optimizers and
     gradient scalers, and one training iteration (``n_critic`` critic steps, then one
     generator step)."""
@@ -573,11 +222,10 @@ class CWGANModel:
     ):
         self.options = options
         self.n_classes = n_classes
-        self.device = device
+        self.init_amp(device, options.amp)
         self.rng = rng
         self.sampler: ImageSampler | None = None  # set before training
         self.balanced: BalancedRows | None = None
-        self.use_amp = options.amp and device.type == "cuda"
         self.G = build_generator(options, n_classes).to(device)
         self.D = build_critic(options, n_classes).to(device)
         self.ema = MovingAverage(self.G, options.ema_decay, options.ema_rampup)
@@ -588,8 +236,6 @@ class CWGANModel:
         betas = (options.beta1, options.beta2)
         self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=options.lr, betas=betas)
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=options.lr, betas=betas)
-        self.scaler_G = torch.amp.GradScaler("cuda") if self.use_amp else None
-        self.scaler_D = torch.amp.GradScaler("cuda") if self.use_amp else None
 
     def modules(self) -> list[nn.Module]:
         # the classifier stays in eval mode (no dropout), G_ema is never run in training
@@ -600,7 +246,7 @@ class CWGANModel:
 
     def train_iteration(self) -> dict[str, torch.Tensor]:
         o = self.options
-        amp = _autocast(self.device, self.use_amp)
+        amp = self.autocast()
         totals = {"loss_D": 0.0, "gp": 0.0, "wasserstein": 0.0}
         for _ in range(o.n_critic):
             rows, classes = self.balanced.draw(self.rng, o.batch_size)
@@ -618,7 +264,7 @@ class CWGANModel:
                 gp = gradient_penalty(lambda x, y=y: self.D(x, y), real, fake, o.lambda_gp)
             else:
                 gp = torch.zeros((), device=self.device)
-            _step(loss_D + gp, self.optimizer_D, self.scaler_D)
+            self.optimizer_step(loss_D + gp, self.optimizer_D, self.scaler_D)
             totals["loss_D"] = totals["loss_D"] + loss_D.detach() / o.n_critic
             totals["gp"] = totals["gp"] + gp.detach() / o.n_critic
             totals["wasserstein"] = totals["wasserstein"] - loss_D.detach() / o.n_critic
@@ -635,7 +281,7 @@ class CWGANModel:
         target = self.class_map[y]
         loss_class = F.cross_entropy(logits, target)
         loss_G = loss_adv + o.lambda_class * loss_class
-        _step(loss_G, self.optimizer_G, self.scaler_G)
+        self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
         self.ema.update()
         accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
@@ -652,18 +298,14 @@ class CWGANModel:
             name: getattr(self, name).state_dict()
             for name in ("G", "G_ema", "D", "optimizer_G", "optimizer_D")
         }
-        state["scaler_G"] = self.scaler_G.state_dict() if self.scaler_G else None
-        state["scaler_D"] = self.scaler_D.state_dict() if self.scaler_D else None
+        state |= self.scaler_state()
         state["ema_steps"] = self.ema.steps
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name in ("G", "G_ema", "D", "optimizer_G", "optimizer_D"):
             getattr(self, name).load_state_dict(state[name])
-        for name in ("scaler_G", "scaler_D"):
-            scaler = getattr(self, name)
-            if scaler is not None and state.get(name):
-                scaler.load_state_dict(state[name])
+        self.load_scaler_state(state)
         self.ema.steps = int(state["ema_steps"])
 
 
@@ -693,17 +335,15 @@ def train_cwgan(
     options, classes, classifier or images is refused. The run stops after
     ``max_iterations_this_run`` steps if given (as if killed: no model written);
     otherwise it writes ``out_model`` (options, class_names, G_ema, iterations)
-    atomically. Returns ``run_training``'s summary."""
+    atomically. Returns ``train_and_save``'s summary."""
     where = "train_cwgan"
     if not isinstance(options, CWGANOptions):
         raise ValueError(f"{where}: options must be CWGANOptions, got {type(options)}")
     images, labels, names = check_labelled(images, labels, class_names, where)
-    state_dir, out_model = Path(state_dir), Path(out_model)
     classifier_path = Path(classifier_path)
     if not classifier_path.is_file():
         raise FileNotFoundError(f"{where}: classifier_path {classifier_path} does not exist")
-    torch_device = resolve_device(device)
-    log_device(torch_device, "cwgan training")
+    torch_device = training_device(device, "cwgan training")
     # before seeding: building the classifier draws (discarded) initial weights
     classifier, classifier_names, _ = load_real_classifier(classifier_path, torch_device)
     missing = [name for name in names if name not in classifier_names]
@@ -715,47 +355,37 @@ def train_cwgan(
     class_map = torch.tensor([classifier_names.index(name) for name in names])
     images = resize_images(images, options.image_size)
 
-    rng = _seed_everything(options.seed)
+    rng = seed_everything(options.seed)
     model = CWGANModel(options, len(names), classifier, class_map, torch_device, rng)
     model.sampler = ImageSampler(images, torch_device)
     model.balanced = BalancedRows(labels, len(names))
-    run_options = {
-        **asdict(options),
-        "class_names": names,
-        "classifier": _classifier_fingerprint(classifier),
-    }
-    summary = run_training(
+    return train_and_save(
         model,
         kind=CWGAN_FILE_KIND,
-        options=run_options,
+        options=options,
+        run_options={
+            **asdict(options),
+            "class_names": names,
+            "classifier": _classifier_fingerprint(classifier),
+        },
         total_iterations=options.iterations,
         data_fingerprint=fingerprint(images, labels),
         rng=rng,
+        device=torch_device,
         state_dir=state_dir,
-        checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every,
+        out_model=out_model,
         log_csv=log_csv,
         loss_columns=CWGAN_LOSS_COLUMNS,
-        device=torch_device,
-        max_iterations_this_run=max_iterations_this_run,
         lr_of=lambda: model.optimizer_G.param_groups[0]["lr"],
-        resumable_changes=_RESUMABLE_CHANGES,
-    )
-    summary["amp"] = model.use_amp
-    if not summary["completed"]:
-        return summary
-    atomic_torch_save(
-        {
+        max_iterations_this_run=max_iterations_this_run,
+        model_file=lambda summary: {
             "kind": CWGAN_FILE_KIND,
             "options": asdict(options),
             "class_names": names,
             "G_ema": model.G_ema.state_dict(),
             "iterations": summary["iterations"],
         },
-        out_model,
     )
-    log.info("wrote %s after %d iterations", out_model, summary["iterations"])
-    return summary
 
 
 # ------------------------------------------------------------------------------ inference
@@ -766,12 +396,10 @@ def load_cwgan(
 ) -> tuple[CWGANGenerator, list[str], CWGANOptions]:
     """The averaged generator (eval mode, on ``device``; default CUDA if available), its
     class names and options, from a file written by ``train_cwgan``."""
-    payload = _load_payload(path, CWGAN_FILE_KIND)
-    try:
-        options = CWGANOptions.from_dict(payload["options"])
-        names = list(payload["class_names"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: not a cwgan model file ({exc})") from exc
+    payload, options = read_model_file(
+        path, CWGAN_FILE_KIND, CWGANOptions, required=("class_names", "G_ema")
+    )
+    names = list(payload["class_names"])
     generator = build_generator(options, len(names))
     generator.load_state_dict(payload["G_ema"])
     return generator.to(resolve_device(device)).eval(), names, options

@@ -10,21 +10,19 @@ The reference study's design (FAML-style encoder GAN, Reptile outer loop):
   tells the class's real images from both; the generator and encoder also get a
   mode-seeking term (MSGAN) and the study's L1 encoder loss. Then the Reptile update moves
   the global weights toward the fast ones: theta <- theta + meta_lr (theta_fast - theta).
-- *Adaptation* (``adapt_fewshot``): fine-tune all three networks from the meta-learned
-  weights on one rare class's few images, then store the generator with the task code
-  computed from those images (and batch-norm statistics re-estimated for that code), so
-  that generation (``load_fewshot``, ``generate_fewshot``) needs no images.
+- *Adaptation* (``hemaflow.synth.fewshot_adapt``): fine-tune all three networks from the
+  meta-learned weights on one rare class's few images, then store the generator with the
+  task code computed from those images, so that generation needs no images.
 
-Both stages run on ``hemaflow.train.loop.run_training``: checkpoints with every RNG state,
-resumption bit for bit on the CPU, models written atomically only when completed. Inner
+This module holds what both stages share (options, networks, losses, one GAN step) and
+the meta-training. Both stages run on ``hemaflow.train.loop.train_and_save``: checkpoints
+with every RNG state, resumption bit for bit on the CPU, models written atomically only
+when completed. Inner
 loop optimizers are fresh per task (Reptile), so a meta checkpoint holds just the global
 weights (and the AMP gradient scalers)."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,26 +40,20 @@ from hemaflow.models.fewshot import (
     diff_augment,
     parse_policy,
 )
+from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.loop import (
     RESUMABLE_CHANGES,
     ImageSampler,
-    atomic_torch_save,
     check_images,
     fingerprint,
-    from_model_range,
-    log_device,
-    random_symmetries,
     resize_images,
-    resolve_device,
-    run_training,
+    seed_everything,
     set_requires_grad,
-    to_model_range,
-    uint8_tensor,
+    train_and_save,
+    training_device,
 )
 from hemaflow.train.losses import lsgan_critic_loss, lsgan_generator_loss
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("hinge", "lsgan")
 META_FORMAT = "hemaflow-fewshot-meta-1"
@@ -82,8 +74,8 @@ LOSS_COLUMNS = (
 # options that fix the networks' shapes: an adaptation must use the meta model's
 ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection")
 # options of the other stage: changing them does not change this stage's run
-_META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
-_ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support"})
+META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
+ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support"})
 _MS_EPS = 1e-5  # MSGAN's epsilon in 1 / (lz + eps)
 
 
@@ -270,32 +262,14 @@ def mode_seeking_loss(
     return 1.0 / (lz + _MS_EPS)
 
 
-class _GANSteps:
+class GANSteps(MixedPrecision):
     """What the meta-training and the adaptation trainers share: AMP, gradient scalers,
     and one GAN step (discriminator, then encoder + generator) on one task."""
 
     def __init__(self, options: FewShotOptions, device: torch.device, rng: np.random.Generator):
         self.options = options
-        self.device = device
+        self.init_amp(device, options.amp)
         self.rng = rng
-        self.use_amp = options.amp and device.type == "cuda"
-        self.scaler_G = torch.amp.GradScaler("cuda") if self.use_amp else None
-        self.scaler_D = torch.amp.GradScaler("cuda") if self.use_amp else None
-
-    def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp
-        )
-
-    @staticmethod
-    def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
 
     def _adam(self, modules: Sequence[nn.Module], lr: float) -> torch.optim.Adam:
         parameters = [p for module in modules for p in module.parameters()]
@@ -317,21 +291,21 @@ class _GANSteps:
         o = self.options
         n = real.shape[0]
         z = torch.randn(2 * n, o.noise_dim, device=self.device)
-        with self._autocast():
+        with self.autocast():
             code = encoder(support).unsqueeze(0)
             fake = generator(code, z)
         condition = code.detach()
 
         optimizer_D.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             scores_real = discriminator(diff_augment(real, o.diffaug), condition)
             scores_fake = discriminator(diff_augment(fake.detach(), o.diffaug), condition)
             loss_D = discriminator_loss(o.loss, scores_real, scores_fake)
-        self._step(loss_D, optimizer_D, self.scaler_D)
+        self.optimizer_step(loss_D, optimizer_D, self.scaler_D)
 
         set_requires_grad([discriminator], False)
         optimizer_G.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             loss_adv = generator_loss(
                 o.loss, discriminator(diff_augment(fake, o.diffaug), condition)
             )
@@ -339,7 +313,7 @@ class _GANSteps:
         loss_ms = mode_seeking_loss(fake_1, fake_2, z[:n], z[n:])
         loss_rec = 0.5 * (F.l1_loss(fake_1, real) + F.l1_loss(fake_2, real))
         loss_G = loss_adv + o.lambda_ms * loss_ms + o.lambda_rec * loss_rec
-        self._step(loss_G, optimizer_G, self.scaler_G)
+        self.optimizer_step(loss_G, optimizer_G, self.scaler_G)
         set_requires_grad([discriminator], True)
         return {
             "loss_D": loss_D.detach(),
@@ -351,23 +325,11 @@ class _GANSteps:
             "d_fake": scores_fake.detach().float().mean(),
         }
 
-    def _scaler_state(self) -> dict[str, Any]:
-        return {
-            "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
-            "scaler_D": self.scaler_D.state_dict() if self.scaler_D else None,
-        }
-
-    def _load_scaler_state(self, state: Mapping[str, Any]) -> None:
-        for name in ("scaler_G", "scaler_D"):
-            scaler = getattr(self, name)
-            if scaler is not None and state.get(name):
-                scaler.load_state_dict(state[name])
-
 
 # ------------------------------------------------------------------------- meta-training
 
 
-class MetaTrainer(_GANSteps):
+class MetaTrainer(GANSteps):
     """The global encoder, generator and discriminator, their fast copies, and one outer
     iteration: pick a task class, adapt the fast copies with ``inner_steps`` GAN steps on
     it (fresh Adam optimizers), then the Reptile update of the global weights."""
@@ -419,13 +381,13 @@ class MetaTrainer(_GANSteps):
             "encoder": self.encoder.state_dict(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
-            **self._scaler_state(),
+            **self.scaler_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name in ("encoder", "generator", "discriminator"):
             getattr(self, name).load_state_dict(state[name])
-        self._load_scaler_state(state)
+        self.load_scaler_state(state)
 
 
 def _check_labels(
@@ -484,45 +446,33 @@ def train_fewshot_meta(
     ``max_iterations_this_run`` outer iterations if given (as if killed: no model);
     otherwise it writes ``out_model`` (options, class names, the three networks)
     atomically. Returns a summary: iterations, seconds, device, final losses, ..."""
-    state_dir, out_model = Path(state_dir), Path(out_model)
     if not isinstance(options, FewShotOptions):
         raise TypeError(f"train_fewshot_meta: options must be FewShotOptions, got {options!r}")
     images = check_images(images, "train_fewshot_meta: images")
     class_names = [str(name) for name in class_names]
     labels, rows = _check_labels(labels, len(images), class_names, options.shots)
-    torch_device = resolve_device(device)
-    log_device(torch_device, "few-shot meta-training")
+    torch_device = training_device(device, "few-shot meta-training")
     images = resize_images(images, options.image_size)
-    data_fingerprint = fingerprint(images, labels, np.asarray(class_names))
-
-    torch.manual_seed(options.seed)  # a fresh run's initial weights come from this state
-    random.seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    rng = seed_everything(options.seed)
     samplers = [ImageSampler(images[class_rows], torch_device) for class_rows in rows]
     trainer = MetaTrainer(options, torch_device, rng, samplers)
-    summary = run_training(
+    return train_and_save(
         trainer,
         kind="fewshot-meta",
-        options=asdict(options),
+        options=options,
         total_iterations=options.meta_iterations,
-        data_fingerprint=data_fingerprint,
+        data_fingerprint=fingerprint(images, labels, np.asarray(class_names)),
         rng=rng,
+        device=torch_device,
         state_dir=state_dir,
-        checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every,
+        out_model=out_model,
         log_csv=log_csv,
         loss_columns=LOSS_COLUMNS,
-        device=torch_device,
-        max_iterations_this_run=max_iterations_this_run,
         lr_of=lambda: options.inner_lr,
-        resumable_changes=RESUMABLE_CHANGES | _ADAPT_ONLY,
-    )
-    summary["amp"] = trainer.use_amp
-    summary["class_names"] = class_names
-    if not summary["completed"]:
-        return summary
-    atomic_torch_save(
-        {
+        max_iterations_this_run=max_iterations_this_run,
+        resumable_changes=RESUMABLE_CHANGES | ADAPT_ONLY,
+        summary_extra=lambda: {"class_names": class_names},
+        model_file=lambda summary: {
             "format": META_FORMAT,
             "options": asdict(options),
             "class_names": class_names,
@@ -531,289 +481,4 @@ def train_fewshot_meta(
             "discriminator": trainer.discriminator.state_dict(),
             "iterations": summary["iterations"],
         },
-        out_model,
     )
-    log.info(
-        "wrote %s after %d meta-iterations (%.1f s)",
-        out_model,
-        summary["iterations"],
-        summary["seconds"],
-    )
-    return summary
-
-
-# ---------------------------------------------------------------------------- adaptation
-
-
-class AdaptTrainer(_GANSteps):
-    """Fine-tuning of the meta-learned networks on one class: every step the encoder sees
-    all of the class's images (each under a random symmetry) as the support set."""
-
-    def __init__(
-        self,
-        options: FewShotOptions,
-        device: torch.device,
-        rng: np.random.Generator,
-        sampler: ImageSampler,
-        weights: Mapping[str, Any],
-    ):
-        super().__init__(options, device, rng)
-        self.sampler = sampler
-        self.encoder, self.generator, self.discriminator = build_networks(options, device)
-        for name in ("encoder", "generator", "discriminator"):
-            getattr(self, name).load_state_dict(weights[name])
-        self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
-        self.optimizer_D = self._adam([self.discriminator], options.adapt_lr)
-
-    def modules(self) -> list[nn.Module]:
-        return [self.encoder, self.generator, self.discriminator]
-
-    def train_iteration(self) -> dict[str, torch.Tensor]:
-        # the support set is the class (a few-shot class has fewer than fewshot_max
-        # images); a larger class (the ablation's few-shot-for-all) is subsampled to
-        # adapt_support images per step, which keeps a step's cost that of a rare class
-        rows = np.arange(len(self.sampler))
-        if len(rows) > self.options.adapt_support:
-            rows = np.sort(self.rng.choice(rows, self.options.adapt_support, replace=False))
-        support = self.sampler.sample_rows(self.rng, rows)
-        real = self.sampler.sample(self.rng, self.options.batch_size)
-        losses = self.gan_step(
-            self.encoder,
-            self.generator,
-            self.discriminator,
-            self.optimizer_G,
-            self.optimizer_D,
-            support,
-            real,
-        )
-        return {"task": 0.0, **losses}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name).state_dict()
-            for name in ("encoder", "generator", "discriminator", "optimizer_G", "optimizer_D")
-        } | self._scaler_state()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name in ("encoder", "generator", "discriminator", "optimizer_G", "optimizer_D"):
-            getattr(self, name).load_state_dict(state[name])
-        self._load_scaler_state(state)
-
-
-@torch.no_grad()
-def task_code(encoder: TaskEncoder, images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The code of a class: the encoder on the set of all its images under all 8
-    symmetries of the square (a code that does not depend on orientation). (code_dim,)"""
-    batch = uint8_tensor(images).to(device)
-    views = [random_symmetries(batch, np.full(len(batch), symmetry)) for symmetry in range(8)]
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        return encoder(to_model_range(torch.cat(views))).float()
-    finally:
-        encoder.train(was_training)
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(
-    generator: FewShotGenerator,
-    code: torch.Tensor,
-    seed: int,
-    batches: int = 8,
-    batch_size: int = 64,
-) -> None:
-    """Re-estimate the generator's batch-norm running statistics for ``code`` (precise
-    BN): the cumulative mean and variance over ``batches`` batches of fresh noise, drawn
-    from a local generator seeded with ``seed``. After Reptile (which averages running
-    statistics across tasks) and a short adaptation the running statistics lag behind the
-    weights; generation runs in eval mode and uses them."""
-    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
-    if not norms:
-        return
-    device = next(generator.parameters()).device
-    noise_rng = torch.Generator().manual_seed(int(seed))
-    momenta = [norm.momentum for norm in norms]
-    was_training = generator.training
-    try:
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average
-        generator.train()
-        for _ in range(batches):
-            noise = torch.randn(batch_size, generator.noise_dim, generator=noise_rng)
-            generator(code.to(device), noise.to(device))
-    finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
-        generator.train(was_training)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _load_payload(path: str | Path, expected: str, what: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != expected:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        hint = (
-            " (a meta-learned model: adapt it to a class with adapt_fewshot first)"
-            if found == META_FORMAT
-            else ""
-        )
-        raise ValueError(f"{what}: {path} is not a {expected} model file, found {found!r}{hint}")
-    return payload
-
-
-def adapt_fewshot(
-    meta_model_path: str | Path,
-    images: np.ndarray,
-    options: FewShotOptions,
-    state_dir: str | Path,
-    out_model: str | Path,
-    log_csv: str | Path | None = None,
-    device: str | None = None,
-    max_iterations_this_run: int | None = None,
-) -> dict[str, Any]:
-    """Fine-tune the meta model of ``meta_model_path`` on one rare class's ``images``
-    (uint8 NHWC, all of them the support set) for ``options.adapt_iterations`` steps with
-    ``options.adapt_lr``. ``options`` must have the meta model's architecture options
-    (image_size, width, code_dim, noise_dim, projection).
-
-    Resumable like ``train_fewshot_meta`` (a checkpoint of another meta model or other
-    images is refused). When completed, writes ``out_model``: options, the adapted
-    networks and the class's task code, so that generation needs no images."""
-    state_dir, out_model = Path(state_dir), Path(out_model)
-    if not isinstance(options, FewShotOptions):
-        raise TypeError(f"adapt_fewshot: options must be FewShotOptions, got {options!r}")
-    images = check_images(images, "adapt_fewshot: images")
-    if len(images) == 0:
-        raise ValueError("adapt_fewshot: images: empty adaptation set (the class has no images)")
-    meta = _load_payload(meta_model_path, META_FORMAT, "adapt_fewshot: meta_model_path")
-    meta_options = FewShotOptions.from_dict(meta["options"])
-    for key in ARCHITECTURE:
-        if getattr(options, key) != getattr(meta_options, key):
-            raise ValueError(
-                f"adapt_fewshot: fewshot option '{key}' = {getattr(options, key)!r}, the meta "
-                f"model {meta_model_path} was trained with {getattr(meta_options, key)!r}"
-            )
-    torch_device = resolve_device(device)
-    log_device(torch_device, "few-shot adaptation")
-    images = resize_images(images, options.image_size)
-    meta_hash = _file_sha256(Path(meta_model_path))
-    data_fingerprint = fingerprint(images, np.frombuffer(meta_hash.encode(), np.uint8))
-
-    torch.manual_seed(options.seed)
-    random.seed(options.seed)
-    rng = np.random.default_rng(options.seed)
-    trainer = AdaptTrainer(
-        options, torch_device, rng, ImageSampler(images, torch_device), weights=meta
-    )
-    summary = run_training(
-        trainer,
-        kind="fewshot-adapt",
-        options=asdict(options),
-        total_iterations=options.adapt_iterations,
-        data_fingerprint=data_fingerprint,
-        rng=rng,
-        state_dir=state_dir,
-        checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every,
-        log_csv=log_csv,
-        loss_columns=LOSS_COLUMNS,
-        device=torch_device,
-        max_iterations_this_run=max_iterations_this_run,
-        lr_of=lambda: trainer.optimizer_G.param_groups[0]["lr"],
-        resumable_changes=RESUMABLE_CHANGES | _META_ONLY,
-    )
-    summary["amp"] = trainer.use_amp
-    summary["n_images"] = len(images)
-    if not summary["completed"]:
-        return summary
-    code = task_code(trainer.encoder, images, torch_device)
-    recalibrate_batch_norm(trainer.generator, code, seed=options.seed)
-    code = code.cpu()
-    atomic_torch_save(
-        {
-            "format": ADAPTED_FORMAT,
-            "options": asdict(options),
-            "meta_class_names": list(meta["class_names"]),
-            "meta_model_sha256": meta_hash,
-            "encoder": trainer.encoder.state_dict(),
-            "generator": trainer.generator.state_dict(),
-            "discriminator": trainer.discriminator.state_dict(),
-            "code": code,
-            "n_images": len(images),
-            "iterations": summary["iterations"],
-        },
-        out_model,
-    )
-    log.info(
-        "wrote %s after %d adaptation iterations on %d images (%.1f s)",
-        out_model,
-        summary["iterations"],
-        len(images),
-        summary["seconds"],
-    )
-    return summary
-
-
-# ------------------------------------------------------------------------------ inference
-
-
-def load_fewshot(
-    path: str | Path, device: str | None = None
-) -> tuple[FewShotGenerator, torch.Tensor, FewShotOptions]:
-    """The adapted generator (eval mode, on ``device``; default CUDA if available), the
-    class's task code (code_dim,) on the same device, and the options of a model written
-    by ``adapt_fewshot``."""
-    torch_device = resolve_device(device)
-    payload = _load_payload(path, ADAPTED_FORMAT, "load_fewshot")
-    options = FewShotOptions.from_dict(payload["options"])
-    _, generator, _ = build_networks(options, torch.device("cpu"))
-    generator.load_state_dict(payload["generator"])
-    return generator.to(torch_device).eval(), payload["code"].to(torch_device), options
-
-
-@torch.no_grad()
-def generate_fewshot(
-    generator: FewShotGenerator,
-    code: torch.Tensor,
-    n: int,
-    seed: int,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """``n`` uint8 NHWC images of the class of ``code``. The noise comes from a local
-    CPU ``torch.Generator`` seeded with ``seed`` (the global RNG is left alone) and the
-    generator runs in eval mode (batch norm with its running statistics), so the images
-    depend on the seed only, not on ``batch_size``."""
-    if not isinstance(n, int | np.integer) or n < 0:
-        raise ValueError(f"generate_fewshot: n must be an integer >= 0, got {n!r}")
-    if batch_size <= 0:
-        raise ValueError(f"generate_fewshot: batch_size must be > 0, got {batch_size}")
-    size = generator.image_size
-    out = np.empty((int(n), size, size, 3), np.uint8)
-    if n == 0:
-        return out
-    device = next(generator.parameters()).device
-    noise = torch.randn(
-        int(n), generator.noise_dim, generator=torch.Generator().manual_seed(int(seed))
-    )
-    code = code.to(device).float()
-    was_training = generator.training
-    generator.eval()
-    try:
-        for begin in range(0, int(n), batch_size):
-            batch = noise[begin : begin + batch_size].to(device)
-            images = generator(code, batch).float().clamp(-1, 1)
-            out[begin : begin + batch_size] = from_model_range(images).cpu().numpy()
-    finally:
-        generator.train(was_training)
-    return out

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hemaflow.json_file import write_json
 from hemaflow.progress import Progress
 from hemaflow.synth.balance import build_balanced, synthetic_rows
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, metrics_table, plot_samples
@@ -24,11 +25,6 @@ from hemaflow.synth.routing import generating, meta_training_classes, route_tabl
 from hemaflow.train.loop import keyed_state_dir, resize_images
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(data: Any, path: str) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
 
 
 def read_pool(images_path: str, index_path: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -105,7 +101,7 @@ def train_classifier_stage(
 ) -> dict:
     """The real-data classifier over every class with training images (real train split
     only): the C-WGAN-GP's third player and the quality gate's judge."""
-    from hemaflow.synth.cwgan import RealClassifierOptions, train_real_classifier
+    from hemaflow.synth.real_classifier import RealClassifierOptions, train_real_classifier
 
     images, pool = read_pool(pool_images, pool_index)
     classes = sorted(c for c, n in train_counts(pool).items() if n > 0)
@@ -115,7 +111,7 @@ def train_classifier_stage(
     summary = train_real_classifier(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -144,7 +140,7 @@ def train_cwgan_stage(
     summary = train_cwgan(
         train_images, labels, classes, classifier, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -176,7 +172,7 @@ def train_fewshot_meta_stage(
     summary = train_fewshot_meta(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -192,7 +188,8 @@ def adapt_fewshot_stage(
     out_summary: str,
 ) -> dict:
     """Adapt the meta-learned GAN to one rare class's few training images."""
-    from hemaflow.synth.fewshot import FewShotOptions, adapt_fewshot
+    from hemaflow.synth.fewshot import FewShotOptions
+    from hemaflow.synth.fewshot_adapt import adapt_fewshot
 
     images, pool = read_pool(pool_images, pool_index)
     class_train = class_images(images, pool, class_name, ["train"])
@@ -202,7 +199,7 @@ def adapt_fewshot_stage(
     )
     log.info("adapting the few-shot GAN to %s (%d images)", class_name, len(class_train))
     summary = adapt_fewshot(meta_model, class_train, options, state, out_model, log_csv=out_losses)
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -239,7 +236,7 @@ def train_gate_classifier_stage(
         out_model,
         log_csv=out_losses,
     )
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     return summary
 
 
@@ -257,7 +254,7 @@ def _sampler(route: str, model_path: str, class_name: str):
         index = names.index(class_name)
         return lambda n, seed: generate_cwgan(generator, index, n, seed)
     if route == "fewshot":
-        from hemaflow.synth.fewshot import generate_fewshot, load_fewshot
+        from hemaflow.synth.fewshot_adapt import generate_fewshot, load_fewshot
 
         generator, code, _ = load_fewshot(model_path)
         return lambda n, seed: generate_fewshot(generator, code, n, seed)
@@ -281,7 +278,7 @@ def generate_stage(
 ) -> dict:
     """Generate ``class_name`` through the quality gate up to its target count, with the
     generator of its route (or of ``route``, for the ablation's few-shot-for-all)."""
-    from hemaflow.classify.train import load_classifier, predict_proba
+    from hemaflow.classify.predict import load_classifier, predict_proba
 
     routes = read_routes(routes_csv).set_index("canonical_class")
     n_needed = int(routes.loc[class_name, "to_generate"])
@@ -313,7 +310,7 @@ def generate_stage(
     candidates.to_parquet(out_candidates, index=False)
     summary = gate_summary(class_name, route, n_needed, candidates)
     summary["model"] = model_path
-    _write_json(summary, out_summary)
+    write_json(summary, out_summary)
     log.info("%s: %s", class_name, summary)
     return summary
 

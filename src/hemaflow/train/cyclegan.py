@@ -8,8 +8,6 @@ on CPU)."""
 
 from __future__ import annotations
 
-import logging
-import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,23 +28,19 @@ from hemaflow.models.cyclegan import (
     UNetGenerator,
     init_weights,
 )
+from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import MovingAverage
 from hemaflow.train.image_pool import ImagePool
 from hemaflow.train.loop import (
     ImageSampler,
     LinearDecay,
-    atomic_torch_save,
     check_images,
     fingerprint,
-    from_model_range,
-    log_device,
-    resize_float,
     resize_images,
-    resolve_device,
-    run_training,
+    seed_everything,
     set_requires_grad,
-    to_model_range,
-    uint8_tensor,
+    train_and_save,
+    training_device,
 )
 from hemaflow.train.losses import (
     GAN_MODES,
@@ -58,8 +52,6 @@ from hemaflow.train.losses import (
     structure_loss,
 )
 from hemaflow.train.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 GENERATORS = ("unet", "resnet")
 LOSS_COLUMNS = (
@@ -76,8 +68,6 @@ LOSS_COLUMNS = (
     "lr",
     "seconds",
 )
-# options that may change between a checkpoint and its resumption without changing the run
-_RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "amp"})
 
 
 # ------------------------------------------------------------------------------- options
@@ -298,17 +288,16 @@ class DomainSampler(ImageSampler):
 # ------------------------------------------------------------------------------- the model
 
 
-class CycleGANModel:
+class CycleGANModel(MixedPrecision):
     """G_AB, G_BA, D_A (real A vs G_BA(B)), D_B (real B vs G_AB(A)), their optimizers,
     LR schedules, gradient scalers and image pools, and one training iteration."""
 
     def __init__(self, options: CycleGANOptions, device: torch.device, rng: np.random.Generator):
         self.options = options
-        self.device = device
+        self.init_amp(device, options.amp)
         self.rng = rng
         self.sampler_a: ImageSampler | None = None  # set before training
         self.sampler_b: ImageSampler | None = None
-        self.use_amp = options.amp and device.type == "cuda"
         self.G_AB = build_generator(options).to(device)
         self.G_BA = build_generator(options).to(device)
         self.D_A = build_critic(options).to(device)
@@ -326,8 +315,6 @@ class CycleGANModel:
         decay = LinearDecay(options.iterations, options.decay_iterations)
         self.scheduler_G = torch.optim.lr_scheduler.LambdaLR(self.optimizer_G, decay)
         self.scheduler_D = torch.optim.lr_scheduler.LambdaLR(self.optimizer_D, decay)
-        self.scaler_G = torch.amp.GradScaler("cuda") if self.use_amp else None
-        self.scaler_D = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.pool_A = ImagePool(options.pool_size, seed=options.seed + 1)
         self.pool_B = ImagePool(options.pool_size, seed=options.seed + 2)
         self.ema: dict[str, MovingAverage] = {}
@@ -336,21 +323,6 @@ class CycleGANModel:
                 self.ema[name] = MovingAverage(
                     getattr(self, name), options.ema_decay, options.ema_rampup
                 )
-
-    def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp
-        )
-
-    @staticmethod
-    def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
 
     def modules(self) -> list[nn.Module]:
         return [self.G_AB, self.G_BA, self.D_A, self.D_B, *self.pixel.values()]
@@ -364,7 +336,7 @@ class CycleGANModel:
         """One critic's loss on real vs pooled fake images and, for WGAN-GP, its gradient
         penalty (0 otherwise)."""
         o = self.options
-        with self._autocast():
+        with self.autocast():
             loss = critic_loss(o.gan_mode, critic(real), critic(pooled))
         if o.gan_mode == "wgangp" and o.lambda_gp > 0:
             return loss, gradient_penalty(critic, real, pooled, o.lambda_gp)
@@ -399,7 +371,7 @@ class CycleGANModel:
 
         set_requires_grad(self.critics(), False)
         self.optimizer_G.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             fake_b = self.G_AB(real_a)
             fake_a = self.G_BA(real_b)
             rec_a = self.G_BA(self._cycle_input(fake_b))
@@ -433,7 +405,7 @@ class CycleGANModel:
             else:
                 loss_structure = torch.zeros((), device=self.device)
             loss_G = loss_adv + loss_cycle + loss_idt + loss_structure
-        self._step(loss_G, self.optimizer_G, self.scaler_G)
+        self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         for average in self.ema.values():
             average.update()
         set_requires_grad(self.critics(), True)
@@ -442,7 +414,7 @@ class CycleGANModel:
         for critic_step in range(o.n_critic):
             if critic_step > 0:
                 real_a, real_b = sample_a(), sample_b()
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self.autocast():
                     fake_b = self.G_AB(real_a)
                     fake_a = self.G_BA(real_b)
             pooled_a = self.pool_A.query(fake_a.detach().float())
@@ -457,7 +429,7 @@ class CycleGANModel:
                     loss, penalty = self._critic_terms(self.pixel[name], real, pooled)
                     loss_P, gp = loss_P + loss, gp + penalty
             loss_D = loss_D_A + loss_D_B + loss_P + gp
-            self._step(loss_D, self.optimizer_D, self.scaler_D)
+            self.optimizer_step(loss_D, self.optimizer_D, self.scaler_D)
             for name, value in (
                 ("loss_D_A", loss_D_A),
                 ("loss_D_B", loss_D_B),
@@ -493,8 +465,7 @@ class CycleGANModel:
                 "pool_B",
             )
         }
-        state["scaler_G"] = self.scaler_G.state_dict() if self.scaler_G else None
-        state["scaler_D"] = self.scaler_D.state_dict() if self.scaler_D else None
+        state |= self.scaler_state()
         state["ema"] = {name: average.state_dict() for name, average in self.ema.items()}
         state["pixel"] = {name: critic.state_dict() for name, critic in self.pixel.items()}
         return state
@@ -518,10 +489,7 @@ class CycleGANModel:
             getattr(self, name).load_state_dict(state[name])
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
-        for name in ("scaler_G", "scaler_D"):
-            scaler = getattr(self, name)
-            if scaler is not None and state.get(name):
-                scaler.load_state_dict(state[name])
+        self.load_scaler_state(state)
         for name, average in self.ema.items():
             average.load_state_dict(state["ema"][name])
         for name, critic in self.pixel.items():
@@ -549,114 +517,35 @@ def train_cyclegan(
     after ``max_iterations_this_run`` iterations if given (as if killed: no model written);
     otherwise it writes ``out_model`` (options, both generators, iterations) atomically.
     Returns a summary: iterations, seconds, device, final losses, ..."""
-    state_dir, out_model = Path(state_dir), Path(out_model)
-    log_csv = Path(log_csv) if log_csv is not None else None
-    torch_device = resolve_device(device)
-    log_device(torch_device, "cyclegan training")
-
+    torch_device = training_device(device, "cyclegan training")
     images_a = resize_images(check_images(images_a, "images_a"), options.image_size)
     images_b = resize_images(check_images(images_b, "images_b"), options.image_size)
     if len(images_a) == 0 or len(images_b) == 0:
         raise ValueError(
             f"train_cyclegan: empty domain ({len(images_a)} A, {len(images_b)} B images)"
         )
-    data_fingerprint = fingerprint(images_a, images_b)
-
-    # seed before building: a fresh run's initial weights come from this state
-    torch.manual_seed(options.seed)
-    random.seed(options.seed)
-    rng = np.random.default_rng(options.seed)
+    rng = seed_everything(options.seed)
     model = CycleGANModel(options, torch_device, rng)
     model.sampler_a = DomainSampler(images_a, torch_device)
     model.sampler_b = DomainSampler(images_b, torch_device)
-    summary = run_training(
+    return train_and_save(
         model,
-        kind="cyclegan",
-        options=asdict(options),
+        kind=options.KIND,
+        options=options,
         total_iterations=options.total_iterations,
-        data_fingerprint=data_fingerprint,
+        data_fingerprint=fingerprint(images_a, images_b),
         rng=rng,
+        device=torch_device,
         state_dir=state_dir,
-        checkpoint_every=options.checkpoint_every,
-        log_every=options.log_every,
+        out_model=out_model,
         log_csv=log_csv,
         loss_columns=LOSS_COLUMNS,
-        device=torch_device,
-        max_iterations_this_run=max_iterations_this_run,
         lr_of=lambda: model.optimizer_G.param_groups[0]["lr"],
-        resumable_changes=_RESUMABLE_CHANGES,
-    )
-    summary["amp"] = model.use_amp
-    step, total = summary["iterations"], options.total_iterations
-    if step < total:
-        log.info(
-            "stopped at iteration %d of %d (max_iterations_this_run=%s); no model written",
-            step,
-            total,
-            max_iterations_this_run,
-        )
-        return summary
-    atomic_torch_save(
-        {
+        max_iterations_this_run=max_iterations_this_run,
+        model_file=lambda summary: {
             "options": asdict(options),
             "G_AB": model.generator_weights("G_AB"),
             "G_BA": model.generator_weights("G_BA"),
-            "iterations": step,
+            "iterations": summary["iterations"],
         },
-        out_model,
     )
-    log.info("wrote %s after %d iterations (%.1f s)", out_model, step, summary["seconds"])
-    return summary
-
-
-# ------------------------------------------------------------------------------ inference
-
-
-def load_cyclegan(
-    model_path: str | Path, device: str | None = None
-) -> tuple[nn.Module, nn.Module, CycleGANOptions]:
-    """G_AB, G_BA (eval mode, on ``device``; default CUDA if available) and the options
-    of a model written by ``train_cyclegan``."""
-    torch_device = resolve_device(device)
-    payload = torch.load(model_path, map_location="cpu", weights_only=True)
-    try:
-        options = CycleGANOptions.from_dict(payload["options"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{model_path}: not a CycleGAN model file ({exc})") from exc
-    generators = []
-    for name in ("G_AB", "G_BA"):
-        generator = build_generator(options)
-        generator.load_state_dict(payload[name])
-        generators.append(generator.to(torch_device).eval())
-    return generators[0], generators[1], options
-
-
-@torch.no_grad()
-def translate(
-    generator: nn.Module, images: np.ndarray, batch_size: int = 64, device: str | None = None
-) -> np.ndarray:
-    """Run a generator over uint8 NHWC images; returns uint8 NHWC of the same shape.
-    Images are resized to the generator's ``image_size`` and the output back to the
-    input's size. ``device`` defaults to the generator's; the generator is moved there."""
-    images = check_images(images, "translate")
-    if device is None:
-        torch_device = next(generator.parameters()).device
-    else:
-        torch_device = torch.device(device)
-        generator.to(torch_device)
-    size = getattr(generator, "image_size", None)
-    height, width = images.shape[1:3]
-    out = np.empty_like(images)
-    was_training = generator.training
-    generator.eval()
-    try:
-        for begin in range(0, len(images), batch_size):
-            chunk = uint8_tensor(images[begin : begin + batch_size])
-            batch = to_model_range(chunk.to(torch_device))
-            if size is not None:
-                batch = resize_float(batch, (size, size))
-            result = resize_float(generator(batch).float(), (height, width))
-            out[begin : begin + batch_size] = from_model_range(result.clamp(-1, 1)).cpu().numpy()
-    finally:
-        generator.train(was_training)
-    return out

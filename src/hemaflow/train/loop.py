@@ -27,7 +27,8 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,16 +132,24 @@ def from_model_range(batch: torch.Tensor) -> torch.Tensor:
     return batch.add(1.0).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
 
 
+SQUARE_SYMMETRIES = 8
+_HEIGHT_DIM = {"NHWC": 1, "NCHW": 2}
+
+
+def square_symmetry(batch: torch.Tensor, symmetry: int, layout: str) -> torch.Tensor:
+    """A batch of ``layout`` ("NHWC" or "NCHW") images under one of the 8 symmetries of
+    the square: 0-3 rotations by 90 degrees, 4-7 the same then a horizontal flip."""
+    height = _HEIGHT_DIM[layout]
+    out = torch.rot90(batch, int(symmetry % 4), dims=(height, height + 1))
+    return torch.flip(out, dims=(height + 1,)) if symmetry >= 4 else out
+
+
 def random_symmetries(batch: torch.Tensor, symmetries: np.ndarray) -> torch.Tensor:
-    """Each NHWC image under one of the 8 symmetries of the square (0-3: rotations by
-    90 degrees, 4-7: the same then a horizontal flip)."""
+    """Each NHWC image under its own symmetry of the square (``square_symmetry``)."""
     out = torch.empty_like(batch)
     for symmetry in np.unique(symmetries):
         chosen = torch.from_numpy(np.flatnonzero(symmetries == symmetry)).to(batch.device)
-        part = torch.rot90(batch[chosen], int(symmetry % 4), dims=(1, 2))
-        if symmetry >= 4:
-            part = torch.flip(part, dims=(2,))
-        out[chosen] = part
+        out[chosen] = square_symmetry(batch[chosen], int(symmetry), "NHWC")
     return out
 
 
@@ -490,4 +499,84 @@ def run_training(
             total_iterations,
             max_iterations_this_run,
         )
+    return summary
+
+
+# ---------------------------------------------------------------- the trainers' skeleton
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch and python, and return the numpy Generator of the run's draws. Call it
+    before building the networks: a fresh run's initial weights come from this state."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return np.random.default_rng(seed)
+
+
+def training_device(device: str | torch.device | None, what: str) -> torch.device:
+    """The device to train on (default CUDA if available), said in the log."""
+    torch_device = resolve_device(device)
+    log_device(torch_device, what)
+    return torch_device
+
+
+def train_and_save(
+    trainer: Trainer,
+    *,
+    kind: str,
+    options: Any,
+    total_iterations: int,
+    data_fingerprint: str,
+    rng: np.random.Generator,
+    device: torch.device,
+    state_dir: str | Path,
+    out_model: str | Path,
+    log_csv: str | Path | None,
+    loss_columns: tuple[str, ...],
+    lr_of: Callable[[], float],
+    model_file: Callable[[dict[str, Any]], dict[str, Any]],
+    max_iterations_this_run: int | None = None,
+    run_options: Mapping[str, Any] | None = None,
+    resumable_changes: frozenset[str] = RESUMABLE_CHANGES,
+    summary_extra: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What every trainer ends with: ``run_training`` (checkpoints, resume, the loss CSV;
+    ``checkpoint_every`` and ``log_every`` from ``options``, a ``TrainingOptions``), then,
+    once completed, ``model_file(summary)`` (the dict to keep) written atomically to
+    ``out_model``.
+
+    ``run_options``: what a checkpoint must match to be resumed (default:
+    ``asdict(options)``). ``summary_extra()``: more entries for the summary, added
+    whether or not the run completed. Returns ``run_training``'s summary with ``amp``
+    (the trainer's ``use_amp``) and the extra entries."""
+    summary = run_training(
+        trainer,
+        kind=kind,
+        options=asdict(options) if run_options is None else run_options,
+        total_iterations=total_iterations,
+        data_fingerprint=data_fingerprint,
+        rng=rng,
+        state_dir=state_dir,
+        checkpoint_every=options.checkpoint_every,
+        log_every=options.log_every,
+        log_csv=log_csv,
+        loss_columns=loss_columns,
+        device=device,
+        max_iterations_this_run=max_iterations_this_run,
+        lr_of=lr_of,
+        resumable_changes=resumable_changes,
+    )
+    summary["amp"] = bool(getattr(trainer, "use_amp", False))
+    if summary_extra is not None:
+        summary.update(summary_extra())
+    if not summary["completed"]:
+        return summary
+    atomic_torch_save(model_file(summary), Path(out_model))
+    log.info(
+        "%s: wrote %s after %d iterations (%.1f s)",
+        kind,
+        out_model,
+        summary["iterations"],
+        summary["seconds"],
+    )
     return summary
