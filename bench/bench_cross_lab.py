@@ -109,7 +109,7 @@ def run_arm(args) -> None:
             folder = args.cyclegan_dir
             model = folder / f"{domain}_to_{args.train_domain}" / "model.pt" if folder else None
             if model is not None and model.is_file():
-                from hemaflow.train.cyclegan import load_cyclegan, translate
+                from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
                 generator, _, _ = load_cyclegan(model)
                 variants.append(("cyclegan", translate(generator, images)))
