@@ -152,14 +152,15 @@ def run_lolo(args) -> None:
     normalizer = normalizers[args.method]() if args.method in normalizers else None
     files = {}
     for lab in labs:
-        images = np.load(cache / lab / "images.npy")
+        files[lab] = (str(cache / lab / "images.npy"), str(cache / lab / "index.parquet"))
         if normalizer is not None and lab != args.train_domain:
-            images = normalizer.transform(images)
-        np.save(out / f"{lab}.npy", images)
-        files[lab] = (str(out / f"{lab}.npy"), str(cache / lab / "index.parquet"))
+            # one file per process: runs of several --held-out labs may share ``out``
+            path = out / f"{lab}-{'-'.join(args.held_out) or 'all'}.npy"
+            np.save(path, normalizer.transform(np.load(files[lab][0])))
+            files[lab] = (str(path), files[lab][1])
     options = {"preset": "small", **parse_overrides(args.set)}
     for seed in args.seeds:
-        for held_out in labs:
+        for held_out in args.held_out or labs:
             start = time.perf_counter()
             result = leave_one_lab_out(
                 files,
@@ -234,6 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of all runs")
     parser.add_argument("--lolo", action="store_true", help="leave-one-lab-out instead")
+    parser.add_argument("--held-out", nargs="*", default=[], help="--lolo: only these labs")
     parser.add_argument("--method", default="none", choices=["none", "reinhard", "macenko"])
     parser.add_argument(
         "--cyclegan-dir",

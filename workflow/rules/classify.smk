@@ -89,7 +89,7 @@ rule train_domain_classifier:
         batch_divisor=retry_batch_divisor,
     params:
         library=LIBRARY_VERSION,
-        options=classifier_options(),
+        options=cross_lab_classifier_options(),
         state_root=STATE_DIR,
     script:
         "../scripts/train_domain_classifier.py"
@@ -234,7 +234,7 @@ rule train_lolo_classifier:
         batch_divisor=retry_batch_divisor,
     params:
         library=LIBRARY_VERSION,
-        options=classifier_options(),
+        options=cross_lab_classifier_options(),
         state_root=STATE_DIR,
         domains=LABELLED_DOMAINS,
         n_boot=config["evaluation"]["n_boot"],

@@ -362,6 +362,14 @@ def classifier_options():
     return json.loads(canonical_json(config["classifier"]))
 
 
+def cross_lab_classifier_options():
+    """The classifier options of the cross-lab and leave-one-lab-out studies: the
+    classifier section with cross_lab.classifier laid over it."""
+    return json.loads(
+        canonical_json({**config["classifier"], **config["cross_lab"]["classifier"]})
+    )
+
+
 def variant_classifier_options(wildcards):
     from hemaflow.classify.ablation import classifier_options_for
 
