@@ -71,16 +71,22 @@ def run_arm(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         options = {**overrides, "seed": seed}
         start = time.perf_counter()
-        summary = train_domain_stage(
-            *files(args.train_domain),
-            args.train_domain,
-            options,
-            str(out / "state"),
-            str(out / f"model{seed}.pt"),
-            str(out / f"losses{seed}.csv"),
-            str(out / f"summary{seed}.json"),
-        )
-        seconds = time.perf_counter() - start
+        previous = out / f"seed{seed}.json"
+        if args.evaluate_only and previous.is_file():
+            # the model of an earlier run of this arm, evaluated again (new methods)
+            summary = json.loads((out / f"summary{seed}.json").read_text())
+            seconds = json.loads(previous.read_text())["train_seconds"]
+        else:
+            summary = train_domain_stage(
+                *files(args.train_domain),
+                args.train_domain,
+                options,
+                str(out / "state"),
+                str(out / f"model{seed}.pt"),
+                str(out / f"losses{seed}.csv"),
+                str(out / f"summary{seed}.json"),
+            )
+            seconds = time.perf_counter() - start
         net, classes, _ = load_classifier(out / f"model{seed}.pt")
         record = {
             "arm": args.arm,
@@ -235,6 +241,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of all runs")
     parser.add_argument("--lolo", action="store_true", help="leave-one-lab-out instead")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the arm's models again (e.g. with --cyclegan-dir), no training",
+    )
     parser.add_argument("--held-out", nargs="*", default=[], help="--lolo: only these labs")
     parser.add_argument("--method", default="none", choices=["none", "reinhard", "macenko"])
     parser.add_argument(
