@@ -76,6 +76,7 @@ def run_arm(args) -> None:
             # the model of an earlier run of this arm, evaluated again (new methods)
             summary = json.loads((out / f"summary{seed}.json").read_text())
             seconds = json.loads(previous.read_text())["train_seconds"]
+            options = json.loads(previous.read_text())["options"]
         else:
             summary = train_domain_stage(
                 *files(args.train_domain),
