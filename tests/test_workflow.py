@@ -640,6 +640,97 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
 
 
+# ---------------------------------------------------------------------- a fourth lab
+
+FOURTH_LAB_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+def link_small_subset(shared: Path, root: Path) -> None:
+    """The default four datasets, small: 10 pbc images per class, the first 40 rows of
+    bccd's and Tecom's label tables, 10 raabin frames; and a fourth labelled lab, pbc_slice
+    (domain lab4): 8 other pbc images of each of four classes, in a folder of its own."""
+    for class_dir in sorted((shared / "pbc").iterdir()):
+        images = [p for p in sorted(class_dir.iterdir()) if not p.name.startswith(".")]
+        (root / "pbc" / class_dir.name).mkdir(parents=True)
+        for image in images[:10]:
+            (root / "pbc" / class_dir.name / image.name).symlink_to(image)
+        if class_dir.name in FOURTH_LAB_CLASSES:
+            (root / "pbc_slice" / class_dir.name).mkdir(parents=True)
+            for image in images[100:108]:  # none of them in the pbc subset
+                (root / "pbc_slice" / class_dir.name / image.name).symlink_to(image)
+    for name, table, images in (
+        ("bccd", "labels.csv", "Original_Images"),
+        ("zheng_tecom", "Class Labels of Dataset 1.csv", "Dataset 1"),
+    ):
+        (root / name).mkdir()
+        lines = (shared / name / table).read_text().splitlines(keepends=True)
+        (root / name / table).write_text("".join(lines[:41]))
+        (root / name / images).symlink_to(shared / name / images, target_is_directory=True)
+    for sub in ("images", "labels"):
+        (root / "raabin_frames" / sub).mkdir(parents=True)
+    for image in sorted((shared / "raabin_frames" / "images").iterdir())[:10]:
+        (root / "raabin_frames" / "images" / image.name).symlink_to(image)
+        label = shared / "raabin_frames" / "labels" / (image.stem + ".txt")
+        (root / "raabin_frames" / "labels" / label.name).symlink_to(label)
+
+
+def dry_run_jobs(result: subprocess.CompletedProcess) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job of a dry-run, wildcards as snakemake prints them."""
+    jobs = set()
+    for block in result.stdout.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"^\s*wildcards: (.*)$", block, re.MULTILINE)
+        jobs.add((rule, wildcards.group(1).strip() if wildcards else ""))
+    return jobs
+
+
+def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
+    """A lab added by config alone: in the normalization plan with a CycleGAN pair of its
+    own, decided and normalized, in the cross-lab table and the leave-one-lab-out study."""
+    shared = require_shared_datasets()
+    data_root, workdir = tmp_path / "data", tmp_path / "work"
+    workdir.mkdir()
+    link_small_subset(shared, data_root)
+    write_config(workdir, data_root)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["datasets"]["pbc_slice"] = {
+        "path": "pbc_slice",
+        "domain": "lab4",
+        "layout": "imagefolder",
+        "crop": "cell",
+    }
+    config["class_map"]["pbc_slice"] = {name: name for name in FOURTH_LAB_CLASSES}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    # the data stages and the plan (a checkpoint: the jobs after it depend on it)
+    snakemake(workdir, "results/normalization/plan.json")
+    plan = json.loads((workdir / "results" / "normalization" / "plan.json").read_text())
+    assert plan["target"] == "pbc"
+    assert ["lab4", "pbc"] in plan["pairs"]
+    assert set(plan["mapping"]["lab4"]) == set(FOURTH_LAB_CLASSES)
+    pair = "source=lab4, target=pbc"
+    jobs = dry_run_jobs(snakemake(workdir, "-n"))
+    for rule in ("train_cyclegan", "normalization_decision", "normalization_metrics"):
+        assert (rule, pair) in jobs, (rule, sorted(jobs))
+    assert ("normalize_domain", "method=cyclegan, domain=lab4") in jobs
+    normalize = snakemake(
+        workdir, "-n", "--", "results/normalized/cyclegan/lab4/images.npy"
+    ).stdout.split("rule normalize_domain:", 1)[1]
+    assert "results/normalization/decisions/lab4_to_pbc.json" in normalize
+    assert "results/normalization/reinhard/pbc/stats.json" in normalize  # the fallback
+    jobs = dry_run_jobs(snakemake(workdir, "-n", "cross_lab"))
+    for method in ("none", "reinhard", "cyclegan"):
+        assert ("normalize_domain", f"method={method}, domain=lab4") in jobs, sorted(jobs)
+    table = snakemake(workdir, "-n", "cross_lab").stdout.split("rule cross_lab_table:", 1)[1]
+    assert "results/normalized/cyclegan/lab4/index.parquet" in table.split("output:", 1)[0]
+    jobs = dry_run_jobs(snakemake(workdir, "-n", "leave_one_lab_out"))
+    lolo = {w for rule, w in jobs if rule == "train_lolo_classifier"}
+    assert lolo == {
+        f"method={method}, held_out={lab}"
+        for method in ("none", "reinhard", "cyclegan")
+        for lab in ("pbc", "bccd", "zheng_tecom", "lab4")
+    }
+
+
 def test_snakemake_lint_and_snakefmt_are_clean():
     lint = subprocess.run(
         [SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
