@@ -266,14 +266,37 @@ def test_normalization_outputs(workflow_run):
     assert sorted(metrics["pair"]) == sorted(f"{a}_to_{b}" for a, b in plan["pairs"])
     for column in ("fid_raw", "fid_reinhard", "fid_cyclegan", "kid_raw", "ssim_reconstruction"):
         assert metrics[column].notna().all() and (metrics[column] != float("inf")).all()
+    assert (metrics["split"] == "test").all()
+    metrics = metrics.set_index("pair")
+    # per pair: CycleGAN or the fallback (reinhard), decided on validation images only
+    decided = {}
+    for a, b in plan["pairs"]:
+        decision = json.loads(
+            (results / "normalization" / "decisions" / f"{a}_to_{b}.json").read_text()
+        )
+        assert decision["pair"] == f"{a}_to_{b}" and decision["split"] == "val"
+        assert decision["fallback"] == "reinhard"
+        worse = decision["kid_cyclegan"] > decision["kid_fallback"]
+        assert decision["method"] == ("reinhard" if worse else "cyclegan"), decision
+        for domain, n in ((a, decision["source_images"]), (b, decision["target_images"])):
+            index = pd.read_parquet(results / "cache" / domain / "index.parquet")
+            assert n == min(20, (index["split"] == "val").sum())  # metrics_max_images
+        row = metrics.loc[f"{a}_to_{b}"]
+        assert row["decision"] == decision["method"]
+        assert row["decision_kid_cyclegan_val"] == pytest.approx(decision["kid_cyclegan"])
+        assert row["cyclegan_worse_than_reinhard"] == (row["kid_cyclegan"] > row["kid_reinhard"])
+        decided[a] = decision["method"]
     for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
         original = np.load(results / "cache" / domain / "images.npy")
         normalized = np.load(results / "normalized" / "cyclegan" / domain / "images.npy")
+        index = pd.read_parquet(results / "normalized" / "cyclegan" / domain / "index.parquet")
         assert normalized.shape == original.shape and normalized.dtype == np.uint8
         if domain == target:  # the target domain is left as it is
             assert np.array_equal(normalized, original)
-        else:
+            assert (index["normalization"] == "none").all()
+        else:  # each row says what it got: the CycleGAN, or its pair's fallback
             assert not np.array_equal(normalized, original)
+            assert (index["normalization"] == decided[domain]).all()
     for a, b in plan["pairs"]:
         losses = pd.read_csv(results / "normalization" / "cyclegan" / f"{a}_to_{b}" / "losses.csv")
         assert losses["iteration"].max() == 6 and np.isfinite(losses["loss_G"]).all()
@@ -537,8 +560,17 @@ def test_ablation_target(workflow_run):
     # without normalization: the pool holds the raw images, and the classifier saw them
     raw = workdir / "results" / "synthesis" / "none" / "pool" / "index.parquet"
     assert (pd.read_parquet(raw)["normalization"] == "none").all()
-    normalized = workdir / "results" / "synthesis" / "cyclegan" / "pool" / "index.parquet"
-    assert (pd.read_parquet(normalized)["normalization"] == "cyclegan").all()
+    # with the CycleGAN: each row names what it got (its pair's decision; none: the target)
+    normalized = pd.read_parquet(
+        workdir / "results" / "synthesis" / "cyclegan" / "pool" / "index.parquet"
+    )
+    decisions = pd.read_csv(workdir / "results" / "normalization" / "metrics.csv")
+    method_of = {
+        pair.split("_to_")[0]: method
+        for pair, method in zip(decisions["pair"], decisions["decision"])
+    }
+    expected = [method_of.get(domain, "none") for domain in normalized["domain"]]
+    assert normalized["normalization"].tolist() == expected
     no_ge = torch_options(workdir / "results" / "classifier" / "no_ge" / "model.pt")
     assert no_ge["gather_excite"] is False
     assert torch_options(workdir / "results" / "classifier" / "full" / "model.pt")["gather_excite"]
@@ -576,6 +608,14 @@ def test_rerun_behaviour(workflow_run):
         jobs = planned_jobs(snakemake(workdir, "-n"))
         assert "ingest" not in jobs and "dedup" not in jobs and "subgroup" not in jobs
         assert jobs.get("normalization_metrics", 0) >= 1
+    finally:
+        write_config(workdir, data_root)
+    # the fallback changes: the decisions and what follows them, no CycleGAN retrained
+    write_config(workdir, data_root, **{"normalization.fallback": "none"})
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert "train_cyclegan" not in jobs and "ingest" not in jobs
+        assert jobs.get("normalization_decision", 0) == 3 and jobs.get("normalize_domain", 0) >= 3
     finally:
         write_config(workdir, data_root)
     # a classifier parameter changes: only the classifier, its evaluation and their readers
