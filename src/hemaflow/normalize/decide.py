@@ -96,6 +96,18 @@ def decide_pair(
     return decision
 
 
+def _never_translated(images: np.ndarray) -> np.ndarray:
+    raise AssertionError("fallback none: nothing is translated to decide")
+
+
+def _cyclegan_transform(model_path: str) -> Transform:
+    """The pair's generator in its own orientation (G_AB: source -> target)."""
+    from hemaflow.train.cyclegan import load_cyclegan, translate
+
+    g_ab, _, _ = load_cyclegan(model_path)
+    return lambda images: translate(g_ab, images)
+
+
 def decide_pair_files(
     source: str,
     target: str,
@@ -117,7 +129,7 @@ def decide_pair_files(
     from hemaflow.normalize.apply import classical_normalizer
 
     source_val = target_val = np.zeros((0, 1, 1, 3), np.uint8)
-    cyclegan: Transform = np.asarray
+    cyclegan: Transform = _never_translated
     fallback_transform: Transform | None = None
     if fallback != "none":
         source_val, _ = sample_split(source_images, source_index, DECISION_SPLITS, max_images, seed)
@@ -129,13 +141,7 @@ def decide_pair_files(
                 f"{source}_to_{target}: deciding on fallback {fallback!r} needs the CycleGAN "
                 "model and the fallback's statistics"
             )
-        from hemaflow.train.cyclegan import load_cyclegan, translate
-
-        g_ab, _, _ = load_cyclegan(model_path)
-
-        def cyclegan(images: np.ndarray) -> np.ndarray:
-            return translate(g_ab, images)
-
+        cyclegan = _cyclegan_transform(model_path)
         with open(fallback_stats) as handle:
             fallback_transform = (
                 classical_normalizer(fallback).from_dict(json.load(handle)).transform
