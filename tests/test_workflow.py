@@ -159,9 +159,11 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
     ]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     command = snakemake_command(workdir, "--cores", "2", *args)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -212,7 +214,8 @@ def workflow_run(tmp_path_factory):
     workdir.mkdir()
     link_subset(shared, data_root)
     write_config(workdir, data_root)
-    snakemake(workdir)
+    # the whole pipeline: 15 min on 2 idle cores, more when they are shared
+    snakemake(workdir, timeout=2400)
     return data_root, workdir
 
 
