@@ -159,9 +159,11 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
     ]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     command = snakemake_command(workdir, "--cores", "2", *args)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -212,7 +214,8 @@ def workflow_run(tmp_path_factory):
     workdir.mkdir()
     link_subset(shared, data_root)
     write_config(workdir, data_root)
-    snakemake(workdir)
+    # the whole pipeline: 15 min on 2 idle cores, more when they are shared
+    snakemake(workdir, timeout=2400)
     return data_root, workdir
 
 
@@ -266,14 +269,37 @@ def test_normalization_outputs(workflow_run):
     assert sorted(metrics["pair"]) == sorted(f"{a}_to_{b}" for a, b in plan["pairs"])
     for column in ("fid_raw", "fid_reinhard", "fid_cyclegan", "kid_raw", "ssim_reconstruction"):
         assert metrics[column].notna().all() and (metrics[column] != float("inf")).all()
+    assert (metrics["split"] == "test").all()
+    metrics = metrics.set_index("pair")
+    # per pair: CycleGAN or the fallback (reinhard), decided on validation images only
+    decided = {}
+    for a, b in plan["pairs"]:
+        decision = json.loads(
+            (results / "normalization" / "decisions" / f"{a}_to_{b}.json").read_text()
+        )
+        assert decision["pair"] == f"{a}_to_{b}" and decision["split"] == "val"
+        assert decision["fallback"] == "reinhard"
+        worse = decision["kid_cyclegan"] > decision["kid_fallback"]
+        assert decision["method"] == ("reinhard" if worse else "cyclegan"), decision
+        for domain, n in ((a, decision["source_images"]), (b, decision["target_images"])):
+            index = pd.read_parquet(results / "cache" / domain / "index.parquet")
+            assert n == min(20, (index["split"] == "val").sum())  # metrics_max_images
+        row = metrics.loc[f"{a}_to_{b}"]
+        assert row["decision"] == decision["method"]
+        assert row["decision_kid_cyclegan_val"] == pytest.approx(decision["kid_cyclegan"])
+        assert row["cyclegan_worse_than_reinhard"] == (row["kid_cyclegan"] > row["kid_reinhard"])
+        decided[a] = decision["method"]
     for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
         original = np.load(results / "cache" / domain / "images.npy")
         normalized = np.load(results / "normalized" / "cyclegan" / domain / "images.npy")
+        index = pd.read_parquet(results / "normalized" / "cyclegan" / domain / "index.parquet")
         assert normalized.shape == original.shape and normalized.dtype == np.uint8
         if domain == target:  # the target domain is left as it is
             assert np.array_equal(normalized, original)
-        else:
+            assert (index["normalization"] == "none").all()
+        else:  # each row says what it got: the CycleGAN, or its pair's fallback
             assert not np.array_equal(normalized, original)
+            assert (index["normalization"] == decided[domain]).all()
     for a, b in plan["pairs"]:
         losses = pd.read_csv(results / "normalization" / "cyclegan" / f"{a}_to_{b}" / "losses.csv")
         assert losses["iteration"].max() == 6 and np.isfinite(losses["loss_G"]).all()
@@ -369,7 +395,13 @@ def test_classifier_outputs_and_report(workflow_run, report_html):
 
 
 # report() outputs of targets the workflow run above does not make
-NOT_IN_THIS_RUN = {"ablation_table.rst", "ablation_chart.rst", "cwgan_curve.rst"}
+NOT_IN_THIS_RUN = {
+    "ablation_table.rst",
+    "ablation_chart.rst",
+    "cwgan_curve.rst",
+    "lolo_table.rst",
+    "lolo_chart.rst",
+}
 REPORT_CALL = re.compile(
     r'report\(\s*f?"[^"]*",\s*caption="\.\./report/([^"]+)",\s*'
     r'category="([^"]+)",\s*subcategory="([^"]+)"'
@@ -537,8 +569,17 @@ def test_ablation_target(workflow_run):
     # without normalization: the pool holds the raw images, and the classifier saw them
     raw = workdir / "results" / "synthesis" / "none" / "pool" / "index.parquet"
     assert (pd.read_parquet(raw)["normalization"] == "none").all()
-    normalized = workdir / "results" / "synthesis" / "cyclegan" / "pool" / "index.parquet"
-    assert (pd.read_parquet(normalized)["normalization"] == "cyclegan").all()
+    # with the CycleGAN: each row names what it got (its pair's decision; none: the target)
+    normalized = pd.read_parquet(
+        workdir / "results" / "synthesis" / "cyclegan" / "pool" / "index.parquet"
+    )
+    decisions = pd.read_csv(workdir / "results" / "normalization" / "metrics.csv")
+    method_of = {
+        pair.split("_to_")[0]: method
+        for pair, method in zip(decisions["pair"], decisions["decision"])
+    }
+    expected = [method_of.get(domain, "none") for domain in normalized["domain"]]
+    assert normalized["normalization"].tolist() == expected
     no_ge = torch_options(workdir / "results" / "classifier" / "no_ge" / "model.pt")
     assert no_ge["gather_excite"] is False
     assert torch_options(workdir / "results" / "classifier" / "full" / "model.pt")["gather_excite"]
@@ -576,6 +617,14 @@ def test_rerun_behaviour(workflow_run):
         jobs = planned_jobs(snakemake(workdir, "-n"))
         assert "ingest" not in jobs and "dedup" not in jobs and "subgroup" not in jobs
         assert jobs.get("normalization_metrics", 0) >= 1
+    finally:
+        write_config(workdir, data_root)
+    # the fallback changes: the decisions and what follows them, no CycleGAN retrained
+    write_config(workdir, data_root, **{"normalization.fallback": "none"})
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n"))
+        assert "train_cyclegan" not in jobs and "ingest" not in jobs
+        assert jobs.get("normalization_decision", 0) == 3 and jobs.get("normalize_domain", 0) >= 3
     finally:
         write_config(workdir, data_root)
     # a classifier parameter changes: only the classifier, its evaluation and their readers
@@ -638,6 +687,97 @@ def test_dry_run_of_the_default_config(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------- a fourth lab
+
+FOURTH_LAB_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+def link_small_subset(shared: Path, root: Path) -> None:
+    """The default four datasets, small: 10 pbc images per class, the first 40 rows of
+    bccd's and Tecom's label tables, 10 raabin frames; and a fourth labelled lab, pbc_slice
+    (domain lab4): 8 other pbc images of each of four classes, in a folder of its own."""
+    for class_dir in sorted((shared / "pbc").iterdir()):
+        images = [p for p in sorted(class_dir.iterdir()) if not p.name.startswith(".")]
+        (root / "pbc" / class_dir.name).mkdir(parents=True)
+        for image in images[:10]:
+            (root / "pbc" / class_dir.name / image.name).symlink_to(image)
+        if class_dir.name in FOURTH_LAB_CLASSES:
+            (root / "pbc_slice" / class_dir.name).mkdir(parents=True)
+            for image in images[100:108]:  # none of them in the pbc subset
+                (root / "pbc_slice" / class_dir.name / image.name).symlink_to(image)
+    for name, table, images in (
+        ("bccd", "labels.csv", "Original_Images"),
+        ("zheng_tecom", "Class Labels of Dataset 1.csv", "Dataset 1"),
+    ):
+        (root / name).mkdir()
+        lines = (shared / name / table).read_text().splitlines(keepends=True)
+        (root / name / table).write_text("".join(lines[:41]))
+        (root / name / images).symlink_to(shared / name / images, target_is_directory=True)
+    for sub in ("images", "labels"):
+        (root / "raabin_frames" / sub).mkdir(parents=True)
+    for image in sorted((shared / "raabin_frames" / "images").iterdir())[:10]:
+        (root / "raabin_frames" / "images" / image.name).symlink_to(image)
+        label = shared / "raabin_frames" / "labels" / (image.stem + ".txt")
+        (root / "raabin_frames" / "labels" / label.name).symlink_to(label)
+
+
+def dry_run_jobs(result: subprocess.CompletedProcess) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job of a dry-run, wildcards as snakemake prints them."""
+    jobs = set()
+    for block in result.stdout.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"^\s*wildcards: (.*)$", block, re.MULTILINE)
+        jobs.add((rule, wildcards.group(1).strip() if wildcards else ""))
+    return jobs
+
+
+def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
+    """A lab added by config alone: in the normalization plan with a CycleGAN pair of its
+    own, decided and normalized, in the cross-lab table and the leave-one-lab-out study."""
+    shared = require_shared_datasets()
+    data_root, workdir = tmp_path / "data", tmp_path / "work"
+    workdir.mkdir()
+    link_small_subset(shared, data_root)
+    write_config(workdir, data_root)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["datasets"]["pbc_slice"] = {
+        "path": "pbc_slice",
+        "domain": "lab4",
+        "layout": "imagefolder",
+        "crop": "cell",
+    }
+    config["class_map"]["pbc_slice"] = {name: name for name in FOURTH_LAB_CLASSES}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    # the data stages and the plan (a checkpoint: the jobs after it depend on it)
+    snakemake(workdir, "results/normalization/plan.json")
+    plan = json.loads((workdir / "results" / "normalization" / "plan.json").read_text())
+    assert plan["target"] == "pbc"
+    assert ["lab4", "pbc"] in plan["pairs"]
+    assert set(plan["mapping"]["lab4"]) == set(FOURTH_LAB_CLASSES)
+    pair = "source=lab4, target=pbc"
+    jobs = dry_run_jobs(snakemake(workdir, "-n"))
+    for rule in ("train_cyclegan", "normalization_decision", "normalization_metrics"):
+        assert (rule, pair) in jobs, (rule, sorted(jobs))
+    assert ("normalize_domain", "method=cyclegan, domain=lab4") in jobs
+    normalize = snakemake(
+        workdir, "-n", "--", "results/normalized/cyclegan/lab4/images.npy"
+    ).stdout.split("rule normalize_domain:", 1)[1]
+    assert "results/normalization/decisions/lab4_to_pbc.json" in normalize
+    assert "results/normalization/reinhard/pbc/stats.json" in normalize  # the fallback
+    jobs = dry_run_jobs(snakemake(workdir, "-n", "cross_lab"))
+    for method in ("none", "reinhard", "cyclegan"):
+        assert ("normalize_domain", f"method={method}, domain=lab4") in jobs, sorted(jobs)
+    table = snakemake(workdir, "-n", "cross_lab").stdout.split("rule cross_lab_table:", 1)[1]
+    assert "results/normalized/cyclegan/lab4/index.parquet" in table.split("output:", 1)[0]
+    jobs = dry_run_jobs(snakemake(workdir, "-n", "leave_one_lab_out"))
+    lolo = {w for rule, w in jobs if rule == "train_lolo_classifier"}
+    assert lolo == {
+        f"method={method}, held_out={lab}"
+        for method in ("none", "reinhard", "cyclegan")
+        for lab in ("pbc", "bccd", "zheng_tecom", "lab4")
+    }
 
 
 def test_snakemake_lint_and_snakefmt_are_clean():

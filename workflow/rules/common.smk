@@ -136,11 +136,29 @@ def normalize_domain_models(wildcards):
     }
 
 
+def pair_decision(source, target):
+    return f"{RESULTS}/normalization/decisions/{source}_to_{target}.json"
+
+
+def normalize_domain_decisions(wildcards):
+    """With the CycleGAN: the decision (CycleGAN or fallback) of each pair whose model
+    maps this domain's images."""
+    return {
+        name: pair_decision(*name.split("_to_", 1))
+        for name in normalize_domain_models(wildcards)
+    }
+
+
 def normalize_domain_stats(wildcards):
-    if wildcards.method not in ("reinhard", "macenko"):
+    """A classical method's statistics of each destination of this domain: the method's
+    own, or with the CycleGAN those of the fallback (which a pair may fall back to)."""
+    method = wildcards.method
+    if method == "cyclegan":
+        method = NORMALIZATION["fallback"]
+    if method not in ("reinhard", "macenko"):
         return {}
     return {
-        target: f"{RESULTS}/normalization/{wildcards.method}/{target}/stats.json"
+        target: f"{RESULTS}/normalization/{method}/{target}/stats.json"
         for target in plan_destinations(read_plan(), wildcards.domain)
     }
 
@@ -155,6 +173,8 @@ def normalize_domain_inputs(wildcards):
         inputs[f"model_{name}"] = path
     for target, path in normalize_domain_stats(wildcards).items():
         inputs[f"stats_{target}"] = path
+    for name, path in normalize_domain_decisions(wildcards).items():
+        inputs[f"decision_{name}"] = path
     return inputs
 
 
@@ -184,11 +204,33 @@ def normalization_metrics_inputs(wildcards):
     return inputs
 
 
-def normalization_metric_files(wildcards):
-    return [
-        f"{RESULTS}/normalization/metrics/{a}_to_{b}.json"
-        for a, b in read_plan()["pairs"]
-    ]
+def normalization_decision_inputs(wildcards):
+    """The pair's caches (validation rows are read), its CycleGAN and the fallback's
+    statistics of the target; nothing with fallback none (no comparison to make)."""
+    fallback = NORMALIZATION["fallback"]
+    if fallback == "none":
+        return {}
+    source, target = wildcards.source, wildcards.target
+    return {
+        "source_images": f"{RESULTS}/cache/{source}/images.npy",
+        "source_index": f"{RESULTS}/cache/{source}/index.parquet",
+        "target_images": f"{RESULTS}/cache/{target}/images.npy",
+        "target_index": f"{RESULTS}/cache/{target}/index.parquet",
+        "model": pair_model(source, target),
+        "stats": f"{RESULTS}/normalization/{fallback}/{target}/stats.json",
+    }
+
+
+def normalization_summary_inputs(wildcards):
+    pairs = read_plan()["pairs"]
+    inputs = {
+        "metrics": [
+            f"{RESULTS}/normalization/metrics/{a}_to_{b}.json" for a, b in pairs
+        ]
+    }
+    if NORMALIZATION["method"] == "cyclegan":
+        inputs["decisions"] = [pair_decision(a, b) for a, b in pairs]
+    return inputs
 
 
 def normalization_outputs():

@@ -60,6 +60,30 @@ rule fit_classical:
         "../scripts/fit_classical.py"
 
 
+rule normalization_decision:
+    """Per pair: the CycleGAN, or the fallback when it maps the source lab's VALIDATION
+    images further from the target's (KID) than the fallback does."""
+    input:
+        unpack(normalization_decision_inputs),
+    output:
+        f"{RESULTS}/normalization/decisions/{{source}}_to_{{target}}.json",
+    log:
+        "logs/normalization/decisions/{source}_to_{target}.log",
+    benchmark:
+        "benchmarks/normalization/decisions/{source}_to_{target}.tsv"
+    priority: labelled_first
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=0 if NORMALIZATION["fallback"] == "none" else 1,
+    params:
+        fallback=NORMALIZATION["fallback"],
+        max_images=NORMALIZATION["metrics_max_images"],
+    script:
+        "../scripts/normalization_decision.py"
+
+
 rule normalize_domain:
     """A normalized copy of one domain's image cache; the original stays untouched."""
     input:
@@ -80,6 +104,7 @@ rule normalize_domain:
     params:
         models=normalize_domain_models,
         stats=normalize_domain_stats,
+        decisions=normalize_domain_decisions,
     script:
         "../scripts/normalize_domain.py"
 
@@ -114,7 +139,7 @@ rule normalization_metrics:
 
 rule normalization_summary:
     input:
-        normalization_metric_files,
+        unpack(normalization_summary_inputs),
     output:
         report(
             f"{RESULTS}/normalization/metrics.csv",

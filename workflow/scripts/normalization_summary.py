@@ -2,4 +2,8 @@ from hemaflow.jobs import start_job
 from hemaflow.normalize.evaluate import collect_metrics
 
 start_job(snakemake)
-collect_metrics(list(snakemake.input), snakemake.output[0])
+collect_metrics(
+    list(snakemake.input.metrics),
+    snakemake.output[0],
+    decision_paths=list(snakemake.input.get("decisions", [])),
+)

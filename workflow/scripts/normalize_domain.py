@@ -12,4 +12,5 @@ normalize_domain_files(
     classical_stats=snakemake.params.stats,
     out_images=snakemake.output.images,
     out_index=snakemake.output.index,
+    decision_files=snakemake.params.decisions,
 )

@@ -57,36 +57,47 @@ def normalize_domain(
     cyclegan_models: Mapping[str, str] | None = None,
     classical_stats: Mapping[str, str] | None = None,
     device: str | None = None,
+    decisions: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Normalized copy of a domain cache, row for row, and an index with the destination
-    of each image. ``cyclegan_models``: pair name -> model path; ``classical_stats``:
-    target domain -> the fitted statistics (JSON) of a classical method (reinhard,
-    macenko). The input array is never modified."""
+    of each image (``normalized_to``) and the method applied to it (``normalization``:
+    ``none`` for the rows left as they are).
+
+    ``cyclegan_models``: pair name -> model path; ``classical_stats``: target domain -> the
+    fitted statistics (JSON) of a classical method (reinhard, macenko), with ``cyclegan``
+    those of the fallback; ``decisions``: pair name -> the method its images get with
+    ``cyclegan`` (``hemaflow.normalize.decide``; a pair not named keeps the CycleGAN).
+    The input array is never modified."""
     out = np.array(images, copy=True)
     targets = destinations(index, plan, domain)
-    index = index.assign(
-        normalized_to=[t if t != domain else "" for t in targets], normalization=method
-    )
+    applied = np.full(len(index), "none", dtype=object)
+    index = index.assign(normalized_to=[t if t != domain else "" for t in targets])
     if method == "none":
         index["normalized_to"] = ""
-        return out, index
+        return out, index.assign(normalization=applied)
     for target in sorted({t for t in targets if t != domain}):
         rows = np.flatnonzero(targets == target)
-        if method in CLASSICAL:
+        used = method
+        if method == "cyclegan":
+            name, key = model_for(plan, domain, target)
+            used = (decisions or {}).get(name, "cyclegan")
+        if used in CLASSICAL:
+            if not classical_stats or target not in classical_stats:
+                raise ValueError(f"{domain} -> {target}: no {used} statistics of {target}")
             with open(classical_stats[target]) as handle:
-                normalizer = classical_normalizer(method).from_dict(json.load(handle))
+                normalizer = classical_normalizer(used).from_dict(json.load(handle))
             out[rows] = normalizer.transform(images[rows])
-        elif method == "cyclegan":
+        elif used == "cyclegan":
             from hemaflow.normalize.cyclegan import load_cyclegan, translate
 
-            name, key = model_for(plan, domain, target)
             g_ab, g_ba, _ = load_cyclegan(cyclegan_models[name], device=device)
             generator = g_ab if key == "G_AB" else g_ba
             out[rows] = translate(generator, images[rows], device=device)
         else:
             raise ValueError(f"normalization.method: unknown method {method!r}")
-        log.info("%s: %d images -> %s with %s", domain, len(rows), target, method)
-    return out, index
+        applied[rows] = used
+        log.info("%s: %d images -> %s with %s", domain, len(rows), target, used)
+    return out, index.assign(normalization=applied)
 
 
 def normalize_domain_files(
@@ -99,13 +110,23 @@ def normalize_domain_files(
     classical_stats: Mapping[str, str],
     out_images: str,
     out_index: str,
+    decision_files: Mapping[str, str] | None = None,
 ) -> None:
+    from hemaflow.normalize.decide import read_decisions
+
     images = np.load(images_path, mmap_mode="r")
     index = pd.read_parquet(index_path)
     with open(plan_path) as handle:
         plan = json.load(handle)
     out, out_idx = normalize_domain(
-        np.asarray(images), index, domain, plan, method, cyclegan_models, classical_stats
+        np.asarray(images),
+        index,
+        domain,
+        plan,
+        method,
+        cyclegan_models,
+        classical_stats,
+        decisions=read_decisions(decision_files or {}),
     )
     Path(out_images).parent.mkdir(parents=True, exist_ok=True)
     np.save(out_images, out)

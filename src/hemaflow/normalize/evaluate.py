@@ -1,8 +1,10 @@
 """How well a domain pair is normalized: FID/KID before and after, cycle SSIM, grids.
 
-Everything is measured on held-out images (val + test splits): the CycleGAN never saw
-them. KID is the number to trust for the small domains (tens to hundreds of images);
-FID is biased upwards on small sets and is reported next to it."""
+Everything is measured on the test split: the CycleGAN never saw it (it trains on the
+train split), and the per-pair fallback decision (``hemaflow.normalize.decide``) never
+read it (it uses the validation split), so the numbers reported are not those a choice
+was made on. KID is the number to trust for the small domains (tens to hundreds of
+images); FID is biased upwards on small sets and is reported next to it."""
 
 from __future__ import annotations
 
@@ -15,12 +17,16 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-HELD_OUT = ("val", "test")
+REPORTED_SPLITS = ("test",)
 
 
-def _held_out(images_path: str, index_path: str, max_images: int, seed: int):
+def sample_split(
+    images_path: str, index_path: str, splits: tuple[str, ...], max_images: int, seed: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The cached images of a domain in ``splits`` (at most ``max_images``, a seeded
+    sample) and their index rows; no other row of the cache is read."""
     index = pd.read_parquet(index_path)
-    rows = index.loc[index["split"].isin(HELD_OUT)].sort_values("domain_index")
+    rows = index.loc[index["split"].isin(splits)].sort_values("domain_index")
     if len(rows) > max_images:
         pick = np.random.default_rng(seed).choice(len(rows), max_images, replace=False)
         rows = rows.iloc[np.sort(pick)]
@@ -38,14 +44,17 @@ def evaluate_pair(
     max_images: int = 500,
     seed: int = 0,
 ) -> tuple[dict, dict[str, np.ndarray], pd.DataFrame]:
-    """Metrics of one source -> target pair; also returns the image sets for the grid."""
+    """Metrics of one source -> target pair on the test split; also returns the image
+    sets for the grid."""
     from hemaflow.metrics.fid import fid_from_features, kid_from_features
     from hemaflow.metrics.image import psnr, ssim
     from hemaflow.metrics.inception import InceptionFeatures
     from hemaflow.normalize.reinhard import ReinhardNormalizer
 
-    source, source_rows = _held_out(source_images, source_index, max_images, seed)
-    target, _ = _held_out(target_images, target_index, max_images, seed + 1)
+    source, source_rows = sample_split(
+        source_images, source_index, REPORTED_SPLITS, max_images, seed
+    )
+    target, _ = sample_split(target_images, target_index, REPORTED_SPLITS, max_images, seed + 1)
     with open(reinhard_stats) as handle:
         reinhard = ReinhardNormalizer.from_dict(json.load(handle)).transform(source)
     sets = {"source": source, "reinhard": reinhard}
@@ -57,7 +66,11 @@ def evaluate_pair(
         sets["reconstructed"] = translate(g_ba, sets["cyclegan"])
     inception = InceptionFeatures()
     target_features = inception.features(target)
-    metrics: dict = {"source_images": len(source), "target_images": len(target)}
+    metrics: dict = {
+        "split": "+".join(REPORTED_SPLITS),
+        "source_images": len(source),
+        "target_images": len(target),
+    }
     for name, label in (("source", "raw"), ("reinhard", "reinhard"), ("cyclegan", "cyclegan")):
         if name not in sets:
             continue
@@ -76,7 +89,7 @@ def evaluate_pair(
 def plot_grid(
     sets: dict[str, np.ndarray], rows: pd.DataFrame, path: str, title: str, per_class: int = 3
 ) -> None:
-    """Per class, a few held-out source images: real | Reinhard | CycleGAN | reconstructed."""
+    """Per class, a few test source images: real | Reinhard | CycleGAN | reconstructed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,17 +147,40 @@ def evaluate_pair_files(
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     with open(out_json, "w") as handle:
         json.dump(metrics, handle, indent=2)
-    plot_grid(sets, rows, out_grid, f"{pair}: held-out images")
+    plot_grid(sets, rows, out_grid, f"{pair}: test images")
     log.info("%s: %s", pair, metrics)
     return metrics
 
 
-def collect_metrics(paths: list[str], out_csv: str) -> pd.DataFrame:
+def collect_metrics(
+    paths: list[str], out_csv: str, decision_paths: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per pair: its test-split metrics, ``cyclegan_worse_than_reinhard`` (the
+    CycleGAN's test KID above Reinhard's) and, from the decision files, the method its
+    images get (``decision``) with the validation KIDs it was decided on."""
     rows = []
     for path in paths:
         with open(path) as handle:
             rows.append(json.load(handle))
     table = pd.DataFrame(rows)
+    if not table.empty and "kid_cyclegan" in table:
+        table["cyclegan_worse_than_reinhard"] = table["kid_cyclegan"] > table["kid_reinhard"]
+    decisions = []
+    for path in decision_paths or []:
+        with open(path) as handle:
+            decision = json.load(handle)
+        decisions.append(
+            {
+                "pair": decision["pair"],
+                "decision": decision["method"],
+                "decision_fallback": decision["fallback"],
+                "decision_kid_cyclegan_val": decision["kid_cyclegan"],
+                "decision_kid_fallback_val": decision["kid_fallback"],
+                "decision_val_images": decision["source_images"],
+            }
+        )
+    if decisions and not table.empty:
+        table = table.merge(pd.DataFrame(decisions), on="pair", how="left")
     if not table.empty:
         table = table[["pair"] + [c for c in table.columns if c != "pair"]]
     table.to_csv(out_csv, index=False)
