@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import hemaflow.train.cyclegan as cyclegan_module
+import hemaflow.normalize.cyclegan as cyclegan_module
 from hemaflow.normalize.apply import normalize_domain
 from hemaflow.normalize.decide import decide_pair, decide_pair_files, read_decisions
 from hemaflow.normalize.evaluate import collect_metrics
