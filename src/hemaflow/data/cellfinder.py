@@ -7,8 +7,9 @@ background absorb all three about alike. So ``stain = (R + B) / 2 - G`` is high 
 (and on dense granules) and low elsewhere, in pbc's May-Grünwald-Giemsa, bccd's
 Giemsa-like and Tecom's rapid stain alike. The finder thresholds it per image (Otsu, but
 never below a fraction of the image's own nucleus level, so that red cells are not taken
-when the nucleus is small), closes the mask so that the lobes of a segmented nucleus join,
-and keeps the component with the most stain above the threshold. Its bounding box is
+when the nucleus is small), groups the stained pixels that lie within a few pixels of each
+other (the lobes of a segmented nucleus), and keeps the group with the most stain above
+the threshold. Its bounding box is
 the cell's nucleus; the crop is centred on it.
 
 A frame whose strongest component is faint (a blank field, a smear without a white cell)
@@ -24,11 +25,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# The finder works on a copy whose longer side is this many pixels (~4 ms an image).
-ANALYSIS_SIDE = 128
+# The finder works on a copy whose longer side is this many pixels (~0.5 ms an image).
+ANALYSIS_SIDE = 96
 # The threshold is at least this fraction of the image's 99.5th stain percentile.
 PEAK_FRACTION = 0.6
-# Closing radius, as a fraction of the longer side: joins the lobes of a nucleus.
+# Grouping radius, as a fraction of the longer side: joins the lobes of a nucleus.
 CLOSING_FRACTION = 0.025
 # A nucleus stands out by at least this much stain (0..255 scale) from the image's
 # median, and covers at least this fraction of the analysed image.
@@ -79,11 +80,6 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[np.argmax(below * above * (mean_below - mean_above) ** 2)])
 
 
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return (xx * xx + yy * yy) <= radius * radius
-
-
 def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     """The white cell's nucleus in an RGB image; raises :class:`NoCellFound`."""
     if isinstance(image, np.ndarray):
@@ -98,16 +94,17 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     median = float(np.median(stain))
     threshold = max(_otsu(stain), PEAK_FRACTION * float(np.percentile(stain, 99.5)))
     mask = stain > threshold
-    radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
-    mask = ndimage.binary_closing(mask, _disk(radius), border_value=0)
-    mask = ndimage.binary_fill_holes(mask)
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    if not mask.any():
         raise NoCellFound("no stained object (flat image)")
+    # grow the mask by a square (separable: cheap) so that the lobes of one nucleus fall
+    # into one component; the component itself is the stained pixels it gathers
+    radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
+    grown = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1)
+    labels, count = ndimage.label(grown)
     index = np.arange(1, count + 1)
     weight = ndimage.sum(np.maximum(stain - threshold, 0.0), labels, index)
     best = int(index[int(np.argmax(weight))])
-    component = labels == best
+    component = (labels == best) & mask
     area_fraction = float(component.mean())
     contrast = float(stain[component].mean()) - median
     if contrast < MIN_CONTRAST:
