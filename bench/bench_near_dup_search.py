@@ -8,9 +8,15 @@ Two hash distributions:
              random centre with Binomial(64, 0.08) distinct random bits flipped.
 
 Each case runs in a fresh subprocess so that its peak RSS (getrusage ru_maxrss) is its own.
+With --dihedral, the flip/rotation-tolerant search (hemaflow.dedup.dihedral) is timed
+instead: each of the n items gets eight orientation hashes (the identity from the
+distribution, the seven others drawn from it independently), and 1% of the items are
+planted as a turned copy of another (its orientation hash within 3 bits of the other's
+identity hash); every planted pair must be found.
+
 Usage (from the repository root):
   PYTHONPATH=src python bench/bench_near_dup_search.py [--sizes 10000,100000,1000000]
-      [--radius 8] [--seed 0] [--dists uniform,clustered]
+      [--radius 8] [--seed 0] [--dists uniform,clustered] [--dihedral]
 """
 
 from __future__ import annotations
@@ -64,6 +70,43 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def run_dihedral_case(dist: str, n: int, radius: int, seed: int) -> dict:
+    """The dihedral search on n items (eight hashes each), in this process."""
+    from hemaflow.dedup.dihedral import DIHEDRAL, SEARCHED, dihedral_pairs
+
+    gen = uniform_hashes if dist == "uniform" else clustered_hashes
+    hashes = {name: gen(n, seed + k) for k, name in enumerate(DIHEDRAL)}
+    rng = np.random.default_rng(seed + 100)
+    planted = rng.choice(n, size=(n // 100, 2), replace=False)
+    names = rng.choice(list(SEARCHED), size=len(planted))
+    flips = np.uint64(1) << rng.integers(0, 64, size=(len(planted), 3)).astype(np.uint64)
+    noise = flips[:, 0] | flips[:, 1] | flips[:, 2]
+    for (i, j), name, bits in zip(planted, names, noise, strict=True):
+        hashes[name][j] = hashes["identity"][i] ^ bits
+    rss_data = _peak_rss_mib()
+    t0, c0 = time.perf_counter(), time.process_time()
+    left, right, _, found_names = dihedral_pairs(hashes, radius)
+    seconds = time.perf_counter() - t0
+    found = set(zip(left.tolist(), right.tolist(), found_names.tolist(), strict=True))
+    missed = sum(
+        (int(i), int(j), str(name)) not in found
+        for (i, j), name in zip(planted, names, strict=True)
+    )
+    assert missed == 0, f"{missed} planted turned copies not found"
+    return dict(
+        dist=dist,
+        n=n,
+        radius=radius,
+        chunks=0,
+        pairs=int(left.size),
+        seconds=seconds,
+        cpu_seconds=time.process_time() - c0,
+        peak_rss_mib=_peak_rss_mib(),
+        rss_before_mib=rss_data,
+        exact_dupe_pairs=len(planted),
+    )
+
+
 def run_case(dist: str, n: int, radius: int, seed: int, workers: int | None) -> dict:
     """One measurement, in this process (called in a subprocess by main)."""
     from hemaflow.dedup.hamming_search import (
@@ -105,8 +148,11 @@ def run_case(dist: str, n: int, radius: int, seed: int, workers: int | None) -> 
     return rec
 
 
-def _in_subprocess(dist: str, n: int, radius: int, seed: int, workers: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--_case", f"{dist},{n},{radius},{seed},{workers or 0}"]
+def _in_subprocess(
+    dist: str, n: int, radius: int, seed: int, workers: int | None, dihedral: bool = False
+) -> dict:
+    case = f"{dist},{n},{radius},{seed},{workers or 0},{int(dihedral)}"
+    cmd = [sys.executable, __file__, "--_case", case]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -126,12 +172,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dists", default=",".join(DISTRIBUTIONS), help="uniform,clustered")
     ap.add_argument("--workers", type=int, default=0, help="threads (0: all usable CPUs)")
+    ap.add_argument(
+        "--dihedral", action="store_true", help="time the flip/rotation-tolerant search"
+    )
     ap.add_argument("--_case", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._case:
-        dist, n, radius, seed, workers = args._case.split(",")
-        rec = run_case(dist, int(n), int(radius), int(seed), int(workers) or None)
+        dist, n, radius, seed, workers, dihedral = args._case.split(",")
+        if int(dihedral):
+            rec = run_dihedral_case(dist, int(n), int(radius), int(seed))
+        else:
+            rec = run_case(dist, int(n), int(radius), int(seed), int(workers) or None)
         print(json.dumps(rec))
         return
 
@@ -146,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         f"radius={','.join(map(str, radii))} (default {DEFAULT_RADIUS})  sizes={sizes}  "
         f"seed={args.seed}  workers={args.workers or 'all'}  cpus={os.cpu_count()}  "
         f"numpy={np.__version__}"
+        + ("  dihedral (d=0 pairs column: planted)" if args.dihedral else "")
     )
     header = (
         f"{'dist':<10}{'n':>10}{'radius':>7}{'chunks':>7}{'pairs':>12}{'d=0 pairs':>11}"
@@ -157,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     for dist in dists:
         for radius in radii:
             for n in sizes:
-                rec = _in_subprocess(dist, n, radius, args.seed, args.workers or None)
+                rec = _in_subprocess(
+                    dist, n, radius, args.seed, args.workers or None, args.dihedral
+                )
                 results.setdefault((dist, radius), []).append(rec)
                 brute = f"{rec['brute_seconds']:.2f}" if "brute_seconds" in rec else "-"
                 match = "yes" if rec.get("brute_match") else "-"

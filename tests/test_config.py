@@ -47,6 +47,10 @@ def test_minimal_config_gets_all_section_defaults(shared_datasets):
     assert config["dedup"] == {
         "near_threshold": 8,
         "near_min_correlation": 0.95,
+        "dihedral": True,
+        "dihedral_min_correlation": 0.985,
+        "contained_in": [],
+        "contained_min_correlation": 0.93,
         "conflict_policy": "drop",
     }
     assert config["split"]["train"] == 0.7

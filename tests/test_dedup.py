@@ -138,3 +138,130 @@ def test_shift_correlation_properties():
     assert (shift_correlation(image, shifted, max_shift=0) < 0.3).all()
     flat = np.zeros_like(image)
     assert (shift_correlation(image, flat) == 0).all()
+
+
+# ---------------------------------------------------------------------------- dihedral
+
+
+def _augmented_cells():
+    """Real pbc cells at 64 px: one cell with its flip, rotations and tints, and others."""
+    from PIL import Image
+
+    from hemaflow.dedup.phash import phash
+
+    from .realdata import require_shared_datasets
+
+    folder = require_shared_datasets() / "pbc" / "neutrophil"
+    paths = sorted(folder.glob("SNE_*.jpg"))[:40]
+    cells = [
+        np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.BOX))
+        for p in paths
+    ]
+    base = cells[0]
+    tint = np.clip(base * np.array([1.15, 0.9, 1.0]) + 10, 0, 255).astype(np.uint8)
+    copies = {
+        "orig": base,
+        "flip": base[:, ::-1],
+        "rot90": np.rot90(base),
+        "flip_ud_tint": tint[::-1],
+        "rot270_tint": np.rot90(tint, 3),
+        "transpose": base.transpose(1, 0, 2),
+    }
+    names = list(copies) + [f"other{k}" for k in range(1, len(cells))]
+    images = np.stack(list(copies.values()) + cells[1:])
+    rows = [
+        [f"d:{name}", f"sha-{name}", int(phash(image)), "d", "neutrophil", 64]
+        for name, image in zip(names, images, strict=True)
+    ]
+    return _frame(rows), images, list(copies)
+
+
+def test_dihedral_copies_and_tints_form_one_group():
+    from hemaflow.dedup.verify import gray_thumbnails
+
+    frame, images, copies = _augmented_cells()
+    thumbs = gray_thumbnails(images)
+    plain = find_duplicates(frame, near_threshold=8, thumbnails=thumbs, min_correlation=0.95)
+    plain_group = plain.assignments.set_index("record_id")["group_id"]
+    assert len({plain_group[f"d:{name}"] for name in copies}) > 1  # the flips escape it
+    result = find_duplicates(
+        frame,
+        near_threshold=8,
+        thumbnails=thumbs,
+        min_correlation=0.95,
+        dihedral=True,
+        dihedral_min_correlation=0.985,
+    )
+    group = result.assignments.set_index("record_id")["group_id"]
+    assert len({group[f"d:{name}"] for name in copies}) == 1
+    grouped = set(result.groups.loc[0, "members"].split(";"))
+    assert grouped == {f"d:{name}" for name in copies}  # no other cell joins it
+    assert len(result.groups) == 1
+    oriented = result.pairs.loc[result.pairs["verified"], "orientation"]
+    assert {"flip_lr", "rot90"} & set(oriented)
+
+
+# ---------------------------------------------------------------------------- crop in frame
+
+
+def test_crops_cut_from_frames_are_contained_in_them(tmp_path):
+    """Crops a lab cut (and rescaled) from frames that another dataset holds whole are
+    found inside their frames, grouped as contained_in and split with them."""
+    import io
+
+    from PIL import Image
+
+    from hemaflow.config import validate_config
+    from hemaflow.data.ingest import run_ingest
+    from hemaflow.subgroup import dedup_manifests, subgroup
+
+    from .realdata import require_shared_datasets
+
+    shared = require_shared_datasets()
+    frames = sorted((shared / "bccd" / "Original_Images").glob("*.jpg"))[:12]
+    data_root = tmp_path / "data"
+    (data_root / "frames" / "neutrophil").mkdir(parents=True)
+    (data_root / "crops" / "neutrophil").mkdir(parents=True)
+    for path in frames:
+        (data_root / "frames" / "neutrophil" / path.name).write_bytes(path.read_bytes())
+    cuts = {"BloodImage_00001.jpg": (40, 60, 260), "BloodImage_00004.jpg": (300, 150, 180)}
+    for name, (x, y, side) in cuts.items():
+        with Image.open(data_root / "frames" / "neutrophil" / name) as frame:
+            crop = frame.convert("RGB").crop((x, y, x + side, y + side)).resize((224, 224))
+        buffer = io.BytesIO()
+        crop.save(buffer, "JPEG", quality=85)
+        (data_root / "crops" / "neutrophil" / f"cut_{name}").write_bytes(buffer.getvalue())
+    pbc = sorted((shared / "pbc" / "neutrophil").glob("SNE_*.jpg"))[:4]
+    for path in pbc:  # cells from another lab: inside no frame
+        (data_root / "crops" / "neutrophil" / path.name).write_bytes(path.read_bytes())
+    config = validate_config(
+        {
+            "data_root": str(data_root),
+            "datasets": {
+                "frames": {"path": "frames", "domain": "f", "layout": "imagefolder"},
+                "crops": {"path": "crops", "domain": "c", "layout": "imagefolder"},
+            },
+            "class_map": {
+                "frames": {"neutrophil": "neutrophil"},
+                "crops": {"neutrophil": "neutrophil"},
+            },
+            "dedup": {"contained_in": [{"crops": "crops", "frames": "frames"}]},
+        }
+    )
+    manifests, caches = [], {}
+    for name in ("frames", "crops"):
+        manifest, caches[name] = run_ingest(config, name, data_root)
+        manifests.append(manifest)
+    manifest = pd.concat(manifests, ignore_index=True)
+    result = dedup_manifests(manifest, config, caches, data_root)
+    inside = result.assignments.dropna(subset=["contained_in"])
+    assert dict(zip(inside["record_id"], inside["contained_in"], strict=True)) == {
+        f"crops:neutrophil/cut_{name}": f"frames:neutrophil/{name}" for name in cuts
+    }
+    contained = result.groups.loc[result.groups["kind"] == "contained_in"]
+    assert len(contained) == 2 and set(contained["size"]) == {2}
+    merged = subgroup(manifest, result.assignments, config).set_index("record_id")
+    for name in cuts:
+        crop, frame = f"crops:neutrophil/cut_{name}", f"frames:neutrophil/{name}"
+        assert merged.loc[crop, "split"] == merged.loc[frame, "split"]
+        assert merged.loc[crop, "split_group"] == merged.loc[frame, "split_group"]

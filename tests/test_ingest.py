@@ -34,6 +34,7 @@ from hemaflow.data.ingest import (
     options_from_config,
     process_item,
     quarantine_table,
+    run_ingest,
     write_outputs,
 )
 from hemaflow.data.layouts import SourceItem, list_dataset
@@ -621,3 +622,27 @@ def test_phash_basics():
     )
     h = phash(np.stack([pattern] * 3, axis=-1))
     assert h != 0 and hamming(h, phash(np.stack([255 - pattern] * 3, axis=-1))) > 32
+
+
+def test_absolute_dataset_path_keeps_source_path_absolute(tmp_path: Path, shared_datasets):
+    cell = sorted((shared_datasets / "pbc" / "basophil").glob("BA_*.jpg"))[0]
+    (tmp_path / "data" / "lab" / "basophil").mkdir(parents=True)
+    (tmp_path / "data" / "lab" / "basophil" / "b.jpg").write_bytes(cell.read_bytes())
+    config = {
+        "datasets": {},
+        "image_size": 16,
+        "ingest": {
+            "max_image_pixels": 10**6,
+            "formats": ["JPEG"],
+            "extensions": [".jpg"],
+            "follow_links_outside": False,
+            "read_timeout_s": 10,
+        },
+    }
+    paths = {}
+    for name, path in (("relative", "lab"), ("absolute", str(tmp_path / "data" / "lab"))):
+        config["datasets"][name] = {"path": path, "domain": "d", "layout": "imagefolder"}
+        manifest, _ = run_ingest(config, name, tmp_path / "data")
+        paths[name] = manifest[["source_path", "source_path_base"]].iloc[0].tolist()
+    assert paths["relative"] == ["lab/basophil/b.jpg", "data_root"]
+    assert paths["absolute"] == [str(tmp_path / "data" / "lab" / "basophil" / "b.jpg"), "absolute"]

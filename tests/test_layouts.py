@@ -461,3 +461,45 @@ def test_default_config_fixture(default_config, shared_datasets):
 
 def test_default_config_fixture_is_fresh(default_config):
     assert set(default_config["datasets"]) == {"pbc", "bccd", "zheng_tecom", "raabin_frames"}
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def test_include_exclude_globs_skip_masks_instead_of_quarantining(tmp_path: Path, shared_datasets):
+    cells = sorted((shared_datasets / "pbc" / "neutrophil").glob("BNE_*.jpg"))[:2]
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for n, cell in enumerate(cells):
+        (images / f"{n}.jpg").write_bytes(cell.read_bytes())
+        (images / f"{n}_mask.png").write_bytes(b"mask")
+    (tmp_path / "labels.csv").write_text("id,label\n0.jpg,A\n1.jpg,B\n")
+    spec = csv_spec(filename_pattern="%s")
+    assert rejections(list_dataset(tmp_path, spec, EXTENSIONS)) == {"unlisted": 2}
+    spec["exclude"] = ["*_mask.png"]
+    items = list_dataset(tmp_path, spec, EXTENSIONS)
+    assert [item.rel_path for item in items] == ["imgs/0.jpg", "imgs/1.jpg"]
+    assert rejections(items) == {}
+    inputs = {os.path.relpath(f, tmp_path) for f in dataset_input_files(tmp_path, spec)}
+    assert inputs == {"imgs/0.jpg", "imgs/1.jpg", "labels.csv"}
+    spec = csv_spec(filename_pattern="%s", include=["imgs/0*"])
+    assert [item.rel_path for item in list_dataset(tmp_path, spec, EXTENSIONS)] == [
+        "imgs/0.jpg",
+        "imgs/0_mask.png",
+    ]
+
+
+def test_frame_sizes_split_a_mixed_yolo_folder(tmp_path: Path, shared_datasets):
+    raabin = sorted((shared_datasets / "raabin_frames" / "images").iterdir())[0]
+    bccd = shared_datasets / "bccd" / "Original_Images" / "BloodImage_00000.jpg"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name, source in (("raabin.jpg", raabin), ("bccd.jpg", bccd)):
+        (tmp_path / "images" / name).write_bytes(source.read_bytes())
+        (tmp_path / "labels" / (name[:-4] + ".txt")).write_text("0 0.5 0.5 0.2 0.2\n")
+    listed = {item.rel_path for item in list_dataset(tmp_path, yolo_spec(), EXTENSIONS)}
+    assert listed == {"images/bccd.jpg", "images/raabin.jpg"}
+    small = yolo_spec(frame_sizes=[[575, 575]])
+    assert [i.rel_path for i in list_dataset(tmp_path, small, EXTENSIONS)] == ["images/raabin.jpg"]
+    large = yolo_spec(frame_sizes=[[640, 480]])
+    assert [i.rel_path for i in list_dataset(tmp_path, large, EXTENSIONS)] == ["images/bccd.jpg"]

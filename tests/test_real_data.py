@@ -55,6 +55,7 @@ def test_ingest_counts_and_quarantine_reasons(ingested):
         "missing_file": 44,
         "multiple_labels": 8,
         "empty_label": 1,
+        "unsupported_extension": 1,  # Original_Images/index.txt: a row, never silence
     }
     raabin = manifest.loc[(manifest["dataset"] == "raabin_frames") & (manifest["status"] == "ok")]
     assert raabin["record_id"].str.contains("#box").all() and len(raabin) > 480

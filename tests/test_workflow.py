@@ -258,6 +258,8 @@ def test_outputs_of_ingest_dedup_subgroup(workflow_run):
     for log in ("ingest/pbc.log", "dedup.log", "subgroup.log"):
         assert (workdir / "logs" / log).stat().st_size > 0
     assert (workdir / "benchmarks" / "ingest" / "pbc.tsv").exists()
+    assert (workdir / "benchmarks" / "subgroup.tsv").exists()
+    assert (workdir / "benchmarks" / "domain_cache" / "raabin.tsv").exists()
 
 
 def test_normalization_outputs(workflow_run):
@@ -899,8 +901,41 @@ def test_every_planted_bad_input_is_accounted_for(tmp_path):
         for row in manifest.itertuples()
     }
     assert found == expected
+    assert (workdir / "benchmarks" / "subgroup.tsv").stat().st_size > 0
     linked = manifest.set_index("record_id").loc["planted:imgs/linked/L.jpg"]
     assert linked["link_target"] == str((data_root / "pool" / "L.jpg").resolve())
     # the other folder's image was never read: its hash is nowhere in the manifest
     stolen = hashlib.sha256((data_root / "other" / "lymphocyte" / "LY.jpg").read_bytes())
     assert stolen.hexdigest() not in set(manifest["sha256"].dropna())
+
+
+def test_own_config_replaces_the_default_one(tmp_path):
+    """A user's --configfile describes exactly their datasets: the default config next to
+    the Snakefile (whose datasets do not exist from here) is not merged in."""
+    shared = require_shared_datasets()
+    data_root, _ = plant_bad_inputs(shared, tmp_path)
+    workdir = tmp_path / "work"
+    (workdir / "config").mkdir(parents=True)
+    shutil.copyfile(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
+    classes = {"neutrophil": "neutrophil", "lymphocyte": "lymphocyte", "eosinophil": "eosinophil"}
+    write_planted_config(workdir, data_root, classes)
+    (workdir / "config.yaml").rename(workdir / "my_labs.yaml")
+    # as a user runs it: from the working folder, without -d
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--cores", "1"]
+    # the README's order: targets first, then --configfile (it takes several values)
+    result = subprocess.run(
+        [*command, "-n", "results/data/manifest.parquet", "--configfile", "my_labs.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert planned_jobs(result) == {"ingest": 1, "dedup": 1, "subgroup": 1}
+    assert "bccd" not in result.stdout + result.stderr
+    # without a --configfile the default one is used (and here its data root is missing)
+    default = subprocess.run(
+        [*command, "-n"], capture_output=True, text=True, timeout=300, cwd=workdir
+    )
+    assert default.returncode != 0
+    assert "config key 'data_root'" in default.stdout + default.stderr

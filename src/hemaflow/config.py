@@ -45,7 +45,16 @@ LAYOUT_KEYS = {
     },
     "yolo": {"images_dir", "labels_dir", "box_class", "box_margin"},
 }
-COMMON_KEYS = {"path", "domain", "layout", "labelled"}
+COMMON_KEYS = {
+    "path",
+    "domain",
+    "layout",
+    "labelled",
+    "include",
+    "exclude",
+    "frame_sizes",
+    "group_regex",
+}
 # Defaults that depend on the layout, so they cannot live in the schema.
 LAYOUT_DEFAULTS = {
     "imagefolder": {"crop": "center", "cell_crop_factor": 2.0, "cell_reference": "auto"},
@@ -162,11 +171,22 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
                 raise ConfigError(f"{key}.fine_label_regex", f"invalid regex: {exc}") from None
             if "fine" not in pattern.groupindex:
                 raise ConfigError(f"{key}.fine_label_regex", "needs a named group (?P<fine>...)")
+        if "group_regex" in spec:
+            try:
+                re.compile(spec["group_regex"])
+            except re.error as exc:
+                raise ConfigError(f"{key}.group_regex", f"invalid regex: {exc}") from None
         if layout == "csv":
             try:
                 format_filename(spec["filename_pattern"], "1")
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{key}.filename_pattern", f"bad printf pattern: {exc}") from None
+    for number, pair in enumerate(config["dedup"]["contained_in"]):
+        for role in ("crops", "frames"):
+            if pair[role] not in config["datasets"]:
+                raise ConfigError(
+                    f"dedup.contained_in.{number}.{role}", f"{pair[role]!r} is not a dataset"
+                )
     for name in config["class_map"]:
         if name not in config["datasets"]:
             raise ConfigError(f"class_map.{name}", "names no dataset in 'datasets'")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from hemaflow.data.ingest import QUARANTINE_COLUMNS
-from hemaflow.dedup.groups import ROLE_CONFLICT, ROLE_DUPLICATE, find_duplicates
+from hemaflow.dedup.contained import FRAME_SIDE, contained_pairs
+from hemaflow.dedup.groups import ROLE_CONFLICT, ROLE_DUPLICATE, DedupResult, find_duplicates
 from hemaflow.dedup.verify import THUMB_SIZE, gray_thumbnails
 from hemaflow.errors import UnmappedLabelsError
 from hemaflow.labels import UNMAPPED, canonical_classes, unmapped_labels
@@ -34,7 +37,10 @@ def combine_manifests(manifests: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def dedup_manifests(
-    manifest: pd.DataFrame, config: Mapping[str, Any], dataset_caches: Mapping[str, np.ndarray]
+    manifest: pd.DataFrame,
+    config: Mapping[str, Any],
+    dataset_caches: Mapping[str, np.ndarray],
+    data_root: Path | None = None,
 ):
     """Duplicate groups over the accepted rows of all datasets."""
     accepted = manifest.loc[manifest["status"] == "ok"].reset_index(drop=True)
@@ -43,14 +49,87 @@ def dedup_manifests(
     for dataset, rows in accepted.groupby("dataset").groups.items():
         indices = accepted.loc[rows, "cache_index"].to_numpy()
         thumbnails[np.asarray(rows)] = gray_thumbnails(dataset_caches[dataset][indices])
-    return find_duplicates(
+    result = find_duplicates(
         accepted,
         near_threshold=config["dedup"]["near_threshold"],
         conflict_policy=config["dedup"]["conflict_policy"],
         dataset_order=list(config["datasets"]),
         thumbnails=thumbnails,
         min_correlation=config["dedup"]["near_min_correlation"],
+        dihedral=config["dedup"]["dihedral"],
+        dihedral_min_correlation=config["dedup"]["dihedral_min_correlation"],
     )
+    return add_containment(result, accepted, config, dataset_caches, data_root)
+
+
+def _frame_path(row: pd.Series, data_root: Path) -> Path:
+    path = Path(str(row["source_path"]))
+    return path if row.get("source_path_base") == "absolute" else data_root / path
+
+
+def add_containment(
+    result: DedupResult,
+    accepted: pd.DataFrame,
+    config: Mapping[str, Any],
+    dataset_caches: Mapping[str, np.ndarray],
+    data_root: Path | None,
+) -> DedupResult:
+    """Crops of one dataset found inside the whole frames of another (config
+    dedup.contained_in): a ``contained_in`` column in the assignments (the frame's record
+    id) and one ``contained_in`` group per frame, so the split keeps them together."""
+    assignments = result.assignments
+    assignments["contained_in"] = pd.Series(pd.NA, index=assignments.index, dtype="string")
+    pairs = config["dedup"].get("contained_in", [])
+    if not pairs:
+        return result
+    if data_root is None:
+        raise ValueError("dedup.contained_in needs the data root to read whole frames")
+    row_of = {record: k for k, record in enumerate(assignments["record_id"])}
+    rows = []
+    for pair in pairs:
+        crop_rows = accepted.loc[accepted["dataset"] == pair["crops"]]
+        frame_rows = accepted.loc[accepted["dataset"] == pair["frames"]]
+        frame_rows = frame_rows.drop_duplicates("source_path")
+        if crop_rows.empty or frame_rows.empty:
+            continue
+        frames = []
+        for _, frame in frame_rows.iterrows():
+            with Image.open(_frame_path(frame, data_root)) as image:
+                image.draft("RGB", (4 * FRAME_SIDE, 4 * FRAME_SIDE))
+                frames.append(image.convert("RGB"))
+        crops = dataset_caches[pair["crops"]][crop_rows["cache_index"].to_numpy()]
+        found = contained_pairs(crops, frames, config["dedup"]["contained_min_correlation"])
+        by_frame: dict[str, list[tuple[str, float]]] = {}
+        for match in found:
+            crop_id = crop_rows["record_id"].iloc[match.crop]
+            frame_id = frame_rows["record_id"].iloc[match.frame]
+            assignments.loc[row_of[crop_id], "contained_in"] = frame_id
+            by_frame.setdefault(frame_id, []).append((crop_id, match.correlation))
+        for frame_id, members in sorted(by_frame.items()):
+            rows.append(
+                {
+                    "group_id": frame_id,
+                    "kind": "contained_in",
+                    "size": len(members) + 1,
+                    "datasets": ",".join(sorted({pair["crops"], pair["frames"]})),
+                    "classes": "",
+                    "label_conflict": False,
+                    "action": "same split (crops inside the frame, best correlation "
+                    f"{max(c for _, c in members):.3f})",
+                    "kept": "",
+                    "members": ";".join([frame_id] + [crop for crop, _ in members]),
+                }
+            )
+        log.info(
+            "dedup: %d of %d %s crops lie inside %s frames",
+            len(found),
+            len(crop_rows),
+            pair["crops"],
+            pair["frames"],
+        )
+    if rows:
+        result.groups = pd.concat([result.groups, pd.DataFrame(rows)], ignore_index=True)
+    return result
 
 
 def subgroup(
@@ -92,9 +171,11 @@ def subgroup(
     # duplicates follow their group's stratum: place groups by their kept member
     split = pd.Series(pd.NA, index=merged.index, dtype="string")
     candidates = has_group & merged["status"].isin(["ok", "duplicate", "label_conflict"])
+    merged["split_group"] = pd.Series(pd.NA, index=merged.index, dtype="string")
+    merged.loc[candidates, "split_group"] = split_groups(merged.loc[candidates]).to_numpy()
     split.loc[candidates] = stratified_group_split(
         _group_strata(merged.loc[candidates], strata.loc[candidates]),
-        merged.loc[candidates, "group_id"],
+        merged.loc[candidates, "split_group"],
         config["split"],
         config["split"]["seed"],
     ).to_numpy()
@@ -102,6 +183,40 @@ def subgroup(
     merged["canonical_class"] = merged["canonical_class"].astype("string")
     merged["status"] = merged["status"].astype("string")
     return merged
+
+
+def split_groups(rows: pd.DataFrame) -> pd.Series:
+    """The unit of the split per row: its duplicate group, joined with every other group
+    that holds a file of the same source (``source_group`` of the same dataset) and with
+    the group of the frame a crop lies in (``contained_in``), so that augmented copies of
+    one frame, or a crop and its frame, never straddle train and test. Named by the
+    smallest group id it joins."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    groups = rows["group_id"].astype(str)
+    if "source_group" in rows:
+        sources = rows["dataset"].astype(str) + "/" + rows["source_group"].astype("string")
+        for _, members in groups[sources.notna()].groupby(sources[sources.notna()]):
+            ids = sorted(set(members))
+            for other in ids[1:]:
+                a, b = find(ids[0]), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    if "contained_in" in rows:
+        group_of = dict(zip(rows["record_id"].astype(str), groups, strict=True))
+        inside = rows["contained_in"].astype("string")
+        for group, frame in zip(groups[inside.notna()], inside[inside.notna()], strict=True):
+            if frame in group_of:
+                a, b = find(group), find(group_of[frame])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return groups.map(find)
 
 
 def _group_strata(rows: pd.DataFrame, strata: pd.Series) -> pd.Series:
@@ -183,7 +298,9 @@ def dedup_files(
     """The dedup stage from per-dataset manifests and caches to its four outputs."""
     manifest = read_manifests(manifest_paths)
     caches = {d: np.load(p, mmap_mode="r") for d, p in zip(datasets, image_paths, strict=True)}
-    result = dedup_manifests(manifest, config, caches)
+    from hemaflow.config import resolve_data_root
+
+    result = dedup_manifests(manifest, config, caches, resolve_data_root(config))
     result.assignments.to_parquet(out_assignments, index=False)
     result.groups.to_csv(out_groups, index=False)
     result.pairs.to_csv(out_pairs, index=False)
@@ -202,6 +319,7 @@ def dedup_files(
         },
         "near_candidates": int(len(result.pairs)),
         "near_verified": int(result.pairs["verified"].sum()) if len(result.pairs) else 0,
+        "contained_in_groups": int((groups["kind"] == "contained_in").sum()) if len(groups) else 0,
         "near_threshold": config["dedup"]["near_threshold"],
         "near_min_correlation": config["dedup"]["near_min_correlation"],
         "conflict_policy": config["dedup"]["conflict_policy"],

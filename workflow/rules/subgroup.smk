@@ -20,6 +20,8 @@ rule subgroup:
         summary=f"{RESULTS}/data/summary.json",
     log:
         "logs/subgroup.log",
+    benchmark:
+        "benchmarks/subgroup.tsv"
     # a label missing from the class map fails the same way every time: no retry
     retries: 0
     conda:
@@ -58,6 +60,8 @@ rule domain_cache:
         index=f"{RESULTS}/cache/{{domain}}/index.parquet",
     log:
         "logs/domain_cache/{domain}.log",
+    benchmark:
+        "benchmarks/domain_cache/{domain}.tsv"
     conda:
         "../envs/hemaflow.yaml"
     params:

@@ -36,9 +36,11 @@ MANIFEST_COLUMNS = [
     "dataset",
     "domain",
     "source_path",
+    "source_path_base",
     "link_target",
     "source_label",
     "fine_label",
+    "source_group",
     "box_x0",
     "box_y0",
     "box_x1",
@@ -60,7 +62,7 @@ class IngestOptions:
     dataset: str
     domain: str
     root: str  # dataset folder
-    data_prefix: str  # dataset path as given under data_root, for portable source paths
+    data_prefix: str  # dataset path as given: relative to data_root, or absolute
     image_size: int
     max_pixels: int
     formats: tuple[str, ...]
@@ -77,14 +79,24 @@ def _row(item: SourceItem, options: IngestOptions, **values: Any) -> dict[str, A
         record_id=f"{options.dataset}:{item.rel_path}",
         dataset=options.dataset,
         domain=options.domain,
-        source_path=f"{options.data_prefix}/{item.rel_path}".lstrip("/"),
+        source_path=_source_path(options.data_prefix, item.rel_path),
+        source_path_base="absolute" if options.data_prefix.startswith("/") else "data_root",
         link_target=item.link_target,
+        source_group=item.source_group,
         source_label=item.source_label,
         fine_label=item.fine_label,
         status="ok",
     )
     row.update(values)
     return row
+
+
+def _source_path(prefix: str, rel_path: str) -> str:
+    """The dataset path as configured joined with the item's path: relative to data_root
+    (portable) for a relative dataset path, absolute for an absolute one."""
+    if prefix in ("", ".", "./"):
+        return rel_path
+    return f"{prefix.rstrip('/')}/{rel_path}"
 
 
 def _quarantine(row: dict[str, Any], code: str, message: str) -> dict[str, Any]:
@@ -281,9 +293,11 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in (
         "image_id",
         "sha256",
+        "source_path_base",
         "link_target",
         "source_label",
         "fine_label",
+        "source_group",
         "format",
         "mode",
         "reason_code",
@@ -332,7 +346,7 @@ def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -
         dataset=dataset,
         domain=spec["domain"],
         root=str(data_root / spec["path"]),
-        data_prefix=spec["path"].strip("/"),
+        data_prefix=spec["path"],
         image_size=config["image_size"],
         max_pixels=config["ingest"]["max_image_pixels"],
         formats=tuple(config["ingest"]["formats"]),

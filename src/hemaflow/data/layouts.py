@@ -10,6 +10,7 @@ under a dataset's image folder disappears without a row.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import math
 import os
@@ -19,6 +20,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from hemaflow.data.decode import RejectedImage, read_bytes
 from hemaflow.errors import HemaflowError
@@ -38,6 +41,7 @@ class SourceItem:
     rejection: Rejection | None = None  # found while listing
     notes: list[str] = field(default_factory=list)
     link_target: str | None = None  # the real file when reached through a symbolic link
+    source_group: str | None = None  # files of one source (augmented copies) split together
 
 
 class LayoutError(HemaflowError):
@@ -521,16 +525,67 @@ def list_dataset(
     extensions: tuple[str, ...],
     options: ListingOptions | None = None,
 ) -> list[SourceItem]:
+    """The items of one dataset, restricted to its ``include``/``exclude`` globs and
+    ``frame_sizes`` (files left out by the config get no row: the user chose them)."""
     lister = LISTERS[spec["layout"]]
-    return lister(root, spec, tuple(e.lower() for e in extensions), options)
+    items = lister(root, spec, tuple(e.lower() for e in extensions), options)
+    items = [item for item in items if is_selected(item.rel_path, spec)]
+    if spec.get("frame_sizes"):
+        sizes = {tuple(size) for size in spec["frame_sizes"]}
+        items = [item for item in items if _frame_size_fits(root, item, sizes)]
+    if spec.get("group_regex"):
+        pattern = re.compile(spec["group_regex"])
+        for item in items:
+            item.source_group = source_group(pattern, item.rel_path)
+    return items
 
 
-def _readable_files(folder: Path, root: Path, options: ListingOptions | None) -> list[str]:
-    return [
-        str(folder / entry.rel_path)
-        for entry in walk_entries(folder, options, dataset_root=root)
-        if entry.rejection is None
-    ]
+def source_group(pattern: re.Pattern[str], rel_path: str) -> str | None:
+    """The source key of a file name (group ``source`` of the regex, else the whole
+    match), e.g. ``NEUTROPHIL_original_12.jpg`` for every augmented copy
+    ``NEUTROPHIL_original_12.jpg_<uuid>.jpg``; None when the name does not match."""
+    if "#line" in rel_path:
+        return None
+    match = pattern.search(posixpath.basename(rel_path))
+    if match is None:
+        return None
+    return match.group("source") if "source" in pattern.groupindex else match.group(0)
+
+
+def is_selected(rel_path: str, spec: dict[str, Any]) -> bool:
+    """Whether a dataset-relative path passes the dataset's ``include`` and ``exclude``
+    globs (fnmatch: ``*`` also crosses folders). A label-table row that names no file
+    (``labels.csv#line7``) always passes, so its rejection is reported."""
+    if "#line" in rel_path:
+        return True
+    include, exclude = spec.get("include"), spec.get("exclude")
+    if include and not any(fnmatch.fnmatchcase(rel_path, glob) for glob in include):
+        return False
+    return not (exclude and any(fnmatch.fnmatchcase(rel_path, glob) for glob in exclude))
+
+
+def _frame_size_fits(root: Path, item: SourceItem, sizes: set[tuple[int, int]]) -> bool:
+    """Header-only size check; an entry already rejected or unreadable stays (ingest
+    quarantines it with its own reason)."""
+    if item.rejection is not None:
+        return True
+    try:
+        with Image.open(root / item.rel_path) as image:
+            return tuple(image.size) in sizes
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return True
+
+
+def _readable_files(
+    folder: Path, root: Path, options: ListingOptions | None, spec: dict[str, Any] | None = None
+) -> list[str]:
+    files = []
+    for entry in walk_entries(folder, options, dataset_root=root):
+        path = folder / entry.rel_path
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        if entry.rejection is None and (spec is None or is_selected(rel, spec)):
+            files.append(str(path))
+    return files
 
 
 def dataset_input_files(
@@ -543,8 +598,8 @@ def dataset_input_files(
     ingest quarantines it with its reason instead."""
     layout = spec["layout"]
     if layout == "imagefolder":
-        return _readable_files(root, root, options)
-    files = _readable_files(root / spec.get("images_dir", "."), root, options)
+        return _readable_files(root, root, options, spec)
+    files = _readable_files(root / spec.get("images_dir", "."), root, options, spec)
     if layout == "csv":
         table = root / spec["csv"]
         if check_file(table, root, options)[1] is None:

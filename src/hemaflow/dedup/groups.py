@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hemaflow.dedup.dihedral import dihedral_hashes, dihedral_pairs, oriented_correlation
 from hemaflow.dedup.hamming_search import near_pairs
 from hemaflow.dedup.verify import shift_correlation
 from hemaflow.labels import UNMAPPED
@@ -57,6 +58,24 @@ def _exact_pairs(image_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return order[:-1][same], order[1:][same]
 
 
+def _dihedral_candidates(thumbnails: np.ndarray, near_threshold: int):
+    """Pairs whose hashes are near once one image is flipped or rotated, with their
+    oriented correlation; per unordered pair only its best orientation."""
+    hashes = dihedral_hashes(thumbnails)
+    left, right, distance, names = dihedral_pairs(hashes, near_threshold)
+    correlation = oriented_correlation(thumbnails, left, right, names)
+    if len(left):
+        low, high = np.minimum(left, right), np.maximum(left, right)
+        order = np.lexsort((-correlation, high, low))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (low[order][1:] != low[order][:-1]) | (high[order][1:] != high[order][:-1])
+        keep = order[first]
+        keep.sort()
+        left, right, distance = low[keep], high[keep], distance[keep]
+        correlation, names = correlation[keep], names[keep]
+    return left, right, distance, correlation, names
+
+
 def find_duplicates(
     candidates: pd.DataFrame,
     near_threshold: int,
@@ -64,13 +83,18 @@ def find_duplicates(
     dataset_order: Sequence[str] = (),
     thumbnails: np.ndarray | None = None,
     min_correlation: float = -1.0,
+    dihedral: bool = False,
+    dihedral_min_correlation: float | None = None,
 ) -> DedupResult:
     """Group ``candidates`` (columns record_id, image_id, phash, dataset, source_path,
     width, height, canonical_class) and choose what to keep.
 
     Hash pairs within ``near_threshold`` bits are near duplicates when their
     ``thumbnails`` (row-aligned with candidates, see verify.gray_thumbnails) correlate at
-    least ``min_correlation``; without thumbnails the hash alone decides.
+    least ``min_correlation``; without thumbnails the hash alone decides. With
+    ``dihedral`` (needs thumbnails), copies up to a flip, a 90-degree rotation or a tint
+    are found too (see :mod:`hemaflow.dedup.dihedral`), verified at
+    ``dihedral_min_correlation`` (default: ``min_correlation``).
 
     The representative of a group is the first member by: has a canonical class, larger
     stored image, dataset order in the config, source path, record id. Deterministic for a
@@ -87,9 +111,21 @@ def find_duplicates(
         correlation = shift_correlation(thumbnails[near_left], thumbnails[near_right])
     else:
         correlation = np.full(len(near_left), np.nan, dtype=np.float32)
+    orientation = np.full(len(near_left), "identity", dtype=object)
+    if dihedral and thumbnails is not None and n > 1:
+        turned = _dihedral_candidates(thumbnails, near_threshold)
+        near_left = np.concatenate([near_left, turned[0]])
+        near_right = np.concatenate([near_right, turned[1]])
+        distance = np.concatenate([distance, turned[2]])
+        correlation = np.concatenate([correlation, turned[3]])
+        orientation = np.concatenate([orientation, turned[4]])
     same_content = frame["image_id"].astype(str).to_numpy()
     same_content = same_content[near_left] == same_content[near_right]
-    verified = same_content | (correlation >= min_correlation) | np.isnan(correlation)
+    turned_threshold = (
+        min_correlation if dihedral_min_correlation is None else dihedral_min_correlation
+    )
+    threshold = np.where(orientation == "identity", min_correlation, turned_threshold)
+    verified = same_content | (correlation >= threshold) | np.isnan(correlation)
     candidate_left, candidate_right = near_left, near_right
     near_left, near_right = near_left[verified], near_right[verified]
     component = _union_find(
@@ -206,6 +242,7 @@ def find_duplicates(
             "distance": distance[keep].astype(int),
             "correlation": correlation[keep].round(4),
             "verified": verified[keep],
+            "orientation": orientation[keep],
         }
     )
     return DedupResult(assignments=assignments, groups=groups, pairs=pairs)
