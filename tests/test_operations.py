@@ -35,6 +35,7 @@ KILLABLE_CYCLEGAN = {
 }
 GPU_RULES = {
     "train_cyclegan",
+    "normalization_decision",  # translates with the CycleGAN (with a fallback configured)
     "normalize_domain",
     "normalization_metrics",
     "train_real_classifier",
