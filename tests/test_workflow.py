@@ -769,7 +769,7 @@ def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
     assert "results/normalization/decisions/lab4_to_pbc.json" in normalize
     assert "results/normalization/reinhard/pbc/stats.json" in normalize  # the fallback
     jobs = dry_run_jobs(snakemake(workdir, "-n", "cross_lab"))
-    for method in ("none", "reinhard", "cyclegan"):
+    for method in ("none", "reinhard", "macenko", "cyclegan"):
         assert ("normalize_domain", f"method={method}, domain=lab4") in jobs, sorted(jobs)
     table = snakemake(workdir, "-n", "cross_lab").stdout.split("rule cross_lab_table:", 1)[1]
     assert "results/normalized/cyclegan/lab4/index.parquet" in table.split("output:", 1)[0]
@@ -777,7 +777,7 @@ def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
     lolo = {w for rule, w in jobs if rule == "train_lolo_classifier"}
     assert lolo == {
         f"method={method}, held_out={lab}"
-        for method in ("none", "reinhard", "cyclegan")
+        for method in ("none", "reinhard", "macenko", "cyclegan")
         for lab in ("pbc", "bccd", "zheng_tecom", "lab4")
     }
 

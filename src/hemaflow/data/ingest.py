@@ -241,6 +241,8 @@ def ingest_dataset(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Process every listed item; returns the manifest and the (N, S, S, 3) uint8 cache,
     whose row k is the image of the manifest row with ``cache_index == k``."""
+    if options.crop == "cell" and options.cell_reference is None:
+        options = _with_cell_reference(items, options)
     rows: list[dict[str, Any]] = []
     image_batches: list[np.ndarray] = []
     cached = 0
@@ -339,6 +341,18 @@ def measure_cell_reference(
         ) from None
 
 
+def _with_cell_reference(items: list[SourceItem], options: IngestOptions) -> IngestOptions:
+    """``options`` with the dataset's measured reference nucleus size (crop: cell, auto)."""
+    reference = measure_cell_reference(items, options)
+    log.info(
+        "%s: reference nucleus size %.1f px (median of a sample); crops of %.0f px",
+        options.dataset,
+        reference,
+        reference * options.cell_crop_factor,
+    )
+    return replace(options, cell_reference=reference)
+
+
 def options_from_config(config: dict[str, Any], dataset: str, data_root: Path) -> IngestOptions:
     spec = config["datasets"][dataset]
     reference = spec.get("cell_reference", "auto")
@@ -370,15 +384,6 @@ def run_ingest(
         ListingOptions.from_config(config, data_root),
     )
     log.info("%s: %d source entries listed under %s", dataset, len(items), options.root)
-    if options.crop == "cell" and options.cell_reference is None:
-        reference = measure_cell_reference(items, options)
-        options = replace(options, cell_reference=reference)
-        log.info(
-            "%s: reference nucleus size %.1f px (median of a sample); crops of %.0f px",
-            dataset,
-            reference,
-            reference * options.cell_crop_factor,
-        )
     return ingest_dataset(items, options, workers)
 
 
