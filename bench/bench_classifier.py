@@ -31,7 +31,7 @@ from cli import parse_overrides
 
 from hemaflow.classify.metrics import evaluation_report
 from hemaflow.classify.predict import load_classifier, predict_proba
-from hemaflow.classify.stages import _domain_split, cross_lab_row, train_domain_stage
+from hemaflow.classify.stages import cross_lab_row, labelled_rows, train_domain_stage
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     )
     train_seconds = time.perf_counter() - start
     net, classes, _ = load_classifier(out / "model.pt")
-    images, rows = _domain_split(*files(args.train_domain), ("test",))
+    images, rows = labelled_rows(*files(args.train_domain), ("test",))
     keep = rows["canonical_class"].isin(classes).to_numpy()
     lookup = {name: k for k, name in enumerate(classes)}
     y_true = rows.loc[keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64)
@@ -97,10 +97,10 @@ def main(argv=None) -> int:
     with pd.option_context("display.width", 160, "display.precision", 3):
         print(per_class[["support", "sensitivity", "specificity", "precision"]].to_string())
 
-    reinhard = ReinhardNormalizer().fit(_domain_split(*files(args.train_domain), ("train",))[0])
+    reinhard = ReinhardNormalizer().fit(labelled_rows(*files(args.train_domain), ("train",))[0])
     table = []
     for domain in args.test_domains:
-        images, rows = _domain_split(*files(domain), ("val", "test"))
+        images, rows = labelled_rows(*files(domain), ("val", "test"))
         variants = {"none": images, "reinhard": reinhard.transform(images)}
         for label, folder in cyclegan_dirs.items():
             model = folder / f"{domain}_to_{args.train_domain}" / "model.pt"

@@ -31,7 +31,7 @@ from cli import parse_overrides
 
 from hemaflow.classify.metrics import evaluation_report, restrict_to_shared_classes
 from hemaflow.classify.predict import load_classifier, predict_proba
-from hemaflow.classify.stages import _domain_split, train_domain_stage
+from hemaflow.classify.stages import labelled_rows, train_domain_stage
 from hemaflow.normalize.macenko import MacenkoNormalizer
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
@@ -99,15 +99,15 @@ def run_arm(args) -> None:
             "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
             "labs": {},
         }
-        test_images, test_rows = _domain_split(*files(args.train_domain), ("test",))
+        test_images, test_rows = labelled_rows(*files(args.train_domain), ("test",))
         record["labs"][f"{args.train_domain} (test split)"] = evaluate_lab(
             net, classes, test_images, test_rows, args.n_boot, seed
         )
-        target_train = _domain_split(*files(args.train_domain), ("train",))[0]
+        target_train = labelled_rows(*files(args.train_domain), ("train",))[0]
         reinhard = ReinhardNormalizer().fit(target_train)
         macenko = MacenkoNormalizer().fit(target_train)
         for domain in args.test_domains:
-            images, rows = _domain_split(*files(domain), ALL_SPLITS)
+            images, rows = labelled_rows(*files(domain), ALL_SPLITS)
             variants = [
                 ("none", images),
                 ("reinhard", reinhard.transform(images)),
@@ -147,7 +147,7 @@ def run_lolo(args) -> None:
     labs = [args.train_domain, *args.test_domains]
     out = args.out / f"lolo-{args.arm}-{args.method}"
     out.mkdir(parents=True, exist_ok=True)
-    target_train = _domain_split(
+    target_train = labelled_rows(
         str(cache / args.train_domain / "images.npy"),
         str(cache / args.train_domain / "index.parquet"),
         ("train",),

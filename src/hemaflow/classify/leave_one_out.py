@@ -26,6 +26,7 @@ from hemaflow.classify.metrics import (  # noqa: E402
     evaluation_report,
     restrict_to_shared_classes,
 )
+from hemaflow.classify.stages import labelled_rows  # noqa: E402
 from hemaflow.json_file import write_json  # noqa: E402
 from hemaflow.train.loop import keyed_state_dir  # noqa: E402
 
@@ -33,17 +34,6 @@ log = logging.getLogger(__name__)
 
 ALL_SPLITS = ("train", "val", "test")
 DomainFiles = Mapping[str, tuple[str, str]]  # domain -> (images.npy, index.parquet)
-
-
-def labelled_rows(
-    images_path: str, index_path: str, splits: Sequence[str]
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """A domain cache's labelled images of the given splits, and their rows."""
-    index = pd.read_parquet(index_path)
-    labelled = index["canonical_class"].fillna("").astype(str).str.len() > 0
-    rows = index[labelled & index["split"].isin(list(splits))]
-    images = np.load(images_path, mmap_mode="r")
-    return np.asarray(images)[rows["domain_index"].to_numpy()], rows.reset_index(drop=True)
 
 
 def pooled_split(

@@ -152,7 +152,7 @@ def evaluate_stage(
 CROSS_LAB_SPLITS = ("val", "test")
 
 
-def _domain_split(
+def labelled_rows(
     images_path: str, index_path: str, splits: tuple[str, ...]
 ) -> tuple[np.ndarray, pd.DataFrame]:
     index = pd.read_parquet(index_path)
@@ -176,8 +176,8 @@ def train_domain_stage(
     its validation images): the model of the cross-lab test."""
     from hemaflow.classify.train import ClassifierOptions, train_classifier
 
-    train_images, train_rows = _domain_split(images_path, index_path, ("train",))
-    val_images, val_rows = _domain_split(images_path, index_path, ("val",))
+    train_images, train_rows = labelled_rows(images_path, index_path, ("train",))
+    val_images, val_rows = labelled_rows(images_path, index_path, ("val",))
     classes = sorted(train_rows["canonical_class"].unique())
     lookup = {name: k for k, name in enumerate(classes)}
     val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
@@ -252,7 +252,7 @@ def cross_lab_stage(
     progress = Progress("cross-lab evaluation", n_sets, "test sets", logger=log)
     for method in sorted(test_sets):
         for domain in sorted(test_sets[method]):
-            images, index = _domain_split(*test_sets[method][domain], CROSS_LAB_SPLITS)
+            images, index = labelled_rows(*test_sets[method][domain], CROSS_LAB_SPLITS)
             metrics = cross_lab_row(net, list(classes), images, index, n_boot, seed)
             rows.append(
                 {"train_domain": train_domain, "test_domain": domain, "method": method, **metrics}
