@@ -29,33 +29,12 @@ import pandas as pd
 import torch
 from cli import parse_overrides
 
-from hemaflow.classify.metrics import evaluation_report, restrict_to_shared_classes
-from hemaflow.classify.predict import load_classifier, predict_proba
-from hemaflow.classify.stages import labelled_rows, train_domain_stage
+from hemaflow.classify.predict import load_classifier
+from hemaflow.classify.stages import lab_evaluation, labelled_rows, train_domain_stage
 from hemaflow.normalize.macenko import MacenkoNormalizer
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
 ALL_SPLITS = ("train", "val", "test")
-
-
-def evaluate_lab(net, classes, images, rows, n_boot, seed) -> dict:
-    shared = sorted(set(rows["canonical_class"]) & set(classes))
-    keep = rows["canonical_class"].isin(shared).to_numpy()
-    probabilities = predict_proba(net, images[keep])
-    y_true, y_pred, names = restrict_to_shared_classes(
-        rows.loc[keep, "canonical_class"].tolist(), probabilities, list(classes), shared
-    )
-    summary, per_class, confusion = evaluation_report(y_true, y_pred, names, n_boot, seed)
-    return {
-        "n_images": int(keep.sum()),
-        "balanced_accuracy": summary["balanced_accuracy"],
-        "balanced_accuracy_low": summary["balanced_accuracy_low"],
-        "balanced_accuracy_high": summary["balanced_accuracy_high"],
-        "accuracy": summary["accuracy"],
-        "sensitivity": per_class["sensitivity"].round(3).to_dict(),
-        "confusion": np.asarray(confusion).tolist(),
-        "classes": names,
-    }
 
 
 def run_arm(args) -> None:
@@ -100,7 +79,7 @@ def run_arm(args) -> None:
             "labs": {},
         }
         test_images, test_rows = labelled_rows(*files(args.train_domain), ("test",))
-        record["labs"][f"{args.train_domain} (test split)"] = evaluate_lab(
+        record["labs"][f"{args.train_domain} (test split)"] = lab_evaluation(
             net, classes, test_images, test_rows, args.n_boot, seed
         )
         target_train = labelled_rows(*files(args.train_domain), ("train",))[0]
@@ -121,7 +100,7 @@ def run_arm(args) -> None:
                 generator, _, _ = load_cyclegan(model)
                 variants.append(("cyclegan", translate(generator, images)))
             for method, batch in variants:
-                record["labs"][f"{domain} {method}"] = evaluate_lab(
+                record["labs"][f"{domain} {method}"] = lab_evaluation(
                     net, classes, batch, rows, args.n_boot, seed
                 )
         with open(out / f"seed{seed}.json", "w") as handle:
@@ -131,7 +110,8 @@ def run_arm(args) -> None:
             print(
                 f"  {lab:<24} n={metrics['n_images']:<5} balanced accuracy "
                 f"{metrics['balanced_accuracy']:.3f} [{metrics['balanced_accuracy_low']:.3f}, "
-                f"{metrics['balanced_accuracy_high']:.3f}]  sensitivity {metrics['sensitivity']}"
+                f"{metrics['balanced_accuracy_high']:.3f}]  sensitivity "
+                f"{ {k: round(v, 3) for k, v in metrics['sensitivity'].items()} }"
             )
 
 

@@ -22,13 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hemaflow.classify.metrics import (  # noqa: E402
-    evaluation_report,
-    restrict_to_shared_classes,
+from hemaflow.classify.stages import (  # noqa: E402
+    lab_evaluation,
+    labelled_rows,
+    train_on_rows,
 )
-from hemaflow.classify.stages import labelled_rows  # noqa: E402
 from hemaflow.json_file import write_json  # noqa: E402
-from hemaflow.train.loop import keyed_state_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -56,65 +55,27 @@ def train_pooled_classifier(
 ) -> dict:
     """A classifier on the training images of ``train_domains`` pooled, early stopping on
     their validation images; classes: every class with training images."""
-    from hemaflow.classify.train import ClassifierOptions, train_classifier
 
     train_images, train_rows = pooled_split(files, train_domains, "train")
     val_images, val_rows = pooled_split(files, train_domains, "val")
-    classes = sorted(train_rows["canonical_class"].unique())
-    lookup = {name: k for k, name in enumerate(classes)}
-    val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
-    options = ClassifierOptions.from_config(options_section)
-    key = "pooled-" + "+".join(sorted(train_domains))
-    state = keyed_state_dir(state_root, "classifier", key, options_section, train_rows["record_id"])
     log.info(
-        "classifier on %s pooled: %d training images, classes %s",
+        "classifier on %s pooled: %d training images",
         ", ".join(train_domains),
         len(train_rows),
-        classes,
     )
-    summary = train_classifier(
+    summary = train_on_rows(
         train_images,
-        train_rows["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
-        val_images[val_keep],
-        val_rows.loc[val_keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64),
-        classes,
-        options,
-        state,
+        train_rows,
+        val_images,
+        val_rows,
+        options_section,
+        state_root,
+        "pooled-" + "+".join(sorted(train_domains)),
         out_model,
-        log_csv=out_losses,
+        out_losses,
     )
     summary["train_domains"] = list(train_domains)
     return summary
-
-
-def evaluate_on_lab(
-    net: Any,
-    model_classes: Sequence[str],
-    images: np.ndarray,
-    rows: pd.DataFrame,
-    n_boot: int,
-    seed: int,
-) -> dict:
-    """Balanced accuracy (bootstrap CI), per-class sensitivity and the confusion matrix
-    of a model on a lab's images, over the classes both know."""
-    from hemaflow.classify.predict import predict_proba
-
-    shared = sorted(set(rows["canonical_class"]) & set(model_classes))
-    keep = rows["canonical_class"].isin(shared).to_numpy()
-    if not keep.any():
-        return {"n_images": 0, "classes": [], "sensitivity": {}, "confusion": []}
-    probabilities = predict_proba(net, images[keep])
-    y_true, y_pred, names = restrict_to_shared_classes(
-        rows.loc[keep, "canonical_class"].tolist(), probabilities, list(model_classes), shared
-    )
-    summary, per_class, confusion = evaluation_report(y_true, y_pred, names, n_boot, seed)
-    out: dict[str, Any] = {"n_images": int(keep.sum()), "classes": list(names)}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        for suffix in ("", "_low", "_high"):
-            out[name + suffix] = float(summary[name + suffix])
-    out["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
-    out["confusion"] = np.asarray(confusion).tolist()
-    return out
 
 
 def leave_one_lab_out(
@@ -144,7 +105,7 @@ def leave_one_lab_out(
         "train_domains": train_domains,
         "iterations": summary.get("iterations"),
         "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
-        **evaluate_on_lab(net, classes, images, rows, n_boot, seed),
+        **lab_evaluation(net, list(classes), images, rows, n_boot, seed),
     }
     write_json(result, out_json, default=float)
     log.info(

@@ -162,6 +162,42 @@ def labelled_rows(
     return np.asarray(images)[rows["domain_index"].to_numpy()], rows.reset_index(drop=True)
 
 
+def train_on_rows(
+    train_images: np.ndarray,
+    train_rows: pd.DataFrame,
+    val_images: np.ndarray,
+    val_rows: pd.DataFrame,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    state_key: str,
+    out_model: str,
+    out_losses: str | None,
+) -> dict:
+    """A classifier on labelled rows (classes: every class with training images; the
+    validation rows of other classes are left out), resumable under ``state_key``."""
+    from hemaflow.classify.train import ClassifierOptions, train_classifier
+
+    classes = sorted(train_rows["canonical_class"].unique())
+    lookup = {name: k for k, name in enumerate(classes)}
+    val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
+    options = ClassifierOptions.from_config(options_section)
+    state = keyed_state_dir(
+        state_root, "classifier", state_key, options_section, train_rows["record_id"]
+    )
+    log.info("classifier classes: %s", classes)
+    return train_classifier(
+        train_images,
+        train_rows["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        val_images[val_keep],
+        val_rows.loc[val_keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64),
+        classes,
+        options,
+        state,
+        out_model,
+        log_csv=out_losses,
+    )
+
+
 def train_domain_stage(
     images_path: str,
     index_path: str,
@@ -174,32 +210,54 @@ def train_domain_stage(
 ) -> dict:
     """A classifier trained on one domain's real training images only (early stopping on
     its validation images): the model of the cross-lab test."""
-    from hemaflow.classify.train import ClassifierOptions, train_classifier
-
     train_images, train_rows = labelled_rows(images_path, index_path, ("train",))
     val_images, val_rows = labelled_rows(images_path, index_path, ("val",))
-    classes = sorted(train_rows["canonical_class"].unique())
-    lookup = {name: k for k, name in enumerate(classes)}
-    val_keep = val_rows["canonical_class"].isin(classes).to_numpy()
-    options = ClassifierOptions.from_config(options_section)
-    state = keyed_state_dir(
-        state_root, "classifier", f"domain-{domain}", options_section, train_rows["record_id"]
-    )
-    log.info("cross-lab classifier on %s: %d training images, %s", domain, len(train_rows), classes)
-    summary = train_classifier(
+    log.info("cross-lab classifier on %s: %d training images", domain, len(train_rows))
+    summary = train_on_rows(
         train_images,
-        train_rows["canonical_class"].map(lookup).to_numpy(dtype=np.int64),
-        val_images[val_keep],
-        val_rows.loc[val_keep, "canonical_class"].map(lookup).to_numpy(dtype=np.int64),
-        classes,
-        options,
-        state,
+        train_rows,
+        val_images,
+        val_rows,
+        options_section,
+        state_root,
+        f"domain-{domain}",
         out_model,
-        log_csv=out_losses,
+        out_losses,
     )
     summary["train_domain"] = domain
     write_json(summary, out_summary, default=float)
     return summary
+
+
+def lab_evaluation(
+    net: Any,
+    model_classes: list[str],
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """A model on a lab's images over the classes both have: accuracy, balanced accuracy
+    and macro-F1 with their intervals, per-class sensitivity and the confusion matrix."""
+    from hemaflow.classify.metrics import restrict_to_shared_classes
+    from hemaflow.classify.predict import predict_proba
+
+    shared = sorted(set(rows["canonical_class"]) & set(model_classes))
+    keep = rows["canonical_class"].isin(shared).to_numpy()
+    if not keep.any():
+        return {"n_images": 0, "classes": [], "sensitivity": {}, "confusion": []}
+    probabilities = predict_proba(net, images[keep])
+    y_true, y_pred, classes = restrict_to_shared_classes(
+        rows.loc[keep, "canonical_class"].tolist(), probabilities, list(model_classes), shared
+    )
+    summary, per_class, confusion = evaluation_report(y_true, y_pred, classes, n_boot, seed)
+    out: dict[str, Any] = {"n_images": int(keep.sum()), "classes": list(classes)}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        for suffix in ("", "_low", "_high"):
+            out[name + suffix] = float(summary[name + suffix])
+    out["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
+    out["confusion"] = np.asarray(confusion).tolist()
+    return out
 
 
 def cross_lab_row(
@@ -210,24 +268,14 @@ def cross_lab_row(
     n_boot: int,
     seed: int,
 ) -> dict:
-    """Metrics of a model on another lab's images over the classes both have."""
-    from hemaflow.classify.metrics import restrict_to_shared_classes
-    from hemaflow.classify.predict import predict_proba
-
-    shared = sorted(set(rows["canonical_class"]) & set(model_classes))
-    keep = rows["canonical_class"].isin(shared).to_numpy()
-    if not keep.any():
-        return {"n_images": 0, "shared_classes": ""}
-    probabilities = predict_proba(net, images[keep])
-    y_true, y_pred, classes = restrict_to_shared_classes(
-        rows.loc[keep, "canonical_class"].tolist(), probabilities, model_classes, shared
-    )
-    summary, _, _ = evaluation_report(y_true, y_pred, classes, n_boot, seed)
-    out = {"n_images": int(keep.sum()), "shared_classes": " ".join(classes)}
+    """Metrics of a model on another lab's images over the classes both have (a row of
+    the cross-lab table)."""
+    metrics = lab_evaluation(net, model_classes, images, rows, n_boot, seed)
+    out = {"n_images": metrics["n_images"], "shared_classes": " ".join(metrics["classes"])}
     for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        out[name] = summary[name]
-        out[f"{name}_low"] = summary[f"{name}_low"]
-        out[f"{name}_high"] = summary[f"{name}_high"]
+        for suffix in ("", "_low", "_high"):
+            if name + suffix in metrics:
+                out[name + suffix] = metrics[name + suffix]
     return out
 
 
