@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hemaflow.models.cwgan import CRITIC_CONDITIONINGS, CWGANGenerator, ResidualCritic
+from hemaflow.models.dcgan import DCCritic, DCGenerator
+from hemaflow.models.fewshot import diff_augment, parse_policy
 from hemaflow.synth.real_classifier import check_image_size, load_real_classifier
 from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import MovingAverage
@@ -47,7 +49,13 @@ from hemaflow.train.loop import (
     train_and_save,
     training_device,
 )
-from hemaflow.train.losses import gradient_penalty, wgan_generator_loss, wgan_gp_critic_loss
+from hemaflow.train.losses import (
+    gradient_penalty,
+    hinge_critic_loss,
+    r1_penalty,
+    wgan_generator_loss,
+    wgan_gp_critic_loss,
+)
 from hemaflow.train.model_file import read_model_file
 from hemaflow.train.options import TrainingOptions
 
@@ -64,6 +72,9 @@ CWGAN_LOSS_COLUMNS = (
     "seconds",
 )
 CWGAN_FILE_KIND = "cwgan"
+ARCHITECTURES = ("residual", "dcgan")
+LOSSES = ("wgan", "hinge")
+PENALTIES = ("gp", "r1")
 
 
 # ------------------------------------------------------------------------------- options
@@ -87,7 +98,13 @@ class CWGANOptions(TrainingOptions):
     d_blocks_2: int = 4
     d_blocks_3: int = 4
     critic_conditioning: str = "none"
+    architecture: str = "residual"
+    loss: str = "wgan"
+    penalty: str = "gp"
     lambda_gp: float = 10.0
+    r1_gamma: float = 1.0
+    diffaugment: str = ""
+    lr_critic: float = 0.0
     n_critic: int = 5
     lambda_class: float = 1.0
     lr: float = 1e-4
@@ -103,7 +120,12 @@ class CWGANOptions(TrainingOptions):
     amp: bool = True
 
     KIND: ClassVar[str] = "cwgan"
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"critic_conditioning": CRITIC_CONDITIONINGS}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "critic_conditioning": CRITIC_CONDITIONINGS,
+        "architecture": ARCHITECTURES,
+        "loss": LOSSES,
+        "penalty": PENALTIES,
+    }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
             "z_dim",
@@ -125,7 +147,9 @@ class CWGANOptions(TrainingOptions):
             "d_blocks_2",
             "d_blocks_3",
             "lambda_gp",
+            "r1_gamma",
             "lambda_class",
+            "lr_critic",
         }
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset({"beta1", "beta2", "ema_decay", "ema_rampup"})
@@ -133,6 +157,11 @@ class CWGANOptions(TrainingOptions):
     def check_field(self, name: str, value: Any) -> str | None:
         if name == "image_size":
             return check_image_size(value)
+        if name == "diffaugment":
+            try:
+                parse_policy(value)
+            except ValueError as error:
+                return str(error)
         return super().check_field(name, value)
 
     @property
@@ -182,7 +211,11 @@ CWGANOptions.PRESETS = CWGAN_PRESETS
 # ---------------------------------------------------------------------------- networks
 
 
-def build_generator(options: CWGANOptions, n_classes: int) -> CWGANGenerator:
+def build_generator(options: CWGANOptions, n_classes: int) -> CWGANGenerator | DCGenerator:
+    if options.architecture == "dcgan":
+        return DCGenerator(
+            n_classes, z_dim=options.z_dim, image_size=options.image_size, width=options.width
+        )
     return CWGANGenerator(
         n_classes,
         z_dim=options.z_dim,
@@ -193,13 +226,16 @@ def build_generator(options: CWGANOptions, n_classes: int) -> CWGANGenerator:
     )
 
 
-def build_critic(options: CWGANOptions, n_classes: int) -> ResidualCritic:
+def build_critic(options: CWGANOptions, n_classes: int) -> ResidualCritic | DCCritic:
+    projection = n_classes if options.critic_conditioning == "projection" else 0
+    if options.architecture == "dcgan":
+        return DCCritic(image_size=options.image_size, width=options.width, n_classes=projection)
     return ResidualCritic(
         1,
         image_size=options.image_size,
         width=options.width,
         blocks=options.critic_blocks,
-        n_classes=n_classes if options.critic_conditioning == "projection" else 0,
+        n_classes=projection,
     )
 
 
@@ -235,7 +271,9 @@ class CWGANModel(MixedPrecision):
         self.class_map = class_map.to(device)
         betas = (options.beta1, options.beta2)
         self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=options.lr, betas=betas)
-        self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=options.lr, betas=betas)
+        lr_critic = options.lr_critic or options.lr
+        self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=lr_critic, betas=betas)
+        self.augment = options.diffaugment if parse_policy(options.diffaugment) else ""
 
     def modules(self) -> list[nn.Module]:
         # the classifier stays in eval mode (no dropout), G_ema is never run in training
@@ -243,6 +281,10 @@ class CWGANModel(MixedPrecision):
 
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.options.z_dim, device=self.device)
+
+    def critic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The critic's score of ``x`` seen through the differentiable augmentation."""
+        return self.D(diff_augment(x, self.augment) if self.augment else x, y)
 
     def train_iteration(self) -> dict[str, torch.Tensor]:
         o = self.options
@@ -256,18 +298,27 @@ class CWGANModel(MixedPrecision):
                 fake = self.G(self._z(o.batch_size), y)
             fake = fake.float()
             self.optimizer_D.zero_grad(set_to_none=True)
+            if o.penalty == "r1" and o.r1_gamma > 0:
+                real = real.detach().requires_grad_(True)
             with amp:
-                loss_D = wgan_gp_critic_loss(self.D(real, y), self.D(fake, y))
-            if o.lambda_gp > 0:
+                scores_real, scores_fake = self.critic(real, y), self.critic(fake, y)
+            wasserstein = scores_real.float().mean() - scores_fake.float().mean()
+            if o.loss == "hinge":
+                loss_D = hinge_critic_loss(scores_real, scores_fake)
+            else:
+                loss_D = wgan_gp_critic_loss(scores_real, scores_fake)
+            if o.penalty == "r1" and o.r1_gamma > 0:
+                gp = r1_penalty(scores_real, real, o.r1_gamma)
+            elif o.penalty == "gp" and o.lambda_gp > 0:
                 # real and fake of a pair share their class, so a projection critic
                 # sees one label along the line between them
-                gp = gradient_penalty(lambda x, y=y: self.D(x, y), real, fake, o.lambda_gp)
+                gp = gradient_penalty(lambda x, y=y: self.critic(x, y), real, fake, o.lambda_gp)
             else:
                 gp = torch.zeros((), device=self.device)
             self.optimizer_step(loss_D + gp, self.optimizer_D, self.scaler_D)
             totals["loss_D"] = totals["loss_D"] + loss_D.detach() / o.n_critic
             totals["gp"] = totals["gp"] + gp.detach() / o.n_critic
-            totals["wasserstein"] = totals["wasserstein"] - loss_D.detach() / o.n_critic
+            totals["wasserstein"] = totals["wasserstein"] + wasserstein.detach() / o.n_critic
 
         y = torch.from_numpy(self.rng.integers(0, self.n_classes, size=o.batch_size))
         y = y.to(self.device)
@@ -275,7 +326,7 @@ class CWGANModel(MixedPrecision):
         self.optimizer_G.zero_grad(set_to_none=True)
         with amp:
             fake = self.G(self._z(o.batch_size), y)
-            loss_adv = wgan_generator_loss(self.D(fake, y))
+            loss_adv = wgan_generator_loss(self.critic(fake, y))
             size = self.classifier.image_size
             logits = self.classifier(resize_float(fake, (size, size))).float()
         target = self.class_map[y]

@@ -25,6 +25,21 @@ def wgan_gp_critic_loss(scores_real: torch.Tensor, scores_fake: torch.Tensor) ->
     return scores_fake.float().mean() - scores_real.float().mean()
 
 
+def hinge_critic_loss(scores_real: torch.Tensor, scores_fake: torch.Tensor) -> torch.Tensor:
+    """E[relu(1 - D(real))] + E[relu(1 + D(fake))] (the generator's loss stays -E[D(fake)])."""
+    return F.relu(1.0 - scores_real.float()).mean() + F.relu(1.0 + scores_fake.float()).mean()
+
+
+def r1_penalty(scores_real: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mescheder et al. (2018): ``gamma / 2 * E[||grad_x D(x_real)||^2]``, the zero-centred
+    penalty on real images only. ``real`` must require grad and ``scores_real`` be computed
+    from it; the graph is kept so that the penalty trains the critic."""
+    (gradients,) = torch.autograd.grad(
+        outputs=scores_real.float().sum(), inputs=real, create_graph=True
+    )
+    return 0.5 * gamma * gradients.reshape(gradients.shape[0], -1).pow(2).sum(dim=1).mean()
+
+
 def wgan_generator_loss(scores_fake: torch.Tensor) -> torch.Tensor:
     """-E[D(fake)]."""
     return -scores_fake.float().mean()

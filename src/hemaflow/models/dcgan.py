@@ -1,0 +1,127 @@
+"""Small, fast conditional GAN networks for a CPU: a DCGAN-shaped generator with
+class-conditional batch normalization and a strided-convolution critic with an optional
+projection head.
+
+The residual networks of ``hemaflow.models.cwgan`` (the paper's layout) run every residual
+block at full width at 32 and 64 px, which costs a 2-core CPU seconds per step. Here the
+resolution doubles while the width halves (DCGAN, Radford et al. 2016), so each stage costs
+about the same and the whole generator a fraction of the residual one:
+
+Generator: z -> FC -> ``8 w`` x 4 x 4 -> per stage: conditional BN, ReLU, 4x4 stride-2
+transposed convolution (width halves, at least ``w / 2``) until ``image_size`` -> conditional
+BN, ReLU, 3x3 convolution to RGB -> tanh. The class enters every normalization as a learned
+gain and bias (conditional batch normalization, de Vries et al. 2017; Miyato & Koyama 2018),
+which conditions every stage rather than only the input.
+
+Critic: per stage a 4x4 stride-2 convolution (width doubles, at most ``8 w``), LeakyReLU(0.2),
+down to 4 x 4 -> sum over positions -> linear score, plus ``<embedding(y), h>`` when it is a
+projection critic. No normalization, so a gradient penalty applies sample by sample.
+
+Plain torch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SLOPE = 0.2
+START = 4
+
+
+def _check(name: str, image_size: int, width: int) -> None:
+    if (
+        not isinstance(image_size, int)
+        or image_size < 2 * START
+        or image_size & (image_size - 1)
+    ):
+        raise ValueError(f"{name}: image_size must be a power of two >= 8, got {image_size!r}")
+    if not isinstance(width, int) or width < 2:
+        raise ValueError(f"{name}: width must be an int >= 2, got {width!r}")
+
+
+def generator_channels(image_size: int, width: int) -> list[int]:
+    """Channels at 4, 8, ..., image_size px: 8 w at 4 px, halving per stage, at least w / 2."""
+    stages = int(math.log2(image_size // START))
+    return [max(width // 2, width * 8 // 2**k) for k in range(stages + 1)]
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch normalization without its own affine map, then a per-class gain and bias
+    (gain initialized to 1, bias to 0)."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(n_classes, channels)
+        self.bias = nn.Embedding(n_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return h * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class DCGenerator(nn.Module):
+    """G(z, y) -> images in [-1, 1], NCHW, ``image_size`` square (see the module text)."""
+
+    def __init__(self, n_classes: int, z_dim: int = 128, image_size: int = 64, width: int = 32):
+        super().__init__()
+        _check(type(self).__name__, image_size, width)
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"DCGenerator: n_classes must be >= 1, got {n_classes!r}")
+        if not isinstance(z_dim, int) or z_dim < 1:
+            raise ValueError(f"DCGenerator: z_dim must be an int >= 1, got {z_dim!r}")
+        self.n_classes = n_classes
+        self.z_dim = z_dim
+        self.image_size = image_size
+        self.width = width
+        channels = generator_channels(image_size, width)
+        self.start_channels = channels[0]
+        self.fc = nn.Linear(z_dim, channels[0] * START * START)
+        self.norms = nn.ModuleList(ConditionalBatchNorm2d(c, n_classes) for c in channels)
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self.to_rgb = nn.Conv2d(channels[-1], 3, kernel_size=3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(-1, self.start_channels, START, START)
+        for norm, up in zip(self.norms[:-1], self.ups, strict=True):
+            x = up(self.act(norm(x, y)))
+        return torch.tanh(self.to_rgb(self.act(self.norms[-1](x, y))))
+
+
+class DCCritic(nn.Module):
+    """Critic score per image (no sigmoid); a projection critic when ``n_classes`` > 0
+    (``forward`` then needs the labels ``y``)."""
+
+    def __init__(self, image_size: int = 64, width: int = 32, n_classes: int = 0):
+        super().__init__()
+        _check(type(self).__name__, image_size, width)
+        stages = int(math.log2(image_size // START))
+        layers: list[nn.Module] = []
+        c_in = 3
+        for k in range(stages):
+            c_out = width * min(2**k, 8)
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1)]
+            layers += [nn.LeakyReLU(SLOPE)]
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.image_size = image_size
+        self.n_classes = n_classes
+        self.out = nn.Linear(c_in, 1)
+        self.projection = nn.Embedding(n_classes, c_in) if n_classes > 0 else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x).sum(dim=(2, 3))
+        out = self.out(h)
+        if self.projection is not None:
+            if y is None:
+                raise ValueError(f"{type(self).__name__}: a projection critic needs labels y")
+            out = out + (self.projection(y) * h).sum(dim=1, keepdim=True)
+        return out
