@@ -125,3 +125,59 @@ class DCCritic(nn.Module):
                 raise ValueError(f"{type(self).__name__}: a projection critic needs labels y")
             out = out + (self.projection(y) * h).sum(dim=1, keepdim=True)
         return out
+
+
+class CodeDCGenerator(DCGenerator):
+    """The few-shot GAN's generator in the DCGAN shape: (task code, noise) -> image.
+    ``concat(code, noise)`` enters the fully connected layer; the normalizations are plain
+    batch norms (one class). ``code`` may be (code_dim,) or (1, code_dim): it is then
+    shared by every noise row. Same interface as ``FewShotGenerator``."""
+
+    def __init__(
+        self, image_size: int = 64, width: int = 32, code_dim: int = 128, noise_dim: int = 128
+    ):
+        if not isinstance(code_dim, int) or code_dim < 1:
+            raise ValueError(f"CodeDCGenerator: code_dim must be an int >= 1, got {code_dim!r}")
+        super().__init__(1, z_dim=code_dim + noise_dim, image_size=image_size, width=width)
+        self.code_dim, self.noise_dim = code_dim, noise_dim
+
+    def forward(self, code: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if noise.dim() != 2 or noise.shape[1] != self.noise_dim:
+            raise ValueError(
+                f"CodeDCGenerator: noise must be (N, {self.noise_dim}), got {tuple(noise.shape)}"
+            )
+        if code.dim() == 1:
+            code = code.unsqueeze(0)
+        if code.shape[-1] != self.code_dim or code.shape[0] not in (1, noise.shape[0]):
+            raise ValueError(
+                f"CodeDCGenerator: code must be ({noise.shape[0]} or 1, {self.code_dim}), "
+                f"got {tuple(code.shape)}"
+            )
+        z = torch.cat([code.to(noise.dtype).expand(noise.shape[0], -1), noise], dim=1)
+        y = torch.zeros(noise.shape[0], dtype=torch.long, device=noise.device)
+        return super().forward(z, y)
+
+
+class CodeDCCritic(DCCritic):
+    """The few-shot GAN's discriminator in the DCGAN shape: one score per image (shape
+    (N,)), plus ``<W code, h>`` (projection on the task code) when ``code_dim`` > 0. Same
+    interface as ``FewShotDiscriminator``."""
+
+    def __init__(self, image_size: int = 64, width: int = 32, code_dim: int = 0):
+        super().__init__(image_size=image_size, width=width, n_classes=0)
+        if not isinstance(code_dim, int) or code_dim < 0:
+            raise ValueError(f"CodeDCCritic: code_dim must be an int >= 0, got {code_dim!r}")
+        self.code_dim = code_dim
+        features = self.out.in_features
+        self.embed = nn.Linear(code_dim, features, bias=False) if code_dim > 0 else None
+
+    def forward(self, images: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        h = self.body(images).sum(dim=(2, 3))
+        out = self.out(h).squeeze(1)
+        if self.embed is not None:
+            if code is None:
+                raise ValueError("CodeDCCritic: conditioned on a task code, none given")
+            if code.dim() == 1:
+                code = code.unsqueeze(0)
+            out = out + (self.embed(code.to(h.dtype)) * h).sum(dim=1)
+        return out

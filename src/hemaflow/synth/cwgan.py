@@ -103,10 +103,12 @@ class CWGANOptions(TrainingOptions):
     penalty: str = "gp"
     lambda_gp: float = 10.0
     r1_gamma: float = 1.0
+    r1_every: int = 1
     diffaugment: str = ""
     lr_critic: float = 0.0
     n_critic: int = 5
     lambda_class: float = 1.0
+    class_every: int = 1
     lr: float = 1e-4
     beta1: float = 0.0
     beta2: float = 0.9
@@ -132,6 +134,8 @@ class CWGANOptions(TrainingOptions):
             "embed_dim",
             "width",
             "n_critic",
+            "r1_every",
+            "class_every",
             "lr",
             "batch_size",
             "iterations",
@@ -290,6 +294,11 @@ class CWGANModel(MixedPrecision):
         o = self.options
         amp = self.autocast()
         totals = {"loss_D": 0.0, "gp": 0.0, "wasserstein": 0.0}
+        # lazy regularization (stylegan2): the R1 penalty and the classifier's term every
+        # r1_every / class_every generator steps, weighted up by as much
+        step = self.ema.steps
+        r1_now = o.penalty == "r1" and o.r1_gamma > 0 and step % o.r1_every == 0
+        class_now = o.lambda_class > 0 and step % o.class_every == 0
         for _ in range(o.n_critic):
             rows, classes = self.balanced.draw(self.rng, o.batch_size)
             real = self.sampler.sample_rows(self.rng, rows)
@@ -298,7 +307,7 @@ class CWGANModel(MixedPrecision):
                 fake = self.G(self._z(o.batch_size), y)
             fake = fake.float()
             self.optimizer_D.zero_grad(set_to_none=True)
-            if o.penalty == "r1" and o.r1_gamma > 0:
+            if r1_now:
                 real = real.detach().requires_grad_(True)
             with amp:
                 scores_real, scores_fake = self.critic(real, y), self.critic(fake, y)
@@ -307,9 +316,9 @@ class CWGANModel(MixedPrecision):
                 loss_D = hinge_critic_loss(scores_real, scores_fake)
             else:
                 loss_D = wgan_gp_critic_loss(scores_real, scores_fake)
-            if o.penalty == "r1" and o.r1_gamma > 0:
-                gp = r1_penalty(scores_real, real, o.r1_gamma)
-            elif o.penalty == "gp" and o.lambda_gp > 0:
+            if r1_now:
+                gp = r1_penalty(scores_real, real, o.r1_gamma * o.r1_every)
+            elif o.penalty == "gp" and o.lambda_gp > 0 and o.n_critic > 0:
                 # real and fake of a pair share their class, so a projection critic
                 # sees one label along the line between them
                 gp = gradient_penalty(lambda x, y=y: self.critic(x, y), real, fake, o.lambda_gp)
@@ -327,15 +336,20 @@ class CWGANModel(MixedPrecision):
         with amp:
             fake = self.G(self._z(o.batch_size), y)
             loss_adv = wgan_generator_loss(self.critic(fake, y))
-            size = self.classifier.image_size
-            logits = self.classifier(resize_float(fake, (size, size))).float()
-        target = self.class_map[y]
-        loss_class = F.cross_entropy(logits, target)
-        loss_G = loss_adv + o.lambda_class * loss_class
+            if class_now:
+                size = self.classifier.image_size
+                logits = self.classifier(resize_float(fake, (size, size))).float()
+        loss_G = loss_adv
+        if class_now:
+            target = self.class_map[y]
+            loss_class = F.cross_entropy(logits, target)
+            loss_G = loss_adv + o.lambda_class * o.class_every * loss_class
+            accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
+        else:  # not this step: the log shows nan
+            loss_class = accuracy = torch.full((), float("nan"), device=self.device)
         self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
         self.ema.update()
-        accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
         return {
             "loss_G": loss_G.detach(),
             "loss_G_adv": loss_adv.detach(),

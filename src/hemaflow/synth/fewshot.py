@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hemaflow.models.dcgan import CodeDCCritic, CodeDCGenerator
 from hemaflow.models.fewshot import (
     FewShotDiscriminator,
     FewShotGenerator,
@@ -56,6 +57,9 @@ from hemaflow.train.losses import lsgan_critic_loss, lsgan_generator_loss
 from hemaflow.train.options import TrainingOptions
 
 LOSSES = ("hinge", "lsgan")
+# fastgan: the study's FastGAN generator and spectral-norm discriminator; dcgan: the small
+# DCGAN-shaped networks of hemaflow.models.dcgan (a fraction of the cost on a CPU)
+ARCHITECTURES = ("fastgan", "dcgan")
 META_FORMAT = "hemaflow-fewshot-meta-1"
 ADAPTED_FORMAT = "hemaflow-fewshot-adapted-1"
 LOSS_COLUMNS = (
@@ -72,7 +76,7 @@ LOSS_COLUMNS = (
     "seconds",
 )
 # options that fix the networks' shapes: an adaptation must use the meta model's
-ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection")
+ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection", "architecture")
 # options of the other stage: changing them does not change this stage's run
 META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
 ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support"})
@@ -100,6 +104,7 @@ class FewShotOptions(TrainingOptions):
     code_dim: int = 128
     noise_dim: int = 128
     projection: bool = True
+    architecture: str = "fastgan"
     shots: int = 10
     batch_size: int = 8
     meta_iterations: int = 20_000
@@ -121,7 +126,10 @@ class FewShotOptions(TrainingOptions):
     amp: bool = True
 
     KIND: ClassVar[str] = "fewshot"
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"loss": LOSSES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "loss": LOSSES,
+        "architecture": ARCHITECTURES,
+    }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
             "width",
@@ -204,6 +212,22 @@ FewShotOptions.PRESETS = PRESETS
 def build_networks(
     options: FewShotOptions, device: torch.device
 ) -> tuple[TaskEncoder, FewShotGenerator, FewShotDiscriminator]:
+    if options.architecture == "dcgan":
+        # the encoder runs at full resolution on every support image: a quarter of the
+        # width keeps it from costing more than the generator and critic together
+        encoder = TaskEncoder(width=max(4, options.width // 4), z_dim=options.code_dim)
+        generator = CodeDCGenerator(
+            image_size=options.image_size,
+            width=options.width,
+            code_dim=options.code_dim,
+            noise_dim=options.noise_dim,
+        )
+        discriminator = CodeDCCritic(
+            image_size=options.image_size,
+            width=options.width,
+            code_dim=options.code_dim if options.projection else 0,
+        )
+        return encoder.to(device), generator.to(device), discriminator.to(device)
     encoder = TaskEncoder(width=options.width, z_dim=options.code_dim)
     generator = FewShotGenerator(
         image_size=options.image_size,
