@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hemaflow.models.cwgan import CWGANGenerator, ResidualClassifier, ResidualCritic
+from hemaflow.models.dcgan import DCCritic, DCGenerator
 from hemaflow.synth.cwgan import (
     CWGAN_LOSS_COLUMNS,
     CWGAN_PRESETS,
@@ -29,6 +30,7 @@ from hemaflow.synth.real_classifier import (
 )
 from hemaflow.train.labelled import BalancedRows
 from hemaflow.train.loop import list_checkpoints
+from hemaflow.train.losses import hinge_critic_loss, r1_penalty
 from tests.realdata import load_square_cells
 
 torch.set_num_threads(1)
@@ -357,3 +359,85 @@ def test_inputs_are_checked(pbc32, classifier_file, tmp_path, change, message):
         train_real_classifier(
             images, labels, names, tiny_classifier(), tmp_path / "s", tmp_path / "m.pt"
         )
+
+
+# --------------------------------------------------------- the small DCGAN-shaped route
+
+
+FAST = dict(
+    architecture="dcgan",
+    width=4,
+    loss="hinge",
+    penalty="r1",
+    r1_gamma=0.1,
+    n_critic=1,
+    diffaugment="color,translation,cutout",
+)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_dcgan_networks_shapes_and_conditioning(size):
+    torch.manual_seed(0)
+    generator, critic = DCGenerator(3, z_dim=8, image_size=size, width=4), DCCritic(size, 4, 3)
+    for norm in generator.norms:  # class gains and biases that differ by class
+        torch.nn.init.normal_(norm.gain.weight, 1.0, 0.5)
+        torch.nn.init.normal_(norm.bias.weight, 0.0, 0.5)
+    z = torch.randn(4, 8)
+    generator.eval()
+    a, b = (
+        generator(z, torch.zeros(4, dtype=torch.long)),
+        generator(z, torch.ones(4, dtype=torch.long)),
+    )
+    assert a.shape == (4, 3, size, size) and a.abs().max() <= 1
+    assert not torch.allclose(a, b)  # the class conditions the image
+    assert critic(a, torch.zeros(4, dtype=torch.long)).shape == (4, 1)
+    with pytest.raises(ValueError, match="needs labels"):
+        critic(a)
+    with pytest.raises(ValueError, match="power of two"):
+        DCGenerator(3, image_size=48)
+
+
+def test_hinge_and_r1_losses():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # relu(1 - real) = [0, 0.5] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5
+    assert hinge_critic_loss(real, fake).item() == pytest.approx(0.75)
+    w = torch.tensor([1.0, -2.0, 3.0])
+    x = torch.randn(5, 3, requires_grad=True)
+    # a linear critic w.x has gradient w everywhere: gamma / 2 * |w|^2
+    assert r1_penalty(x @ w, x, 0.4).item() == pytest.approx(0.2 * 14.0)
+
+
+def test_dcgan_route_options_are_checked():
+    with pytest.raises(ValueError, match="'diffaugment'"):
+        tiny_gan(diffaugment="color,zoom")
+    with pytest.raises(ValueError, match="'architecture'"):
+        tiny_gan(architecture="stylegan")
+    with pytest.raises(ValueError, match="'r1_every'"):
+        tiny_gan(r1_every=0)
+
+
+def test_dcgan_route_trains_resumes_bit_identically_and_generates(pbc32, classifier_file, tmp_path):
+    options = tiny_gan(**FAST, r1_every=2, class_every=2)
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    straight = train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    assert straight["completed"]
+    rows = _read_log(tmp_path / "a.csv")
+    # lazy regularization: R1 and the classifier's term on even generator steps only
+    gp = [float(r["gp"]) for r in rows]
+    assert all(v > 0 for v in gp[0::2]) and all(v == 0 for v in gp[1::2])
+    class_loss = [float(r["loss_G_class"]) for r in rows]
+    assert all(np.isfinite(class_loss[0::2])) and all(np.isnan(class_loss[1::2]))
+    stopped = train_cwgan(
+        *args, tmp_path / "b", tmp_path / "b.pt", tmp_path / "b.csv", max_iterations_this_run=3
+    )
+    assert not stopped["completed"]
+    resumed = train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", tmp_path / "b.csv")
+    assert resumed["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    generator, names, loaded = load_cwgan(tmp_path / "a.pt", "cpu")
+    assert isinstance(generator, DCGenerator) and loaded == options and names == ROUTED
+    images = generate_cwgan(generator, 1, 5, seed=3)
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, generate_cwgan(generator, 1, 5, seed=3))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from hemaflow.models.dcgan import CodeDCCritic, CodeDCGenerator
 from hemaflow.models.fewshot import (
     FewShotDiscriminator,
     FewShotGenerator,
@@ -462,3 +463,37 @@ def test_generation_is_deterministic_by_seed(adapted):
     assert not np.array_equal(images, generate_fewshot(generator, code, 6, seed=12))
     assert not np.array_equal(images[0], images[1])  # different noise, different images
     assert generate_fewshot(generator, code, 0, seed=1).shape == (0, 32, 32, 3)
+
+
+def test_dcgan_architecture_meta_trains_resumes_adapts_and_generates(
+    meta_cells, rare_cells, tmp_path
+):
+    options = tiny(architecture="dcgan", width=8)
+    encoder, generator, discriminator = build_networks(options, torch.device("cpu"))
+    assert isinstance(generator, CodeDCGenerator) and isinstance(discriminator, CodeDCCritic)
+    assert encoder.width == 4  # a quarter of the width, at least 4
+    code = torch.randn(8)
+    assert generator(code, torch.randn(3, 8)).shape == (3, 3, 32, 32)
+    assert discriminator(torch.randn(3, 3, 32, 32), code).shape == (3,)
+
+    images, labels, names = meta_cells
+    args = (images, labels, names, options)
+    straight = train_fewshot_meta(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    assert straight["completed"]
+    train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    for name in ("encoder", "generator", "discriminator"):
+        assert _same_state(a[name], b[name]), name
+    # an adaptation must use the meta model's architecture
+    with pytest.raises(ValueError, match="'architecture'"):
+        adapt_fewshot(
+            tmp_path / "a.pt", rare_cells, tiny(width=8), tmp_path / "c", tmp_path / "c.pt"
+        )
+    adapt_fewshot(tmp_path / "a.pt", rare_cells, options, tmp_path / "d", tmp_path / "d.pt")
+    generator, code, loaded = load_fewshot(tmp_path / "d.pt", "cpu")
+    assert loaded == options
+    out = generate_fewshot(generator, code, 4, seed=1)
+    assert out.shape == (4, 32, 32, 3) and np.array_equal(
+        out, generate_fewshot(generator, code, 4, seed=1)
+    )
