@@ -71,6 +71,14 @@ CLASSIFIER_TINY = dict(
     seed=3,
 )
 GAN_TINY = dict(
+    # the paper's route (residual networks, WGAN-GP), tiny; the cpu preset's DCGAN-shaped
+    # route is tested with FAST below
+    architecture="residual",
+    loss="wgan",
+    penalty="gp",
+    diffaugment="",
+    lambda_class=1.0,
+    class_every=1,
     image_size=32,
     width=8,
     z_dim=16,
@@ -197,6 +205,8 @@ def test_presets():
     assert (paper.lambda_gp, paper.n_critic, paper.lr) == (10.0, 5, 1e-4)
     assert (paper.beta1, paper.beta2, paper.ema_decay) == (0.0, 0.9, 0.999)
     assert paper.critic_conditioning == "none"
+    assert (paper.architecture, paper.loss, paper.penalty) == ("residual", "wgan", "gp")
+    assert (cpu.architecture, cpu.loss, cpu.penalty, cpu.n_critic) == ("dcgan", "hinge", "r1", 1)
     assert RealClassifierOptions.from_config({"preset": "paper", "lr": "5e-4"}).lr == 5e-4
     assert CLASSIFIER_PRESETS["cpu"].label_smoothing == 0.1
 

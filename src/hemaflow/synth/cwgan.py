@@ -178,25 +178,33 @@ class CWGANOptions(TrainingOptions):
 
 
 CWGAN_PRESETS: dict[str, CWGANOptions] = {
-    # 64 px, narrow and shallow (width 16, blocks (1, 2) / (1, 2, 2)), batch 16, 5 critic
-    # steps: 0.7-2 s per generator step on a 2-core CPU (more while another job runs;
-    # width 32 with the paper's blocks and batch 32 took 14-26 s), so 300 steps take
-    # 4-10 minutes. Enough to run the pipeline end to end and see the losses move, not
-    # for usable images.
+    # 64 px on a 2-core CPU: the DCGAN-shaped networks (hemaflow.models.dcgan, width 32:
+    # 1.0 M generator and 0.7 M critic parameters), hinge loss with one critic step per
+    # generator step, a lazy R1 penalty and a lazy classifier term (every 4th step, weighted
+    # up by 4), DiffAugment colour and translation, Adam 2e-4 (0.5, 0.999). About 0.5 s per
+    # step at one thread, so 1,200 steps take about 10 minutes; the residual networks of
+    # the paper at width 16 with 5 critic steps took 0.7-2 s per step and drew blobs after
+    # 300 (docs/synthesis.md has the measurements and the curve of quality against time).
     "cpu": CWGANOptions(
         image_size=64,
-        width=16,
+        architecture="dcgan",
+        width=32,
         z_dim=64,
-        embed_dim=16,
-        g_blocks_low=1,
-        g_blocks_high=2,
-        d_blocks_1=1,
-        d_blocks_2=2,
-        d_blocks_3=2,
-        batch_size=16,
-        iterations=300,
-        checkpoint_every=50,
-        log_every=10,
+        loss="hinge",
+        penalty="r1",
+        r1_gamma=0.1,
+        r1_every=4,
+        n_critic=1,
+        lambda_class=0.3,
+        class_every=4,
+        lr=2e-4,
+        beta1=0.5,
+        beta2=0.999,
+        diffaugment="color,translation",
+        batch_size=32,
+        iterations=1_200,
+        checkpoint_every=200,
+        log_every=20,
     ),
     # the paper's networks at 64 px: width 64, blocks (2, 4) / (2, 4, 4), 100k generator
     # steps of 64 images; GPU
