@@ -64,6 +64,11 @@ def rare_cells(shared_datasets: Path) -> np.ndarray:
 
 
 TINY = dict(
+    # the study's FastGAN route, tiny (the cpu preset's DCGAN-shaped route is tested below)
+    architecture="fastgan",
+    lambda_rec=1.0,
+    lambda_ms=1.0,
+    adapt_support=100,
     image_size=32,
     width=4,
     code_dim=8,
@@ -227,7 +232,8 @@ def test_mode_seeking_loss_rewards_distance_per_noise():
 
 def test_presets():
     cpu = FewShotOptions.from_config({"preset": "cpu"})
-    assert cpu == PRESETS["cpu"] and cpu.image_size == 64 and cpu.width <= 16
+    assert cpu == PRESETS["cpu"] and cpu.image_size == 64 and cpu.architecture == "dcgan"
+    assert cpu.lambda_rec == 0.0 and cpu.meta_iterations * cpu.inner_steps <= 4_000
     paper = FewShotOptions.from_config({"preset": "paper", "inner_lr": "1e-4"})
     assert paper.meta_iterations == 20_000 and paper.inner_lr == 1e-4
     assert paper.lambda_ms == 1.0 and paper.loss == "hinge"

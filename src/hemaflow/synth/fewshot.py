@@ -165,23 +165,29 @@ class FewShotOptions(TrainingOptions):
 
 
 PRESETS: dict[str, FewShotOptions] = {
-    # 64 px, narrow networks. Measured on a 2-core CPU shared with another job, 1 thread:
-    # 0.80 s per outer iteration (4 GAN steps), so meta-training takes about 11 minutes;
-    # adaptation 0.21 s (15 images) to 0.33 s (87 images) per iteration, 1-1.7 minutes per
-    # class. (2 threads on the busy machine were slower: 3.4 s and 0.50-0.68 s.)
+    # 64 px on a 2-core CPU: the DCGAN-shaped generator and critic (width 32, the task
+    # encoder at width 8), batch 16, no L1 term (against a random real image it pulls
+    # every fake toward the mean cell: the blobs of 0.1.0-0.4.0), a light mode-seeking
+    # term. Measured at one thread beside another job: 1.5 s per outer iteration (4 GAN
+    # steps), so meta-training takes about 17 minutes; adaptation to 50 images about
+    # 3.7 minutes per class (docs/synthesis.md).
     "cpu": FewShotOptions(
         image_size=64,
-        width=8,
+        architecture="dcgan",
+        width=32,
         code_dim=64,
         noise_dim=64,
         shots=5,
-        batch_size=8,
-        meta_iterations=800,
+        batch_size=16,
+        meta_iterations=700,
         inner_steps=4,
         inner_lr=2e-4,
-        meta_lr=0.25,
-        adapt_iterations=300,
+        meta_lr=0.5,
+        lambda_rec=0.0,
+        lambda_ms=0.2,
+        adapt_iterations=600,
         adapt_lr=2e-4,
+        adapt_support=10,
         checkpoint_every=100,
         log_every=10,
     ),
