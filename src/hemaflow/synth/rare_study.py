@@ -143,6 +143,29 @@ class RareStudySettings:
         return RareStudySettings.from_dict({**self.as_dict(), **changes})
 
 
+def settings_from_config(config: Mapping[str, Any]) -> RareStudySettings:
+    """The study of a validated workflow config: its ``rare_study`` section with the
+    options of ``synthesis`` (generators, real-data classifier, gate, ``large_min``),
+    ``classifier`` and the bootstrap of ``evaluation``."""
+    study, synthesis = config["rare_study"], config["synthesis"]
+    return RareStudySettings(
+        classes=tuple(study["classes"]),
+        levels=tuple(study["levels"]),
+        seeds=tuple(study["seeds"]),
+        arms=tuple(study["arms"]),
+        target=study["target"],
+        large_min=synthesis["large_min"],
+        classifier=dict(config["classifier"]),
+        real_classifier=dict(synthesis["classifier"]),
+        cwgan=dict(synthesis["cwgan"]),
+        fewshot=dict(synthesis["fewshot"]),
+        quality_gate=dict(synthesis["quality_gate"]),
+        max_candidates_factor=float(synthesis["max_candidates_factor"]),
+        n_boot=config["evaluation"]["n_boot"],
+        bootstrap_seed=config["evaluation"]["seed"],
+    )
+
+
 def _tiny_classifier(iterations: int) -> dict:
     return {
         "preset": "small",
@@ -191,6 +214,15 @@ def models_dir(out_dir: str | Path, level: int, seed: int) -> Path:
 
 def meta_model_path(out_dir: str | Path, seed: int) -> Path:
     return Path(out_dir) / "models" / f"seed{seed}" / "fewshot_meta.pt"
+
+
+def study_dir_of(level_seed_file: str | Path) -> Path:
+    """The study's folder from a file of one (level, seed):
+    ``{out_dir}/runs/level{L}/seed{S}/{file}``."""
+    path = Path(level_seed_file)
+    if path.parent.parent.parent.name != "runs":
+        raise ValueError(f"{path}: not in a study's runs/level*/seed*/ folder")
+    return path.parents[3]
 
 
 # -------------------------------------------------------------------------- data, keys
@@ -564,7 +596,7 @@ def run_level_seed(
     # the baseline: arm none, and the quality gate's judge
     trained = {
         "none": timed(
-            "none",
+            "classifier none",
             lambda: _train_arm(
                 "none", cut_images, pool, {}, settings, level, seed, folder, state_root
             ),
@@ -579,7 +611,7 @@ def run_level_seed(
         common = (cut_images, pool, settings, seed, folder, state_root)
         judge = (net, judge_classes)
     if "cwgan" in wanted:
-        timed("cwgan", lambda: _cwgan_images(*common, generated, judge, needs))
+        timed("generator cwgan", lambda: _cwgan_images(*common, generated, judge, needs))
     if "fewshot" in wanted:
         if meta_model is None:
             meta_model = meta_model_path(out_dir, seed)
@@ -589,12 +621,15 @@ def run_level_seed(
                     images, index, domain, settings, seed, meta_model, state_root
                 ),
             )
-        timed("fewshot", lambda: _fewshot_images(*common, meta_model, generated, judge, needs))
+        timed(
+            "generator fewshot",
+            lambda: _fewshot_images(*common, meta_model, generated, judge, needs),
+        )
     for arm in todo:
         if arm not in trained:
             synthetic = generated.arm_set(arm, needs)
             trained[arm] = timed(
-                arm,
+                f"classifier {arm}",
                 lambda arm=arm, synthetic=synthetic: _train_arm(
                     arm, cut_images, pool, synthetic, settings, level, seed, folder, state_root
                 ),
@@ -615,7 +650,7 @@ def run_level_seed(
             "gate": [g for g in generated.summaries if g["route"] in ARM_GENERATORS[arm]],
             "classifier": {
                 "model": str(model),
-                "seconds": timings[arm],
+                "seconds": timings[f"classifier {arm}"],
                 **{
                     k: summary.get(k)
                     for k in (

@@ -165,6 +165,8 @@ def verdict(lift: pd.DataFrame, arm: str = "fewshot") -> list[str]:
             f"spread {row['spread']:.3f}): {judged}."
         )
     lifted = int(cells["exceeds_spread"].sum())
+    if (cells["n_seeds"] < 2).all():
+        return [f"Not judged: one seed gives no seed-to-seed spread for the {label} arm.", *lines]
     answer = "Yes" if lifted == len(cells) else ("No" if lifted == 0 else "Partly")
     head = (
         f"{answer}: the {label} arm lifts the cut classes' test sensitivity above no "
@@ -193,7 +195,9 @@ def study_markdown(
     lift: pd.DataFrame,
     settings: RareStudySettings,
     domain: str,
+    target: str,
 ) -> str:
+    """The study as a markdown page; ``target``: what the cut classes were padded to."""
     shown = summary.copy()
     shown["arm"] = shown["arm"].map(ARM_LABELS)
     shown["min-max"] = [f"{a:.3f}-{b:.3f}" for a, b in zip(shown["min"], shown["max"])]
@@ -203,7 +207,7 @@ def study_markdown(
         "",
         f"{domain}: {', '.join(settings.classes)} cut to {', '.join(map(str, settings.levels))} "
         f"training images; seeds {', '.join(map(str, settings.seeds))}; synthetic images pad "
-        f"each cut class to {settings.target} training images. Test split only; "
+        f"each cut class to {target} training images. Test split only; "
         "per run the value and its stratified bootstrap 95 % interval; class `all` is "
         "the balanced accuracy.",
         "",
@@ -274,10 +278,12 @@ def write_report(
     summary = summary_table(runs, settings)
     lift = lift_table(runs, settings)
     domain = results[0]["domain"] if results else ""
+    targets = sorted({int(r["target"]) for r in results})
+    target = f"{settings.target} ({', '.join(map(str, targets))})"
     runs.to_csv(out / "runs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     lift.to_csv(out / "lift.csv", index=False)
-    (out / "summary.md").write_text(study_markdown(summary, lift, settings, domain))
+    (out / "summary.md").write_text(study_markdown(summary, lift, settings, domain, target))
     lines = verdict(lift)
     plot_study(runs, settings, lines[0], out / "chart.png")
     return {"runs": runs, "summary": summary, "lift": lift, "verdict": lines}

@@ -1,0 +1,14 @@
+from hemaflow.jobs import start_job
+from hemaflow.synth.rare_study import RareStudySettings, read_cache, train_study_meta
+
+start_job(snakemake)
+images, index = read_cache(snakemake.input.images, snakemake.input.index)
+train_study_meta(
+    images,
+    index,
+    snakemake.params.domain,
+    RareStudySettings.from_dict(snakemake.params.settings),
+    int(snakemake.wildcards.rare_seed),
+    snakemake.output.model,
+    snakemake.params.state_root,
+)
