@@ -688,7 +688,28 @@ def test_dry_run_of_the_default_config(tmp_path):
     write_config(tmp_path, data_root)
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
+    assert not any(rule.startswith("rare_") for rule in jobs)  # the study is a target of its own
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
+
+
+def test_dry_run_of_the_rare_class_study(tmp_path):
+    """Target rare_class_study: the few-shot GAN meta-trained once per seed, one job per
+    (level, seed) (all its arms), one report; in the default target only when asked."""
+    data_root = require_shared_datasets()
+    write_config(tmp_path, data_root, rare_study={"levels": [50, 20], "seeds": [0, 1, 2]})
+    dry = snakemake(tmp_path, "-n", "rare_class_study")
+    jobs = planned_jobs(dry)
+    assert jobs["rare_study_fewshot_meta"] == 3 and jobs["rare_study_runs"] == 6
+    assert jobs["rare_study_report"] == 1 and jobs["rare_class_study"] == 1
+    assert {w for rule, w in dry_run_jobs(dry) if rule == "rare_study_runs"} == {
+        f"rare_level={level}, rare_seed={seed}" for level in (50, 20) for seed in (0, 1, 2)
+    }
+    assert "results/cache/pbc/images.npy" in dry.stdout.split("rule rare_study_runs:", 1)[1]
+    study = {"in_default_target": True, "arms": ["none", "cwgan"], "levels": [20], "seeds": [0]}
+    write_config(tmp_path, data_root, rare_study=study)
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    assert jobs["rare_study_runs"] == 1 and jobs["rare_study_report"] == 1
+    assert "rare_study_fewshot_meta" not in jobs  # no arm uses the few-shot GAN
 
 
 # ---------------------------------------------------------------------- a fourth lab
