@@ -31,7 +31,11 @@ START = 4
 
 
 def _check(name: str, image_size: int, width: int) -> None:
-    if not isinstance(image_size, int) or image_size < 2 * START or image_size & (image_size - 1):
+    if (
+        not isinstance(image_size, int)
+        or image_size < 2 * START
+        or image_size & (image_size - 1)
+    ):
         raise ValueError(f"{name}: image_size must be a power of two >= 8, got {image_size!r}")
     if not isinstance(width, int) or width < 2:
         raise ValueError(f"{name}: width must be an int >= 2, got {width!r}")
