@@ -18,13 +18,13 @@ from hemaflow.synth.rare_study import (
     RareStudySettings,
     cut_pool,
     pending_arms,
-    read_cache,
     result_path,
     run_study,
     shares,
     study_dir_of,
 )
 from hemaflow.synth.rare_study_report import REPORT_FILES, lift_table, runs_table, verdict
+from hemaflow.synth.stages import read_pool
 
 from .realdata import REPO, pbc_cells
 
@@ -128,7 +128,7 @@ def test_training_sets_of_the_arms(study):
 
 def test_cuts_are_seeded_nested_and_leave_val_and_test_whole(study):
     _, cache, *_ = study
-    images, index = read_cache(*cache)
+    images, index = read_pool(*cache)
     kept = {}
     for level in LEVELS:
         _, pool = cut_pool(images, index, "pbc", CUT, level, seed=1)
@@ -174,7 +174,7 @@ def test_a_run_with_its_json_is_skipped(study, monkeypatch):
 
 def test_changed_settings_rerun_only_the_arms_they_touch(study):
     _, cache, settings, out, _ = study
-    images, index = read_cache(*cache)
+    images, index = read_pool(*cache)
     _, pool = cut_pool(images, index, "pbc", CUT, 6, 0)
     todo, done = pending_arms(settings, pool, 6, 0, out)
     assert todo == {} and set(done) == set(ARMS)
@@ -238,7 +238,7 @@ def test_settings_are_checked_with_the_key():
 
 def test_a_level_that_cuts_nothing_is_refused(study):
     _, cache, *_ = study
-    images, index = read_cache(*cache)
+    images, index = read_pool(*cache)
     with pytest.raises(ConfigError, match=r"rare_study\.levels.*nothing would be cut"):
         cut_pool(images, index, "pbc", CUT, 12, 0)
     with pytest.raises(ConfigError, match=r"rare_study\.classes"):

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hemaflow import smoke
 from hemaflow.report_browser import check_report, find_chromium
 
 from .realdata import REPO, require_shared_datasets
@@ -46,84 +47,21 @@ TINY_SYNTHESIS = {
     "large_min": 90,
     "fewshot_max": 22,
     "target": 50,
-    "classifier": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 8,
-        "blocks_1": 1,
-        "blocks_2": 1,
-        "blocks_3": 1,
-        "batch_size": 8,
-        "iterations": 4,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
-    "cwgan": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 8,
-        "z_dim": 16,
-        "embed_dim": 4,
-        "g_blocks_low": 1,
-        "g_blocks_high": 1,
-        "d_blocks_1": 1,
-        "d_blocks_2": 1,
-        "d_blocks_3": 0,
-        "n_critic": 2,
-        "batch_size": 8,
-        "iterations": 4,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
-    "fewshot": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 4,
-        "code_dim": 8,
-        "noise_dim": 8,
-        "shots": 3,
-        "batch_size": 4,
-        "meta_iterations": 3,
-        "inner_steps": 2,
-        "adapt_iterations": 2,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
+    "classifier": smoke.REAL_CLASSIFIER,
+    "cwgan": smoke.CWGAN,
+    "fewshot": smoke.FEWSHOT,
     "gate_classifier": {
-        "preset": "small",
-        "image_size": 32,
-        "stage_blocks": [1, 1],
-        "widths": [16, 32],
-        "cardinality": 4,
-        "base_width": 2,
-        "stem_width": 8,
-        "batch_size": 8,
+        **smoke.CLASSIFIER,
         "iterations": 4,
-        "warmup_iterations": 1,
         "eval_every": 2,
         "checkpoint_every": 2,
-        "log_every": 1,
     },
     "quality_gate": {"min_confidence": 0.0},
     "metrics_max_images": 20,
     "fid_min_images": 1000,
 }
 # the smallest classifier (a two-stage SENet-GE at 32 px) and a short bootstrap
-TINY_CLASSIFIER = {
-    "preset": "small",
-    "image_size": 32,
-    "stage_blocks": [1, 1],
-    "widths": [16, 32],
-    "cardinality": 4,
-    "base_width": 2,
-    "stem_width": 8,
-    "batch_size": 8,
-    "iterations": 6,
-    "warmup_iterations": 1,
-    "eval_every": 3,
-    "checkpoint_every": 3,
-    "log_every": 1,
-}
+TINY_CLASSIFIER = smoke.CLASSIFIER
 
 
 def link_subset(shared: Path, root: Path) -> None:

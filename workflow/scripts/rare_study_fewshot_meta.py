@@ -1,8 +1,9 @@
 from hemaflow.jobs import start_job
-from hemaflow.synth.rare_study import RareStudySettings, read_cache, train_study_meta
+from hemaflow.synth.rare_study import RareStudySettings, train_study_meta
+from hemaflow.synth.stages import read_pool
 
 start_job(snakemake)
-images, index = read_cache(snakemake.input.images, snakemake.input.index)
+images, index = read_pool(snakemake.input.images, snakemake.input.index)
 train_study_meta(
     images,
     index,

@@ -2,13 +2,13 @@ from hemaflow.jobs import start_job
 from hemaflow.json_file import write_json
 from hemaflow.synth.rare_study import (
     RareStudySettings,
-    read_cache,
     run_level_seed,
     study_dir_of,
 )
+from hemaflow.synth.stages import read_pool
 
 start_job(snakemake)
-images, index = read_cache(snakemake.input.images, snakemake.input.index)
+images, index = read_pool(snakemake.input.images, snakemake.input.index)
 results = run_level_seed(
     images,
     index,

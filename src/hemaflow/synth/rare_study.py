@@ -46,13 +46,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hemaflow import smoke
 from hemaflow.errors import ConfigError
 from hemaflow.json_file import write_json
 from hemaflow.synth.balance import build_balanced, synthetic_rows
 from hemaflow.synth.generate import gate_summary
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
 from hemaflow.synth.quality import GateSettings
-from hemaflow.synth.stages import generate_class, pool_state_dir
+from hemaflow.synth.stages import generate_class, pool_state_dir, read_pool
 
 log = logging.getLogger(__name__)
 
@@ -166,36 +167,14 @@ def settings_from_config(config: Mapping[str, Any]) -> RareStudySettings:
     )
 
 
-def _tiny_classifier(iterations: int) -> dict:
-    return {
-        "preset": "small",
-        **{"image_size": 32, "stage_blocks": [1, 1], "widths": [16, 32], "stem_width": 8},
-        **{"cardinality": 4, "base_width": 2, "batch_size": 8, "warmup_iterations": 1},
-        **{"iterations": iterations, "eval_every": 3, "checkpoint_every": 3, "log_every": 1},
-    }
-
-
-# A smoke run: networks and schedules far too small to learn anything, every step of every
-# arm exercised in seconds; the gate lets every candidate through (none would pass).
+# A smoke run (hemaflow.smoke): networks and schedules far too small to learn anything,
+# every step of every arm in seconds; the gate lets every candidate through (none would
+# pass).
 QUICK: dict[str, Any] = {
-    "classifier": _tiny_classifier(6),
-    "real_classifier": {
-        "preset": "cpu",
-        **{"image_size": 32, "width": 8, "blocks_1": 1, "blocks_2": 1, "blocks_3": 1},
-        **{"batch_size": 8, "iterations": 4, "checkpoint_every": 2, "log_every": 1},
-    },
-    "cwgan": {
-        "preset": "cpu",
-        **{"image_size": 32, "width": 8, "z_dim": 16, "embed_dim": 4, "n_critic": 2},
-        **{"g_blocks_low": 1, "g_blocks_high": 1, "d_blocks_1": 1, "d_blocks_2": 1},
-        **{"d_blocks_3": 0, "batch_size": 8, "iterations": 4, "checkpoint_every": 2},
-    },
-    "fewshot": {
-        "preset": "cpu",
-        **{"image_size": 32, "width": 4, "code_dim": 8, "noise_dim": 8, "shots": 3},
-        **{"batch_size": 4, "meta_iterations": 3, "inner_steps": 2, "adapt_iterations": 2},
-        **{"checkpoint_every": 2, "log_every": 1},
-    },
+    "classifier": smoke.CLASSIFIER,
+    "real_classifier": smoke.REAL_CLASSIFIER,
+    "cwgan": smoke.CWGAN,
+    "fewshot": smoke.FEWSHOT,
     "quality_gate": {"min_confidence": 0.0},
     "n_boot": 50,
 }
@@ -226,10 +205,6 @@ def study_dir_of(level_seed_file: str | Path) -> Path:
 
 
 # -------------------------------------------------------------------------- data, keys
-
-
-def read_cache(images_path: str | Path, index_path: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
-    return np.load(images_path, mmap_mode="r"), pd.read_parquet(index_path)
 
 
 def cut_pool(
@@ -694,7 +669,7 @@ def run_study(
     ``out_dir`` (``rare_study_report.write_report``). Returns the run results."""
     from hemaflow.synth.rare_study_report import write_report
 
-    images, index = read_cache(images_path, index_path)
+    images, index = read_pool(str(images_path), str(index_path))
     results = []
     for seed in settings.seeds:
         for level in settings.levels:
