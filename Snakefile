@@ -20,6 +20,7 @@ include: "workflow/rules/subgroup.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/synthesis.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/rare_study.smk"
 
 
 rule all:

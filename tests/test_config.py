@@ -133,3 +133,45 @@ def test_synthesis_defaults_and_checks(raw_config):
     bad = dict(default_config, synthesis={**synthesis, "subsample": {"basofil": 50}})
     with pytest.raises(ConfigError, match=r"synthesis\.subsample\.basofil"):
         validate_config(bad)
+
+
+def test_rare_study_defaults_and_checks(raw_config):
+    """The rare-class study's section: defaults, and its domain and classes checked when
+    the default target builds it (else when the target is asked for)."""
+    from hemaflow.config import check_rare_study
+    from hemaflow.synth.rare_study import settings_from_config
+
+    config = validate_config(copy.deepcopy(raw_config))
+    study = config["rare_study"]
+    assert study == {
+        "in_default_target": False,
+        "domain": "pbc",
+        "classes": ["basophil", "monocyte"],
+        "levels": [50, 20],
+        "seeds": [0, 1, 2],
+        "arms": ["none", "cwgan", "fewshot", "both"],
+        "target": "largest",
+    }
+    settings = settings_from_config(config)
+    assert settings.cwgan == config["synthesis"]["cwgan"]
+    assert settings.classifier == config["classifier"]
+    assert settings.large_min == config["synthesis"]["large_min"]
+    assert settings.n_boot == config["evaluation"]["n_boot"]
+    check_rare_study(config)
+    for change, key in (
+        ({"domain": "raabin"}, "rare_study.domain"),  # not labelled
+        ({"domain": "zheng_tecom", "classes": ["platelet"]}, "rare_study.classes"),
+    ):
+        bad = copy.deepcopy(raw_config)
+        bad["rare_study"] = {"in_default_target": True, **change}
+        with pytest.raises(ConfigError) as caught:
+            validate_config(bad)
+        assert caught.value.key == key
+        # not built by default: the config stands, the target would refuse it
+        bad["rare_study"]["in_default_target"] = False
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check_rare_study(validate_config(bad))
+    bad = copy.deepcopy(raw_config)
+    bad["rare_study"] = {"arms": ["none", "gan"]}
+    with pytest.raises(ConfigError, match=r"rare_study\.arms"):
+        validate_config(bad)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hemaflow import smoke
 from hemaflow.report_browser import check_report, find_chromium
 
 from .realdata import REPO, require_shared_datasets
@@ -46,84 +47,21 @@ TINY_SYNTHESIS = {
     "large_min": 90,
     "fewshot_max": 22,
     "target": 50,
-    "classifier": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 8,
-        "blocks_1": 1,
-        "blocks_2": 1,
-        "blocks_3": 1,
-        "batch_size": 8,
-        "iterations": 4,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
-    "cwgan": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 8,
-        "z_dim": 16,
-        "embed_dim": 4,
-        "g_blocks_low": 1,
-        "g_blocks_high": 1,
-        "d_blocks_1": 1,
-        "d_blocks_2": 1,
-        "d_blocks_3": 0,
-        "n_critic": 2,
-        "batch_size": 8,
-        "iterations": 4,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
-    "fewshot": {
-        "preset": "cpu",
-        "image_size": 32,
-        "width": 4,
-        "code_dim": 8,
-        "noise_dim": 8,
-        "shots": 3,
-        "batch_size": 4,
-        "meta_iterations": 3,
-        "inner_steps": 2,
-        "adapt_iterations": 2,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
+    "classifier": smoke.REAL_CLASSIFIER,
+    "cwgan": smoke.CWGAN,
+    "fewshot": smoke.FEWSHOT,
     "gate_classifier": {
-        "preset": "small",
-        "image_size": 32,
-        "stage_blocks": [1, 1],
-        "widths": [16, 32],
-        "cardinality": 4,
-        "base_width": 2,
-        "stem_width": 8,
-        "batch_size": 8,
+        **smoke.CLASSIFIER,
         "iterations": 4,
-        "warmup_iterations": 1,
         "eval_every": 2,
         "checkpoint_every": 2,
-        "log_every": 1,
     },
     "quality_gate": {"min_confidence": 0.0},
     "metrics_max_images": 20,
     "fid_min_images": 1000,
 }
 # the smallest classifier (a two-stage SENet-GE at 32 px) and a short bootstrap
-TINY_CLASSIFIER = {
-    "preset": "small",
-    "image_size": 32,
-    "stage_blocks": [1, 1],
-    "widths": [16, 32],
-    "cardinality": 4,
-    "base_width": 2,
-    "stem_width": 8,
-    "batch_size": 8,
-    "iterations": 6,
-    "warmup_iterations": 1,
-    "eval_every": 3,
-    "checkpoint_every": 3,
-    "log_every": 1,
-}
+TINY_CLASSIFIER = smoke.CLASSIFIER
 
 
 def link_subset(shared: Path, root: Path) -> None:
@@ -688,7 +626,28 @@ def test_dry_run_of_the_default_config(tmp_path):
     write_config(tmp_path, data_root)
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
+    assert not any(rule.startswith("rare_") for rule in jobs)  # the study is a target of its own
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
+
+
+def test_dry_run_of_the_rare_class_study(tmp_path):
+    """Target rare_class_study: the few-shot GAN meta-trained once per seed, one job per
+    (level, seed) (all its arms), one report; in the default target only when asked."""
+    data_root = require_shared_datasets()
+    write_config(tmp_path, data_root, rare_study={"levels": [50, 20], "seeds": [0, 1, 2]})
+    dry = snakemake(tmp_path, "-n", "rare_class_study")
+    jobs = planned_jobs(dry)
+    assert jobs["rare_study_fewshot_meta"] == 3 and jobs["rare_study_runs"] == 6
+    assert jobs["rare_study_report"] == 1 and jobs["rare_class_study"] == 1
+    assert {w for rule, w in dry_run_jobs(dry) if rule == "rare_study_runs"} == {
+        f"rare_level={level}, rare_seed={seed}" for level in (50, 20) for seed in (0, 1, 2)
+    }
+    assert "results/cache/pbc/images.npy" in dry.stdout.split("rule rare_study_runs:", 1)[1]
+    study = {"in_default_target": True, "arms": ["none", "cwgan"], "levels": [20], "seeds": [0]}
+    write_config(tmp_path, data_root, rare_study=study)
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    assert jobs["rare_study_runs"] == 1 and jobs["rare_study_report"] == 1
+    assert "rare_study_fewshot_meta" not in jobs  # no arm uses the few-shot GAN
 
 
 # ---------------------------------------------------------------------- a fourth lab

@@ -234,12 +234,44 @@ def check_semantics(config: dict[str, Any], base_dir: str | Path = ".") -> None:
             "cross_lab.train_domain",
             f"{train_domain!r} is not a labelled domain ({', '.join(labelled)})",
         )
+    if config["rare_study"]["in_default_target"]:
+        check_rare_study(config)
     ratios = config["split"]
     total = ratios["train"] + ratios["val"] + ratios["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError("split", f"train + val + test must sum to 1, got {total:g}")
     if ratios["train"] <= 0:
         raise ConfigError("split.train", "must be positive")
+
+
+def check_rare_study(config: Mapping[str, Any]) -> None:
+    """The rare-class study's domain is labelled and its classes are classes of that
+    domain. Checked with the config when the default target builds the study, else when
+    the `rare_class_study` target is asked for (a config without pbc need not change the
+    study's defaults to run anything else)."""
+    study = config["rare_study"]
+    domain = study["domain"]
+    datasets = [
+        name
+        for name, spec in config["datasets"].items()
+        if spec["domain"] == domain and spec.get("labelled", True)
+    ]
+    if not datasets:
+        labelled = sorted(
+            {s["domain"] for s in config["datasets"].values() if s.get("labelled", True)}
+        )
+        raise ConfigError(
+            "rare_study.domain", f"{domain!r} is not a labelled domain ({', '.join(labelled)})"
+        )
+    classes = {
+        c for name in datasets for c in config["class_map"].get(name, {}).values() if c is not None
+    }
+    for name in study["classes"]:
+        if name not in classes:
+            raise ConfigError(
+                "rare_study.classes",
+                f"{name!r} is not a class of domain {domain} ({', '.join(sorted(classes))})",
+            )
 
 
 def check_class_map_coverage(config: dict[str, Any], data_root: Path) -> None:

@@ -501,6 +501,57 @@ def lolo_results():
     )
 
 
+# ------------------------------------------------------------------------ rare-class study
+
+RARE_STUDY = config["rare_study"]
+RARE = f"{RESULTS}/rare_study"
+
+
+wildcard_constraints:
+    rare_level="[0-9]+",
+    rare_seed="[0-9]+",
+
+
+def rare_study_cache(wildcards):
+    """The raw cache of the study's domain; the domain and classes are checked here, when
+    the study is asked for (hemaflow.config.check_rare_study)."""
+    from hemaflow.config import check_rare_study
+
+    check_rare_study(config)
+    base = f"{RESULTS}/cache/{RARE_STUDY['domain']}"
+    return {"images": f"{base}/images.npy", "index": f"{base}/index.parquet"}
+
+
+def rare_study_uses_fewshot():
+    return bool({"fewshot", "both"} & set(RARE_STUDY["arms"]))
+
+
+def rare_study_run_inputs(wildcards):
+    inputs = rare_study_cache(wildcards)
+    if rare_study_uses_fewshot():
+        inputs["meta"] = f"{RARE}/models/seed{wildcards.rare_seed}/fewshot_meta.pt"
+    return inputs
+
+
+def rare_study_settings(wildcards):
+    """hemaflow.synth.rare_study.RareStudySettings of the config, as a plain dict."""
+    from hemaflow.synth.rare_study import settings_from_config
+
+    return json.loads(canonical_json(settings_from_config(config).as_dict()))
+
+
+def rare_study_results():
+    return expand(
+        f"{RARE}/runs/level{{rare_level}}/seed{{rare_seed}}/results.json",
+        rare_level=RARE_STUDY["levels"],
+        rare_seed=RARE_STUDY["seeds"],
+    )
+
+
+def rare_study_outputs():
+    return [f"{RARE}/{name}" for name in ("summary.csv", "lift.csv", "chart.png")]
+
+
 def get_final_output():
     """Targets of the stages built so far (config flags will add later stages)."""
     return [
@@ -514,4 +565,5 @@ def get_final_output():
         *normalization_outputs(),
         *synthesis_outputs(),
         *classifier_outputs(),
+        *(rare_study_outputs() if RARE_STUDY["in_default_target"] else []),
     ]

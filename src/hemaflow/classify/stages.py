@@ -238,7 +238,8 @@ def lab_evaluation(
     seed: int,
 ) -> dict:
     """A model on a lab's images over the classes both have: accuracy, balanced accuracy
-    and macro-F1 with their intervals, per-class sensitivity and the confusion matrix."""
+    and macro-F1 with their intervals, per-class sensitivity (``sensitivity``, with its
+    interval in ``sensitivity_low`` / ``sensitivity_high``) and the confusion matrix."""
     from hemaflow.classify.metrics import restrict_to_shared_classes
     from hemaflow.classify.predict import predict_proba
 
@@ -256,6 +257,9 @@ def lab_evaluation(
         for suffix in ("", "_low", "_high"):
             out[name + suffix] = float(summary[name + suffix])
     out["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
+    for bound in ("low", "high"):
+        column = per_class[f"sensitivity_{bound}"]
+        out[f"sensitivity_{bound}"] = {k: float(v) for k, v in column.items()}
     out["confusion"] = np.asarray(confusion).tolist()
     return out
 

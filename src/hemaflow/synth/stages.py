@@ -31,7 +31,9 @@ def read_pool(images_path: str, index_path: str) -> tuple[np.ndarray, pd.DataFra
     return np.load(images_path, mmap_mode="r"), pd.read_parquet(index_path)
 
 
-def _state_dir(root: str, kind: str, name: str, options: Mapping, pool: pd.DataFrame, classes):
+def pool_state_dir(root: str, kind: str, name: str, options: Mapping, pool: pd.DataFrame, classes):
+    """The resumable state of a model trained on the pool's training rows of ``classes``
+    (``keyed_state_dir``: keyed by options and those rows' record ids)."""
     rows = pool[(pool["split"] == "train") & pool["canonical_class"].isin(list(classes))]
     return keyed_state_dir(root, kind, name, options, rows["record_id"])
 
@@ -107,7 +109,7 @@ def train_classifier_stage(
     classes = sorted(c for c, n in train_counts(pool).items() if n > 0)
     train_images, labels = labelled_train(images, pool, classes)
     options = RealClassifierOptions.from_config(options_section)
-    state = _state_dir(state_root, "classifier", "real", options_section, pool, classes)
+    state = pool_state_dir(state_root, "classifier", "real", options_section, pool, classes)
     summary = train_real_classifier(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
     )
@@ -135,7 +137,7 @@ def train_cwgan_stage(
         raise ValueError(f"{routes_csv}: no class is routed to cwgan with images to generate")
     train_images, labels = labelled_train(images, pool, classes)
     options = CWGANOptions.from_config(options_section)
-    state = _state_dir(state_root, "cwgan", "cwgan", options_section, pool, classes)
+    state = pool_state_dir(state_root, "cwgan", "cwgan", options_section, pool, classes)
     log.info("C-WGAN-GP over %s (%d training images)", ", ".join(classes), len(train_images))
     summary = train_cwgan(
         train_images, labels, classes, classifier, options, state, out_model, log_csv=out_losses
@@ -167,7 +169,7 @@ def train_fewshot_meta_stage(
         )
     train_images, labels = labelled_train(images, pool, classes)
     options = FewShotOptions.from_config(options_section)
-    state = _state_dir(state_root, "fewshot", "meta", options_section, pool, classes)
+    state = pool_state_dir(state_root, "fewshot", "meta", options_section, pool, classes)
     log.info("few-shot meta-training on tasks from %s", ", ".join(classes))
     summary = train_fewshot_meta(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
@@ -194,7 +196,7 @@ def adapt_fewshot_stage(
     images, pool = read_pool(pool_images, pool_index)
     class_train = class_images(images, pool, class_name, ["train"])
     options = FewShotOptions.from_config(options_section)
-    state = _state_dir(
+    state = pool_state_dir(
         state_root, "fewshot", f"adapt-{class_name}", options_section, pool, [class_name]
     )
     log.info("adapting the few-shot GAN to %s (%d images)", class_name, len(class_train))
@@ -224,7 +226,7 @@ def train_gate_classifier_stage(
     val = pool[(pool["split"] == "val") & pool["canonical_class"].isin(classes)]
     lookup = {name: k for k, name in enumerate(classes)}
     options = ClassifierOptions.from_config(options_section)
-    state = _state_dir(state_root, "classifier", "gate", options_section, pool, classes)
+    state = pool_state_dir(state_root, "classifier", "gate", options_section, pool, classes)
     summary = train_classifier(
         train_images,
         labels,
@@ -243,7 +245,7 @@ def train_gate_classifier_stage(
 # -------------------------------------------------------------------------------- generation
 
 
-def _sampler(route: str, model_path: str, class_name: str):
+def class_sampler(route: str, model_path: str, class_name: str):
     """(n, seed) -> uint8 images of ``class_name`` from the route's model file."""
     if route == "cwgan":
         from hemaflow.synth.cwgan import generate_cwgan, load_cwgan
@@ -259,6 +261,46 @@ def _sampler(route: str, model_path: str, class_name: str):
         generator, code, _ = load_fewshot(model_path)
         return lambda n, seed: generate_fewshot(generator, code, n, seed)
     raise ValueError(f"route {route!r} has no generator")
+
+
+def generate_class(
+    class_name: str,
+    route: str,
+    model_path: str,
+    judge: Any,
+    judge_classes: Sequence[str],
+    class_train_images: np.ndarray,
+    gate: GateSettings,
+    n_needed: int,
+    seed: int,
+    max_candidates_factor: float,
+    size: int,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """``n_needed`` images of ``class_name`` from the route's model through the quality
+    gate: (accepted images at ``size`` px, one row per candidate). ``judge``: a
+    classifier from ``hemaflow.classify`` trained on real images only, independent of the
+    C-WGAN-GP's third player (which the generator is trained to satisfy); the near-copy
+    check compares with the class's training images."""
+    from hemaflow.classify.predict import predict_proba
+
+    copies = CopyDetector(class_train_images, gate.copy_max_hamming)
+    # a generator may work at a lower resolution than the data: judged and stored at the
+    # data's size
+    sample = class_sampler(route, model_path, class_name)
+    accepted, candidates = generate_gated(
+        lambda n, seed: resize_images(sample(n, seed), size),
+        lambda batch: predict_proba(judge, batch),
+        class_name,
+        list(judge_classes),
+        n_needed,
+        copies,
+        gate,
+        seed,
+        max_candidates_factor=max_candidates_factor,
+    )
+    if len(accepted) == 0:
+        accepted = np.zeros((0, size, size, 3), np.uint8)
+    return accepted, candidates
 
 
 def generate_stage(
@@ -278,34 +320,26 @@ def generate_stage(
 ) -> dict:
     """Generate ``class_name`` through the quality gate up to its target count, with the
     generator of its route (or of ``route``, for the ablation's few-shot-for-all)."""
-    from hemaflow.classify.predict import load_classifier, predict_proba
+    from hemaflow.classify.predict import load_classifier
 
     routes = read_routes(routes_csv).set_index("canonical_class")
     n_needed = int(routes.loc[class_name, "to_generate"])
     route = route or routes.loc[class_name, "route"]
     images, pool = read_pool(pool_images, pool_index)
-    # the judge: a SENet-GE trained on real images only, independent of the C-WGAN-GP's
-    # third player (which the generator is trained to satisfy)
     net, classifier_classes, _ = load_classifier(classifier_path)
-    gate = GateSettings.from_config(gate_section)
-    copies = CopyDetector(class_images(images, pool, class_name, ["train"]), gate.copy_max_hamming)
-    # a generator may work at a lower resolution than the data: judged and stored at the
-    # data's size
-    size = images.shape[1]
-    sample = _sampler(route, model_path, class_name)
-    accepted, candidates = generate_gated(
-        lambda n, seed: resize_images(sample(n, seed), size),
-        lambda batch: predict_proba(net, batch),
+    accepted, candidates = generate_class(
         class_name,
-        list(classifier_classes),
+        route,
+        model_path,
+        net,
+        classifier_classes,
+        class_images(images, pool, class_name, ["train"]),
+        GateSettings.from_config(gate_section),
         n_needed,
-        copies,
-        gate,
         seed,
-        max_candidates_factor=max_candidates_factor,
+        max_candidates_factor,
+        images.shape[1],
     )
-    if len(accepted) == 0:
-        accepted = np.zeros((0, size, size, 3), np.uint8)
     np.save(out_images, accepted)
     candidates.to_parquet(out_candidates, index=False)
     summary = gate_summary(class_name, route, n_needed, candidates)

@@ -1,0 +1,263 @@
+"""The rare-class study (hemaflow.synth.rare_study) on a tiny cache of real pbc images:
+four classes, 20 images each (12 train, 4 val, 4 test), basophil and monocyte cut to 6
+and to 3 training images, two seeds, every arm, networks far too small to learn (the
+QUICK settings): the plumbing, the table, the intervals and the resume."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hemaflow.errors import ConfigError
+from hemaflow.synth.rare_study import (
+    ARMS,
+    QUICK,
+    RareStudySettings,
+    cut_pool,
+    pending_arms,
+    result_path,
+    run_study,
+    shares,
+    study_dir_of,
+)
+from hemaflow.synth.rare_study_report import REPORT_FILES, lift_table, runs_table, verdict
+from hemaflow.synth.stages import read_pool
+
+from .realdata import REPO, pbc_cells
+
+CLASSES = ["basophil", "eosinophil", "monocyte", "neutrophil"]
+CUT = ["basophil", "monocyte"]
+LEVELS = [6, 3]
+SEEDS = [0, 1]
+
+
+def write_tiny_cache(folder):
+    """A domain cache (images.npy, index.parquet) of real pbc cells at 32 px."""
+    images, names = pbc_cells(20, 32, classes=CLASSES)
+    split = np.array((["train"] * 12 + ["val"] * 4 + ["test"] * 4) * len(CLASSES))
+    index = pd.DataFrame(
+        {
+            "record_id": [f"pbc:{k}" for k in range(len(names))],
+            "dataset": "pbc",
+            "canonical_class": names.astype(str),
+            "split": split,
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", images)
+    index.to_parquet(folder / "index.parquet", index=False)
+    return folder / "images.npy", folder / "index.parquet"
+
+
+def tiny_settings(**changes):
+    values = {"classes": CUT, "levels": LEVELS, "seeds": SEEDS, "large_min": 8, **QUICK}
+    return RareStudySettings.from_dict({**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rare_study")
+    cache = write_tiny_cache(base / "results" / "cache" / "pbc")
+    settings = tiny_settings()
+    out = base / "study"
+    results = run_study(*cache, "pbc", settings, out, base / "state")
+    return base, cache, settings, out, results
+
+
+def test_every_arm_level_seed_has_a_result_and_the_tables_have_their_rows(study):
+    _, _, settings, out, results = study
+    assert [(r["arm"], r["level"], r["seed"]) for r in results] == [
+        (arm, level, seed) for seed in SEEDS for level in LEVELS for arm in ARMS
+    ]
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "chart.png").stat().st_size > 5_000
+    summary = pd.read_csv(out / "summary.csv")
+    # arm x level x class: the cut classes' sensitivity and the balanced accuracy ("all")
+    expected = {(a, lv, c) for a in ARMS for lv in LEVELS for c in [*CUT, "all"]}
+    assert set(zip(summary["arm"], summary["level"], summary["class"])) == expected
+    assert len(summary) == len(expected)
+    assert (summary["n_seeds"] == len(SEEDS)).all()
+    assert (summary["min"] <= summary["mean"]).all() and (summary["mean"] <= summary["max"]).all()
+    lift = pd.read_csv(out / "lift.csv")
+    assert set(lift["arm"]) == {"cwgan", "fewshot", "both"}
+    assert len(lift) == 3 * len(LEVELS) * 3
+    markdown = (out / "summary.md").read_text()
+    assert "## Verdict" in markdown and "(level, class) cells" in markdown
+
+
+def test_sensitivities_lie_in_their_intervals_and_in_zero_one(study):
+    *_, results = study
+    runs = runs_table(results)
+    assert len(runs) == len(ARMS) * len(LEVELS) * len(SEEDS) * (len(CUT) + 1)
+    for column in ("value", "low", "high"):
+        assert runs[column].between(0, 1).all(), column
+    assert (runs["low"] <= runs["value"] + 1e-12).all()
+    assert (runs["value"] <= runs["high"] + 1e-12).all()
+    # tested on the real test split only: 4 images of each of the 4 classes
+    assert all(r["test"]["n_images"] == 16 for r in results)
+
+
+def test_training_sets_of_the_arms(study):
+    """Cut classes keep ``level`` real images; each synthesis arm pads them to the largest
+    class's count (12) with its generator's gated images; ``both`` half from each."""
+    *_, results = study
+    for result in results:
+        level, arm = result["level"], result["arm"]
+        assert result["target"] == 12
+        for name in CUT:
+            counts = result["training_images"][name]
+            need = 12 - level
+            assert counts["real"] == level
+            expected = {
+                "none": (0, 0),
+                "cwgan": (need, 0),
+                "fewshot": (0, need),
+                "both": (shares(need, 2)[0], shares(need, 2)[1]),
+            }[arm]
+            assert (counts["synthetic_cwgan"], counts["synthetic_fewshot"]) == expected
+        assert {g["route"] for g in result["gate"]} == set(
+            {"none": [], "cwgan": ["cwgan"], "fewshot": ["fewshot"], "both": ["cwgan", "fewshot"]}[
+                arm
+            ]
+        )
+
+
+def test_cuts_are_seeded_nested_and_leave_val_and_test_whole(study):
+    _, cache, *_ = study
+    images, index = read_pool(*cache)
+    kept = {}
+    for level in LEVELS:
+        _, pool = cut_pool(images, index, "pbc", CUT, level, seed=1)
+        train = pool[pool["split"] == "train"]
+        kept[level] = set(train["record_id"])
+        assert train["canonical_class"].value_counts()[CUT].tolist() == [level, level]
+        assert (pool["split"] == "test").sum() == (index["split"] == "test").sum()
+        assert (pool["split"] == "val").sum() == (index["split"] == "val").sum()
+    assert kept[3] < kept[6]
+    _, other = cut_pool(images, index, "pbc", CUT, 3, seed=0)
+    assert set(other.loc[other["split"] == "train", "record_id"]) != kept[3]
+
+
+def test_a_run_with_its_json_is_skipped(study, monkeypatch):
+    """Resumable: nothing is trained again when every result exists with the same
+    settings; a removed result is redone, the others stay untouched."""
+    import hemaflow.classify.stages as classify_stages
+
+    _, cache, settings, out, results = study
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a classifier was trained although its result exists")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(classify_stages, "train_on_rows", refuse)
+        again = run_study(*cache, "pbc", settings, out, out.parent / "state")
+    assert again == results
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    removed = result_path(out, "fewshot", 3, 1)
+    old = results[[(r["arm"], r["level"], r["seed"]) for r in results].index(("fewshot", 3, 1))]
+    removed.unlink()
+    redone = run_study(*cache, "pbc", settings, out, out.parent / "state")
+    assert removed.is_file()
+    for path, stamp in stamps.items():
+        if path != removed:
+            assert path.stat().st_mtime_ns == stamp, path
+    new = redone[[(r["arm"], r["level"], r["seed"]) for r in redone].index(("fewshot", 3, 1))]
+    # the classifier resumed from its finished checkpoint: the same model, the same numbers
+    assert new["key"] == old["key"] and new["test"] == old["test"]
+
+
+def test_changed_settings_rerun_only_the_arms_they_touch(study):
+    _, cache, settings, out, _ = study
+    images, index = read_pool(*cache)
+    _, pool = cut_pool(images, index, "pbc", CUT, 6, 0)
+    todo, done = pending_arms(settings, pool, 6, 0, out)
+    assert todo == {} and set(done) == set(ARMS)
+    cwgan = {**settings.cwgan, "lambda_class": 0.5}
+    todo, done = pending_arms(settings.with_changes(cwgan=cwgan), pool, 6, 0, out)
+    assert set(todo) == {"cwgan", "both"} and set(done) == {"none", "fewshot"}
+    todo, _ = pending_arms(settings.with_changes(n_boot=60), pool, 6, 0, out)
+    assert set(todo) == set(ARMS)
+
+
+def _result(arm, seed, value):
+    return {
+        "arm": arm,
+        "level": 50,
+        "seed": seed,
+        "domain": "pbc",
+        "target": 100,
+        "cut_classes": ["basophil"],
+        "training_images": {"basophil": {"real": 50, "synthetic_cwgan": 0, "synthetic_fewshot": 0}},
+        "test": {
+            "sensitivity": {"basophil": value},
+            "sensitivity_low": {"basophil": value - 0.05},
+            "sensitivity_high": {"basophil": value + 0.05},
+            "balanced_accuracy": 0.9,
+            "balanced_accuracy_low": 0.88,
+            "balanced_accuracy_high": 0.92,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("fewshot", "answer", "exceeds"),
+    [((0.80, 0.85, 0.90), "Yes", True), ((0.55, 0.70, 0.52), "No", False)],
+)
+def test_the_verdict_weighs_the_paired_lift_against_the_seed_spread(fewshot, answer, exceeds):
+    settings = RareStudySettings(classes=("basophil",), levels=(50,), arms=("none", "fewshot"))
+    baseline = (0.50, 0.60, 0.55)
+    results = [_result("none", s, v) for s, v in enumerate(baseline)]
+    results += [_result("fewshot", s, v) for s, v in enumerate(fewshot)]
+    lift = lift_table(runs_table(results), settings)
+    row = lift[(lift["class"] == "basophil")].iloc[0]
+    assert row["lift_mean"] == pytest.approx(np.mean(np.subtract(fewshot, baseline)))
+    assert row["spread"] == pytest.approx(max(np.ptp(baseline), np.ptp(fewshot)))
+    assert bool(row["exceeds_spread"]) is exceeds
+    lines = verdict(lift)
+    assert lines[0].startswith(answer) and "1 (level, class) cells" in lines[0]
+
+
+def test_settings_are_checked_with_the_key():
+    with pytest.raises(ConfigError, match=r"rare_study\.arms"):
+        RareStudySettings(arms=("none", "gan"))
+    with pytest.raises(ConfigError, match=r"rare_study\.levels"):
+        RareStudySettings(levels=(0,))
+    with pytest.raises(ConfigError, match=r"rare_study\.target"):
+        RareStudySettings(target="most")
+    with pytest.raises(ConfigError, match=r"rare_study\.colour"):
+        RareStudySettings.from_dict({"colour": 1})
+    assert shares(9, 2) == [5, 4] and shares(0, 2) == [0, 0] and shares(7, 1) == [7]
+    assert study_dir_of("/x/study/runs/level50/seed0/results.json").as_posix() == "/x/study"
+
+
+def test_a_level_that_cuts_nothing_is_refused(study):
+    _, cache, *_ = study
+    images, index = read_pool(*cache)
+    with pytest.raises(ConfigError, match=r"rare_study\.levels.*nothing would be cut"):
+        cut_pool(images, index, "pbc", CUT, 12, 0)
+    with pytest.raises(ConfigError, match=r"rare_study\.classes"):
+        cut_pool(images, index, "pbc", ["lymphocyte"], 3, 0)
+
+
+def test_the_bench_quick_run(study, tmp_path):
+    """bench/bench_rare_classes.py --quick on the tiny cache: one level, one seed, two
+    arms; it prints the table and writes the files."""
+    base, *_ = study
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "bench" / "bench_rare_classes.py"), "--quick"]
+    command += ["--results", str(base / "results"), "--out", str(tmp_path / "bench")]
+    command += ["--levels", "6", "--seeds", "0", "--arms", "none", "fewshot"]
+    command += ["--large-min", "8", "--threads", "1", "--classifier", "iterations=3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "# Rare-class study" in result.stdout and "Not judged: one seed" in result.stdout
+    for name in REPORT_FILES:
+        assert (tmp_path / "bench" / name).is_file(), name
+    fewshot = (tmp_path / "bench" / "runs" / "level6" / "seed0" / "fewshot.json").read_text()
+    assert '"iterations": 3' in fewshot
