@@ -26,10 +26,12 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where a table is built: training needs no pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,8 @@ def per_class_metrics(cm: Any) -> pd.DataFrame:
     Precision of a class that is never predicted is 0/0 and reported as NaN (not 0, so that
     "never predicted" stays visible in the table); likewise sensitivity of a class absent from
     the test set. Macro averages count these NaNs as 0 (see :func:`summary_metrics`)."""
+    import pandas as pd
+
     counts = _check_confusion_matrix(cm)
     metrics = _metrics_from_counts(counts)
     table = pd.DataFrame(
@@ -291,6 +295,8 @@ def evaluation_report(
     ``support``, ``predicted``, ``sensitivity``/``specificity``/``precision`` each with
     ``_low``/``_high`` columns, and ``f1``. ``cm`` has rows true, columns predicted, in the
     order of ``class_names``."""
+    import pandas as pd
+
     names = _check_class_names(class_names)
     cm = confusion_matrix(y_true, y_pred, len(names))
     point = _metrics_from_counts(cm)
@@ -330,6 +336,8 @@ def write_confusion_matrix(
     """CSV of counts with class names as row (true) and column (predicted) labels, and a heat
     map whose colour is the row-normalised share (so that rare classes are as readable as
     common ones), each cell showing the count and the row percentage."""
+    import pandas as pd
+
     counts = _check_confusion_matrix(cm)
     names = _check_class_names(class_names, counts.shape[0])
     table = pd.DataFrame(

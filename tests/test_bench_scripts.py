@@ -1,0 +1,51 @@
+"""Smoke runs of the bench scripts that need no data: each runs end to end with tiny
+sizes in a fresh interpreter, as it would be started by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# what a bare GPU machine may lack: the GPU bench must run without them
+ABSENT = ("pandas", "snakemake", "yaml", "scipy", "matplotlib", "PIL")
+
+
+def run_bench(script: str, *args: str, absent: tuple[str, ...] = ()) -> str:
+    """Run ``bench/<script>`` with ``args`` in a new process on one thread, the modules
+    in ``absent`` made unimportable; return its standard output."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {absent!r}: sys.modules[name] = None\n"
+        f"sys.argv = [{script!r}, *{list(args)!r}]\n"
+        f"runpy.run_path({str(REPO / 'bench' / script)!r}, run_name='__main__')\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_gpu_preset_bench_quick_runs_without_data_or_workflow_packages(tmp_path):
+    out = run_bench(
+        "bench_gpu_presets.py", "--quick", "--out", str(tmp_path), "--threads", "1", absent=ABSENT
+    )
+    assert "NOTE: no CUDA device in use" in out or "cuda" in out.lower()
+    report = json.loads((tmp_path / "gpu_presets.json").read_text())
+    names = [row["preset"] for row in report["rows"]]
+    for trainer in ("real_classifier", "cwgan", "fewshot_meta", "fewshot_adapt", "cyclegan"):
+        assert f"{trainer}/cpu" in names and f"{trainer}/paper" in names
+    assert {"classifier/small", "classifier/senet154_ge", "classifier/resnet18"} <= set(names)
+    for row in report["rows"]:
+        assert row["seconds_per_iteration"] > 0 and row["images_per_second"] > 0
+        hours = row["seconds_per_iteration"] * row["schedule_iterations"] / 3600
+        assert row["schedule_hours"] == pytest.approx(hours)
+    table = (tmp_path / "gpu_presets.md").read_text()
+    assert "| cwgan/paper | 2 | 32 |" in table and "s / iteration" in table
