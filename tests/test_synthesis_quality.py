@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from hemaflow.errors import ConfigError
+from hemaflow.summary import headline
 from hemaflow.synth.balance import build_balanced, oversampled_picks
 from hemaflow.synth.quality import GateSettings, real_acceptance
 from hemaflow.synth.stages import (
@@ -30,7 +31,6 @@ from hemaflow.synth.targets import (
     missed_targets,
     quality_measures,
 )
-from hemaflow.summary import headline
 
 from .realdata import pbc_cells
 
@@ -208,12 +208,22 @@ def test_a_metric_not_measured_is_a_missed_target_with_the_reason():
     targets = QualityTargets.from_config(ISSUE_16_TARGETS, "fewshot")
     measures = {"precision": float("nan"), "kid": 0.1, "acceptance": 0.5, "diversity_ratio": 0.9}
     decision = balancing_decision(
-        "fewshot", measures, targets, not_measured="2 accepted synthetic, 3 real validation images"
+        "fewshot", measures, targets, not_measured="too few images to measure: 2, 3"
     )
-    assert decision["balanced_by"] == "sampling"
+    assert decision["balanced_by"] == "sampling" and decision["targets_met"] is False
     assert decision["missed"] == (
-        "precision not measured (target >= 0.3: 2 accepted synthetic, 3 real validation images)"
+        "precision not measured (target >= 0.3); too few images to measure: 2, 3"
     )
+    # the reason is given once, and only when a metric was not measured
+    both = balancing_decision(
+        "fewshot", {**measures, "kid": None}, targets, not_measured="no real validation images"
+    )
+    assert both["missed"] == (
+        "precision not measured (target >= 0.3); kid not measured (target <= 0.25); "
+        "no real validation images"
+    )
+    measured = balancing_decision("fewshot", {**measures, "precision": 0.1}, targets, True, "x")
+    assert measured["missed"] == "precision 0.1 < 0.3"
     # recall is no target of the few-shot route: not measured is fine there
     assert missed_targets({**measures, "precision": 0.4, "recall": None}, targets) == []
     assert missed_targets({**measures, "precision": 0.4, "diversity_ratio": 0.5}, targets) == [
@@ -459,9 +469,9 @@ def test_validation_metrics_use_validation_images_only(pool_files, judge, tmp_pa
         True,
     )
     assert table.loc[0, "balanced_by"] == "sampling"
-    assert (
-        "precision not measured (target >= 0.5: 5 accepted synthetic, 3 real validation"
-        in (table.loc[0, "missed"])
+    assert table.loc[0, "missed"].startswith("precision not measured (target >= 0.5)")
+    assert table.loc[0, "missed"].endswith(
+        "too few images to measure: 5 accepted synthetic, 3 real validation"
     )
     with pytest.raises(ValueError, match="no row for class 'monocyte'"):
         validation_metrics_stage(
@@ -516,8 +526,13 @@ def test_summary_says_per_class_how_it_was_balanced(pool_files, balanced_inputs,
     assert by_class["basophil"]["targets_met"] is True and by_class["basophil"]["used"] == 3
     eosinophil = by_class["eosinophil"]
     assert eosinophil["route"] == "fewshot" and eosinophil["targets_met"] is False
-    assert eosinophil["balanced_by"] == "sampling" and "kid 0.5 > 0.25" in eosinophil["missed"]
+    assert eosinophil["balanced_by"] == "sampling" and eosinophil["missed"] == [
+        "precision 0.1 < 0.3",
+        "kid 0.5 > 0.25",
+        "acceptance 0.2 < 0.4",
+    ]
     assert eosinophil["kid"] == 0.5 and eosinophil["oversampled"] == 5
+    assert by_class["basophil"]["missed"] == []
     assert by_class["neutrophil"]["targets_met"] is None
     assert summary["gate_judge"]["too_strict"] == ["basophil"]
     assert summary["gate_judge"]["unchecked"] == ["eosinophil"]

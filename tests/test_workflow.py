@@ -41,7 +41,10 @@ TINY_CYCLEGAN = {
 # the smallest synthesis settings that run both routes on the subset above: the pbc-only
 # classes (21 training images at 30 per class) go to the few-shot GAN (fewer than 22),
 # basophil (24, with bccd's and zheng's) to the C-WGAN-GP as a mid class, eosinophil and
-# neutrophil (more than 90) are the large classes; every class filled up to 50
+# neutrophil (more than 90) are the large classes; every class filled up to 50. Quality
+# targets that these few-step generators meet on the C-WGAN-GP's route (any gate
+# acceptance) and miss on the few-shot route (precision 1 is out of reach), so that both
+# ways of balancing a class run: synthetic images, and repeated real ones
 TINY_SYNTHESIS = {
     "large_min": 90,
     "fewshot_max": 22,
@@ -105,6 +108,10 @@ TINY_SYNTHESIS = {
         "log_every": 1,
     },
     "quality_gate": {"min_confidence": 0.0},
+    "quality_targets": {
+        "cwgan": {"precision": None, "recall": None, "kid": None, "acceptance": 0.0},
+        "fewshot": {"precision": 1.0},
+    },
     "metrics_max_images": 20,
     "fid_min_images": 1000,
 }
@@ -780,6 +787,53 @@ def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
         for method in ("none", "reinhard", "macenko", "cyclegan")
         for lab in ("pbc", "bccd", "zheng_tecom", "lab4")
     }
+
+
+def rule_block(result: subprocess.CompletedProcess, rule: str) -> str:
+    """The first job block of ``rule`` in a dry-run's output."""
+    return result.stdout.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]
+
+
+def test_quality_is_measured_before_the_balanced_set(tmp_path):
+    """After the route table (a checkpoint), the dry-run plans the gate judge's check on
+    real validation images and each generated class's validation metrics before the
+    balanced set, which reads them all and writes the balancing table; summary.json reads
+    the balancing table and the judge's check."""
+    shared = require_shared_datasets()
+    data_root, workdir = tmp_path / "data", tmp_path / "work"
+    workdir.mkdir()
+    link_small_subset(shared, data_root)
+    # no stain normalization: the route table without training a CycleGAN first
+    write_config(workdir, data_root, **{"normalization.method": "none"})
+    synth = "results/synthesis/none"
+    snakemake(workdir, f"{synth}/routes.csv")
+    routes = pd.read_csv(workdir / synth / "routes.csv", keep_default_na=False)
+    generated = routes[(routes["route"] != "none") & (routes["to_generate"] > 0)]
+    assert len(generated) > 0
+    result = snakemake(workdir, "-n")
+    jobs = dry_run_jobs(result)
+    assert ("gate_real_acceptance", "norm=none") in jobs
+    for row in generated.itertuples():
+        wildcards = f"norm=none, generator={row.route}, synth_class={row.canonical_class}"
+        assert ("validation_metrics", wildcards) in jobs, sorted(jobs)
+    block = rule_block(result, "validation_metrics")
+    assert f"{synth}/gate_classifier/real_acceptance.csv" in block.split("output:", 1)[0]
+    balanced = rule_block(result, "balanced_training_set")
+    inputs, outputs = balanced.split("input:", 1)[1].split("output:", 1)
+    for row in generated.itertuples():
+        sample = f"{synth}/samples/{row.route}/{row.canonical_class}"
+        assert f"{sample}/validation_metrics.json" in inputs
+    assert f"{synth}/balanced/routed/balancing.csv" in outputs.split("\n", 1)[0]
+    summary = rule_block(result, "headline_summary").split("output:", 1)[0]
+    assert f"{synth}/balanced/routed/balancing.csv" in summary
+    assert f"{synth}/gate_classifier/real_acceptance.csv" in summary
+    # the old behaviour is a config switch: the same graph builds
+    write_config(
+        workdir,
+        data_root,
+        **{"normalization.method": "none", "synthesis.require_quality": False},
+    )
+    assert planned_jobs(snakemake(workdir, "-n"))["validation_metrics"] == len(generated)
 
 
 def test_snakemake_lint_and_snakefmt_are_clean():

@@ -40,6 +40,7 @@ def synthesis_classes(gate: str | None, balancing: str | None) -> list[dict[str,
     merged = []
     for row in _table(balancing):
         extra = gates.get(row["canonical_class"], {})
+        row["missed"] = row["missed"].split("; ") if row["missed"] else []
         merged.append({**row, **{k: v for k, v in extra.items() if k not in row}})
     return merged
 

@@ -97,18 +97,15 @@ def quality_measures(metrics: Mapping[str, Any], acceptance: float | None) -> di
     return {name: nan if value is None else value for name, value in measures.items()}
 
 
-def missed_targets(
-    measures: Mapping[str, Any], targets: QualityTargets, not_measured: str = ""
-) -> list[str]:
+def missed_targets(measures: Mapping[str, Any], targets: QualityTargets) -> list[str]:
     """One line per missed target, with the value and the target (``kid 0.31 > 0.15``),
-    or why it could not be measured (``precision not measured (...)``)."""
+    or ``precision not measured (target >= 0.5)``."""
     missed = []
     for name, target in targets.checked().items():
         value = _finite(measures.get(name))
         bound = ">=" if TARGET_DIRECTIONS[name] == "min" else "<="
         if value is None:
-            why = f": {not_measured}" if not_measured else ""
-            missed.append(f"{name} not measured (target {bound} {target:g}{why})")
+            missed.append(f"{name} not measured (target {bound} {target:g})")
         elif TARGET_DIRECTIONS[name] == "min" and value < target:
             missed.append(f"{name} {value:.3g} < {target:g}")
         elif TARGET_DIRECTIONS[name] == "max" and value > target:
@@ -125,9 +122,10 @@ def balancing_decision(
 ) -> dict[str, Any]:
     """How a generated class is balanced: ``synthetic`` (padded with its gated images)
     if its generator met every target or ``require_quality`` is false, else ``sampling``
-    (its real training images repeated). ``not_measured``: why a metric may be missing
-    (said in the reason of a missed target)."""
-    missed = missed_targets(measures, targets, not_measured)
+    (its real training images repeated). ``missed``: the missed targets, ``; ``-joined,
+    followed once by ``not_measured`` (why a metric could not be measured) if one was
+    not."""
+    missed = missed_targets(measures, targets)
     met = not missed
     if met:
         balanced_by, reason = SYNTHETIC, "quality targets met"
@@ -137,6 +135,8 @@ def balancing_decision(
     else:
         balanced_by = SAMPLING
         reason = "quality targets missed: real training images repeated instead"
+    if not_measured and any("not measured" in line for line in missed):
+        missed.append(not_measured)
     return {
         "route": route,
         "targets_met": met,
@@ -201,10 +201,10 @@ def balancing_table(
         measures = found["measures"]
         n_real = int(found.get("validation_images", 0))
         not_measured = (
-            "no validation images of the class"
+            "no real validation images of the class"
             if n_real == 0
-            else f"{int(found.get('synthetic_images', 0))} accepted synthetic, "
-            f"{n_real} real validation images"
+            else f"too few images to measure: {int(found.get('synthetic_images', 0))} "
+            f"accepted synthetic, {n_real} real validation"
         )
         targets = QualityTargets.from_config(targets_section, route)
         row.update(balancing_decision(route, measures, targets, require_quality, not_measured))
