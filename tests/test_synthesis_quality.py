@@ -282,14 +282,12 @@ def test_oversampled_picks_spread_the_repeats():
         oversampled_picks(0, 2, rng)
 
 
-def _quality(name, measures, validation_images=3, verdict="fair"):
+def _quality(name, measures, validation_images=3):
     return {
         "canonical_class": name,
         "measures": measures,
         "validation_images": validation_images,
         "synthetic_images": 3,
-        "judge_real_acceptance": 0.5 if verdict == "too_strict" else 1.0,
-        "judge_verdict": verdict,
     }
 
 
@@ -312,10 +310,7 @@ def balanced_inputs(pool_files, tmp_path):
     samples, gates = {}, []
     met = {"precision": 0.6, "recall": 0.3, "kid": 0.1, "acceptance": 0.8}
     missed = {"precision": 0.1, "kid": 0.5, "acceptance": 0.2, "diversity_ratio": 0.9}
-    for name, measures, verdict in (
-        ("basophil", met, "fair"),
-        ("eosinophil", missed, "too_strict"),
-    ):
+    for name, measures in (("basophil", met), ("eosinophil", missed)):
         folder = tmp_path / name
         folder.mkdir()
         np.save(folder / "images.npy", images[:3])
@@ -330,14 +325,30 @@ def balanced_inputs(pool_files, tmp_path):
             }
         ).to_parquet(folder / "candidates.parquet", index=False)
         (folder / "model.pt").write_bytes(b"weights")
-        (folder / "quality.json").write_text(json.dumps(_quality(name, measures, verdict=verdict)))
+        (folder / "quality.json").write_text(json.dumps(_quality(name, measures)))
         (folder / "gate.json").write_text(json.dumps({"canonical_class": name, "used": 3}))
         samples[name] = tuple(
             str(folder / f)
             for f in ("images.npy", "candidates.parquet", "model.pt", "quality.json")
         )
         gates.append(str(folder / "gate.json"))
-    return {"routes": tmp_path / "routes.csv", "samples": samples, "gates": gates}
+    # the judge accepts half of eosinophil's real validation images: too strict for it
+    pd.DataFrame(
+        {
+            "canonical_class": CLASSES,
+            "real_images": [2, 2, 0],
+            "accepted": [2, 1, 0],
+            "acceptance": [1.0, 0.5, float("nan")],
+            "min_real_acceptance": 0.9,
+            "verdict": ["fair", "too_strict", "no_validation_images"],
+        }
+    ).to_csv(tmp_path / "real_acceptance.csv", index=False)
+    return {
+        "routes": tmp_path / "routes.csv",
+        "samples": samples,
+        "gates": gates,
+        "judge": tmp_path / "real_acceptance.csv",
+    }
 
 
 def _run_balanced(pool_files, inputs, out, require_quality):
@@ -349,6 +360,7 @@ def _run_balanced(pool_files, inputs, out, require_quality):
         str(inputs["routes"]),
         inputs["samples"],
         inputs["gates"],
+        str(inputs["judge"]),
         ISSUE_16_TARGETS,
         require_quality,
         out_images=str(out / "images.npy"),
@@ -413,6 +425,20 @@ def test_balancing_table_needs_the_metrics_of_every_generated_class(balanced_inp
         balancing_table(routes, {"basophil": _quality("basophil", {})}, ISSUE_16_TARGETS, True)
 
 
+def test_balanced_set_needs_the_judge_verdict_of_every_generated_class(
+    pool_files, balanced_inputs, tmp_path
+):
+    judge = pd.read_csv(balanced_inputs["judge"])
+    judge[judge["canonical_class"] != "eosinophil"].to_csv(tmp_path / "judge.csv", index=False)
+    with pytest.raises(ValueError, match=r"judge\.csv: no row for the generated classes"):
+        _run_balanced(
+            pool_files,
+            {**balanced_inputs, "judge": tmp_path / "judge.csv"},
+            tmp_path / "out",
+            require_quality=True,
+        )
+
+
 def test_build_balanced_refuses_to_oversample_a_class_without_training_images(pool_files):
     with pytest.raises(ValueError, match="lymphocyte"):
         build_balanced(pool_files["images"], pool_files["pool"], {}, oversample={"lymphocyte": 2})
@@ -421,12 +447,8 @@ def test_build_balanced_refuses_to_oversample_a_class_without_training_images(po
 # --------------------------------------------------------- measured on validation images
 
 
-def test_validation_metrics_use_validation_images_only(pool_files, judge, tmp_path):
+def test_validation_metrics_use_validation_images_only(pool_files, tmp_path):
     root = pool_files["root"]
-    judge_csv = tmp_path / "real_acceptance.csv"
-    gate_real_acceptance_stage(
-        str(judge), str(root / "images.npy"), str(root / "index.parquet"), {}, str(judge_csv)
-    )
     fake, _ = pbc_cells(5, 64, classes=["basophil"], offset=20)
     np.save(tmp_path / "images.npy", fake)
     pd.DataFrame(
@@ -442,7 +464,6 @@ def test_validation_metrics_use_validation_images_only(pool_files, judge, tmp_pa
         str(root / "index.parquet"),
         str(tmp_path / "images.npy"),
         str(tmp_path / "candidates.parquet"),
-        str(judge_csv),
         max_images=50,
         out_json=str(tmp_path / "validation_metrics.json"),
     )
@@ -473,18 +494,32 @@ def test_validation_metrics_use_validation_images_only(pool_files, judge, tmp_pa
     assert table.loc[0, "missed"].endswith(
         "too few images to measure: 5 accepted synthetic, 3 real validation"
     )
-    with pytest.raises(ValueError, match="no row for class 'monocyte'"):
-        validation_metrics_stage(
-            "monocyte",
-            "cwgan",
-            str(root / "images.npy"),
-            str(root / "index.parquet"),
-            str(tmp_path / "images.npy"),
-            str(tmp_path / "candidates.parquet"),
-            str(judge_csv),
-            max_images=50,
-            out_json=str(tmp_path / "x.json"),
-        )
+    # a class without validation images: nothing is measured, and the reason says so
+    none = validation_metrics_stage(
+        "neutrophil",
+        "fewshot",
+        str(root / "images.npy"),
+        str(root / "index.parquet"),
+        str(tmp_path / "images.npy"),
+        str(tmp_path / "candidates.parquet"),
+        max_images=50,
+        out_json=str(tmp_path / "neutrophil.json"),
+    )
+    assert none["validation_images"] == 0
+    assert none["measures"]["kid"] is None and none["measures"]["acceptance"] is not None
+    routes = pd.DataFrame(
+        {
+            "canonical_class": ["neutrophil"],
+            "count": [4],
+            "route": ["fewshot"],
+            "target": [9],
+            "to_generate": [5],
+            "reason": [""],
+        }
+    )
+    table = balancing_table(routes, {"neutrophil": none}, ISSUE_16_TARGETS, True)
+    assert table.loc[0, "balanced_by"] == "sampling"
+    assert table.loc[0, "missed"].endswith("no real validation images of the class")
 
 
 # ------------------------------------------------------------------------- summary.json

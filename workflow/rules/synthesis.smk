@@ -245,7 +245,6 @@ rule validation_metrics:
         index=f"{SYNTH}/pool/index.parquet",
         samples=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/images.npy",
         candidates=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/candidates.parquet",
-        judge=f"{SYNTH}/gate_classifier/real_acceptance.csv",
     output:
         f"{SYNTH}/samples/{{generator}}/{{synth_class}}/validation_metrics.json",
     log:
@@ -290,6 +289,7 @@ rule balanced_training_set:
         candidates=synthesis_sample_files("candidates.parquet"),
         gates=synthesis_sample_files("gate.json"),
         quality=synthesis_sample_files("validation_metrics.json"),
+        judge=f"{SYNTH}/gate_classifier/real_acceptance.csv",
     output:
         images=f"{SYNTH}/balanced/{{synth_variant}}/images.npy",
         manifest=f"{SYNTH}/balanced/{{synth_variant}}/manifest.parquet",

@@ -17,6 +17,7 @@ balanced_stage(
     snakemake.input.routes,
     samples,
     snakemake.input.gates,
+    snakemake.input.judge,
     snakemake.params.targets,
     snakemake.params.require_quality,
     out_images=snakemake.output.images,

@@ -9,7 +9,6 @@ validation_metrics_stage(
     snakemake.input.index,
     snakemake.input.samples,
     snakemake.input.candidates,
-    snakemake.input.judge,
     snakemake.params.max_images,
     out_json=snakemake.output[0],
     seed=snakemake.params.seed,

@@ -404,23 +404,18 @@ def validation_metrics_stage(
     pool_index: str,
     samples_images: str,
     candidates_path: str,
-    judge_csv: str,
     max_images: int,
     out_json: str,
     seed: int = 0,
 ) -> dict:
     """The measures of one class's quality targets: its accepted synthetic images against
     its real VALIDATION images (val and held_out; the test split is never used for a
-    decision), and the gate's acceptance of its candidates; with the judge's verdict on
-    the class's real images (``gate_real_acceptance_stage``)."""
+    decision), and the gate's acceptance of its candidates."""
     from hemaflow.metrics import InceptionFeatures, get_lpips
 
     images, pool = read_pool(pool_images, pool_index)
     synthetic = np.load(samples_images)
     candidates = pd.read_parquet(candidates_path)
-    judge = pd.read_csv(judge_csv).set_index("canonical_class")
-    if class_name not in judge.index:
-        raise ValueError(f"{judge_csv}: no row for class {class_name!r} (not a judge class)")
     real = class_images(images, pool, class_name, VALIDATION_SPLITS)
     accepted = candidates["accepted"] if len(candidates) else pd.Series(dtype=bool)
     acceptance = float(accepted.mean()) if len(candidates) else None
@@ -453,8 +448,6 @@ def validation_metrics_stage(
         "candidates": int(len(candidates)),
         "measures": {k: _json_value(v) for k, v in measures.items()},
         "metrics": {k: _json_value(v) for k, v in metrics.items()},
-        "judge_real_acceptance": _json_value(float(judge.loc[class_name, "acceptance"])),
-        "judge_verdict": str(judge.loc[class_name, "verdict"]),
     }
     write_json(result, out_json)
     log.info("%s (%s) on validation images: %s", class_name, generator, result["measures"])
@@ -467,6 +460,7 @@ def balanced_stage(
     routes_csv: str,
     samples: Mapping[str, tuple[str, str, str, str]],
     gate_summaries: Sequence[str],
+    judge_csv: str,
     targets_section: Mapping[str, Any],
     require_quality: bool,
     out_images: str,
@@ -479,14 +473,20 @@ def balanced_stage(
     validation_metrics.json). A class whose generator met its route's quality targets
     (or every generated class, without ``require_quality``) is padded with its used
     synthetic images; a class that missed them gets ``to_generate`` repeated real
-    training rows instead. The decision per class is written to ``out_balancing``."""
+    training rows instead. The decision per class is written to ``out_balancing``, with
+    the gate judge's verdict on the class's real images (``judge_csv``, from
+    ``gate_real_acceptance_stage``)."""
     images, pool = read_pool(pool_images, pool_index)
     routes = read_routes(routes_csv)
     quality = {}
     for name, (_, _, _, quality_path) in samples.items():
         with open(quality_path) as handle:
             quality[name] = json.load(handle)
-    table = balancing_table(routes, quality, targets_section, require_quality)
+    judge = pd.read_csv(judge_csv)
+    missing = sorted(set(samples) - set(judge["canonical_class"]))
+    if missing:
+        raise ValueError(f"{judge_csv}: no row for the generated classes {missing}")
+    table = balancing_table(routes, quality, targets_section, require_quality, judge)
     decided = table.set_index("canonical_class")
     route_of = routes.set_index("canonical_class")["route"]
     synthetic, oversample = {}, {}

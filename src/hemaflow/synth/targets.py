@@ -173,14 +173,18 @@ def balancing_table(
     quality: Mapping[str, Mapping[str, Any]],
     targets_section: Mapping[str, Any],
     require_quality: bool,
+    judge: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per class of the route table: its route, whether its generator met the
     route's targets (which ones it missed, with the values) and how it is balanced:
     ``synthetic``, ``sampling``, or ``none`` (route none, or already at the target).
-    ``quality``: class -> the validation measures of its generator (``validation_metrics``
-    files: ``measures``, ``validation_images``, ``judge_real_acceptance``,
-    ``judge_verdict``). ``synthetic_used`` / ``oversampled`` are filled in later by the
-    balanced set."""
+    ``quality``: class -> the validation measures of its generator (a
+    ``validation_metrics.json``: ``measures``, ``validation_images``,
+    ``synthetic_images``). ``judge``: the gate judge's acceptance of real validation
+    images (``quality.real_acceptance``); a class it is too strict for says so in its
+    reason, and nothing is lowered. ``synthetic_used`` / ``oversampled`` are filled in
+    later by the balanced set."""
+    verdicts = judge.set_index("canonical_class") if judge is not None else None
     rows = []
     for route_row in routes.itertuples():
         name, route = route_row.canonical_class, route_row.route
@@ -190,6 +194,9 @@ def balancing_table(
             "count": int(route_row.count),
             "to_generate": int(route_row.to_generate),
         }
+        if verdicts is not None and name in verdicts.index:
+            row["judge_real_acceptance"] = float(verdicts.loc[name, "acceptance"])
+            row["judge_verdict"] = str(verdicts.loc[name, "verdict"])
         if route == "none" or route_row.to_generate <= 0:
             why = route_row.reason or ("route none" if route == "none" else "at the target")
             row.update(targets_met=None, missed="", balanced_by=UNBALANCED, reason=why)
@@ -210,9 +217,7 @@ def balancing_table(
         row.update(balancing_decision(route, measures, targets, require_quality, not_measured))
         row.update({name_: measures.get(name_) for name_ in TARGET_DIRECTIONS})
         row["validation_images"] = n_real
-        row["judge_real_acceptance"] = found.get("judge_real_acceptance")
-        row["judge_verdict"] = found.get("judge_verdict", "")
-        if row["judge_verdict"] == JUDGE_TOO_STRICT:
+        if row.get("judge_verdict") == JUDGE_TOO_STRICT:
             row["reason"] += (
                 f"; the gate's judge is too strict for {name} (accepts "
                 f"{row['judge_real_acceptance']:.0%} of its real validation images): "
