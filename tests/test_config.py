@@ -175,3 +175,52 @@ def test_rare_study_defaults_and_checks(raw_config):
     bad["rare_study"] = {"arms": ["none", "gan"]}
     with pytest.raises(ConfigError, match=r"rare_study\.arms"):
         validate_config(bad)
+
+
+def test_quality_gate_and_quality_target_keys(raw_config):
+    """Issue 16's keys: defaults (the issue's targets, a judge that accepts 90 % of real
+    validation images, quality required) and errors that name the key."""
+    config = validate_config(copy.deepcopy(raw_config))
+    synthesis = config["synthesis"]
+    assert synthesis["require_quality"] is True
+    assert synthesis["quality_gate"]["min_real_acceptance"] == 0.9
+    assert synthesis["quality_targets"] == {
+        "cwgan": {
+            "precision": 0.5,
+            "recall": 0.2,
+            "kid": 0.15,
+            "diversity_ratio": None,
+            "acceptance": 0.6,
+        },
+        "fewshot": {
+            "precision": 0.3,
+            "recall": None,
+            "kid": 0.25,
+            "diversity_ratio": 0.8,
+            "acceptance": 0.4,
+        },
+    }
+    # a user's partial targets keep the other defaults; null switches a target off
+    raw = copy.deepcopy(raw_config)
+    raw["synthesis"] = {"quality_targets": {"fewshot": {"kid": 0.3, "precision": None}}}
+    fewshot = validate_config(raw)["synthesis"]["quality_targets"]["fewshot"]
+    assert fewshot["kid"] == 0.3 and fewshot["precision"] is None and fewshot["acceptance"] == 0.4
+    for section, key in (
+        ({"require_quality": "yes"}, "synthesis.require_quality"),
+        (
+            {"quality_gate": {"min_real_acceptance": 1.2}},
+            "synthesis.quality_gate.min_real_acceptance",
+        ),
+        (
+            {"quality_targets": {"cwgan": {"precision": 2}}},
+            "synthesis.quality_targets.cwgan.precision",
+        ),
+        ({"quality_targets": {"cwgan": {"fid": 10}}}, "synthesis.quality_targets.cwgan.fid"),
+        ({"quality_targets": {"none": {}}}, "synthesis.quality_targets.none"),
+        ({"quality_targets": {"fewshot": {"kid": -0.1}}}, "synthesis.quality_targets.fewshot.kid"),
+    ):
+        raw = copy.deepcopy(raw_config)
+        raw["synthesis"] = section
+        with pytest.raises(ConfigError) as caught:
+            validate_config(raw)
+        assert caught.value.key == key, (section, str(caught.value))

@@ -42,7 +42,10 @@ TINY_CYCLEGAN = {
 # the smallest synthesis settings that run both routes on the subset above: the pbc-only
 # classes (21 training images at 30 per class) go to the few-shot GAN (fewer than 22),
 # basophil (24, with bccd's and zheng's) to the C-WGAN-GP as a mid class, eosinophil and
-# neutrophil (more than 90) are the large classes; every class filled up to 50
+# neutrophil (more than 90) are the large classes; every class filled up to 50. Quality
+# targets that these few-step generators meet on the C-WGAN-GP's route (any gate
+# acceptance) and miss on the few-shot route (precision 1 is out of reach), so that both
+# ways of balancing a class run: synthetic images, and repeated real ones
 TINY_SYNTHESIS = {
     "large_min": 90,
     "fewshot_max": 22,
@@ -57,6 +60,10 @@ TINY_SYNTHESIS = {
         "checkpoint_every": 2,
     },
     "quality_gate": {"min_confidence": 0.0},
+    "quality_targets": {
+        "cwgan": {"precision": None, "recall": None, "kid": None, "acceptance": 0.0},
+        "fewshot": {"precision": 1.0},
+    },
     "metrics_max_images": 20,
     "fid_min_images": 1000,
 }
@@ -280,14 +287,51 @@ def test_synthesis_outputs(workflow_run):
     assert len(images) == len(manifest)
     real = manifest[manifest["origin"] == "real"]
     assert len(real) == (pool["split"] == "train").sum()
+    # the C-WGAN-GP met its (tiny) targets: its classes are padded with synthetic images;
+    # the few-shot GAN missed its own: its classes repeat their real training images
     synthetic = manifest[manifest["origin"] == "synthetic"]
-    assert set(synthetic["generator"]) == {"cwgan", "fewshot"}
+    assert set(synthetic["generator"]) == {"cwgan"}
     assert synthetic["checkpoint_sha256"].str.len().eq(64).all() and (synthetic["seed"] >= 0).all()
+    oversampled = manifest[manifest["origin"] == "oversampled"]
+    assert set(oversampled["record_id"]) <= set(real["record_id"])
+    balancing = pd.read_csv(synth / "balanced" / "routed" / "balancing.csv").set_index(
+        "canonical_class"
+    )
+    assert set(balancing.index) == set(routes["canonical_class"])
     gate = pd.read_csv(synth / "balanced" / "routed" / "gate.csv")
     for row in gate.itertuples():
         assert row.used + row.shortfall == row.needed
+        decided = balancing.loc[row.canonical_class]
         n = (synthetic["canonical_class"] == row.canonical_class).sum()
-        assert n == row.used
+        repeated = (oversampled["canonical_class"] == row.canonical_class).sum()
+        if row.route == "cwgan":
+            assert decided["balanced_by"] == "synthetic" and decided["targets_met"]
+            assert n == row.used == decided["synthetic_used"] and repeated == 0
+        else:
+            assert decided["balanced_by"] == "sampling" and not decided["targets_met"]
+            assert "precision" in decided["missed"]
+            assert n == 0 and repeated == row.needed == decided["oversampled"]
+        quality = json.loads(
+            (
+                synth / "samples" / row.route / row.canonical_class / "validation_metrics.json"
+            ).read_text()
+        )
+        assert quality["splits"] == ["val", "held_out"]
+        held = pool[
+            (pool["canonical_class"] == row.canonical_class)
+            & pool["split"].isin(["val", "held_out"])
+        ]
+        assert quality["validation_images"] == len(held)  # never a test image
+    # the gate's judge on real validation images: min_confidence 0 accepts every one
+    judge = pd.read_csv(synth / "gate_classifier" / "real_acceptance.csv")
+    assert set(judge["canonical_class"]) == set(routes.loc[routes["count"] > 0, "canonical_class"])
+    for row in judge.itertuples():
+        held = pool[
+            (pool["canonical_class"] == row.canonical_class)
+            & pool["split"].isin(["val", "held_out"])
+        ]
+        assert row.real_images == len(held)
+        assert row.verdict == ("fair" if len(held) else "no_validation_images")
     metrics = pd.read_csv(synth / "metrics.csv")
     assert set(metrics["canonical_class"]) == set(gate["canonical_class"])
     assert metrics["kid"].notna().any()
@@ -303,6 +347,7 @@ def test_classifier_outputs_and_report(workflow_run, report_html):
     results = workdir / "results" / "classifier" / "full"
     summary = json.loads((results / "summary.json").read_text())
     assert summary["training_images"]["synthetic"] > 0 and summary["training_images"]["real"] > 0
+    assert summary["training_images"]["oversampled"] > 0
     evaluation = json.loads((results / "evaluation" / "summary.json").read_text())
     synth = workdir / "results" / "synthesis" / "cyclegan"
     pool = pd.read_parquet(synth / "pool" / "index.parquet")
@@ -323,9 +368,20 @@ def test_classifier_outputs_and_report(workflow_run, report_html):
         evaluation["balanced_accuracy_low"],
         evaluation["balanced_accuracy_high"],
     ]
-    assert {row["canonical_class"] for row in headline["synthesis"]} == set(
-        pd.read_csv(synth / "balanced" / "routed" / "gate.csv")["canonical_class"]
+    by_class = {row["canonical_class"]: row for row in headline["synthesis"]}
+    balancing = pd.read_csv(synth / "balanced" / "routed" / "balancing.csv")
+    assert set(by_class) == set(balancing["canonical_class"])
+    for row in pd.read_csv(synth / "balanced" / "routed" / "gate.csv").itertuples():
+        said = by_class[row.canonical_class]
+        assert said["used"] == row.used and said["route"] == row.route
+        assert said["balanced_by"] == ("synthetic" if row.route == "cwgan" else "sampling")
+        assert said["targets_met"] is (row.route == "cwgan")
+        assert bool(said["missed"]) is (row.route != "cwgan")
+    judge = pd.read_csv(synth / "gate_classifier" / "real_acceptance.csv")
+    assert [r["canonical_class"] for r in headline["gate_judge"]["classes"]] == list(
+        judge["canonical_class"]
     )
+    assert headline["gate_judge"]["too_strict"] == []
     assert len(headline["normalization"]) >= 1 and headline["data"]["kept"] > 0
     # the HTML report builds
     text = report_html.read_text(errors="replace")
@@ -495,17 +551,42 @@ def test_ablation_target(workflow_run):
         path = workdir / "results" / "synthesis" / norm / "balanced" / variant
         return pd.read_parquet(path / "manifest.parquet")
 
+    variants = ("routed", "no_cwgan", "no_fewshot", "fewshot_all")
     synthetic = {
         variant: manifest("cyclegan", variant).query("origin == 'synthetic'")
-        for variant in ("routed", "no_cwgan", "no_fewshot", "fewshot_all")
+        for variant in variants
     }
-    assert set(synthetic["routed"]["generator"]) == {"cwgan", "fewshot"}
-    assert set(synthetic["no_cwgan"]["generator"]) == {"fewshot"}
+    oversampled = {
+        variant: set(
+            manifest("cyclegan", variant).query("origin == 'oversampled'")["canonical_class"]
+        )
+        for variant in variants
+    }
+    # the tiny config: the C-WGAN-GP meets its quality targets, the few-shot GAN misses
+    # its own, so a few-shot class is balanced by repeating its real images
+    routes = pd.read_csv(workdir / "results" / "synthesis" / "cyclegan" / "routes.csv")
+    needing = routes[routes["to_generate"] > 0]
+    fewshot_classes = set(needing.query("route == 'fewshot'")["canonical_class"])
+    cwgan_classes = set(needing.query("route == 'cwgan'")["canonical_class"])
+    assert set(synthetic["routed"]["generator"]) == {"cwgan"}
+    assert oversampled["routed"] == fewshot_classes
+    assert synthetic["no_cwgan"].empty and oversampled["no_cwgan"] == fewshot_classes
     assert set(synthetic["no_fewshot"]["generator"]) == {"cwgan"}
-    assert set(synthetic["fewshot_all"]["generator"]) == {"fewshot"}
-    # few-shot for all: the C-WGAN-GP's classes are generated by adapted few-shot GANs
-    cwgan_classes = set(synthetic["routed"].query("generator == 'cwgan'")["canonical_class"])
-    assert cwgan_classes <= set(synthetic["fewshot_all"]["canonical_class"])
+    assert oversampled["no_fewshot"] == set()
+    # few-shot for all: the C-WGAN-GP's classes are generated by adapted few-shot GANs,
+    # and held to the few-shot route's targets
+    assert synthetic["fewshot_all"].empty
+    assert oversampled["fewshot_all"] == fewshot_classes | cwgan_classes
+    balancing = pd.read_csv(
+        workdir
+        / "results"
+        / "synthesis"
+        / "cyclegan"
+        / "balanced"
+        / "fewshot_all"
+        / "balancing.csv"
+    ).set_index("canonical_class")
+    assert (balancing.loc[sorted(cwgan_classes), "route"] == "fewshot").all()
     # without normalization: the pool holds the raw images, and the classifier saw them
     raw = workdir / "results" / "synthesis" / "none" / "pool" / "index.parquet"
     assert (pd.read_parquet(raw)["normalization"] == "none").all()
@@ -739,6 +820,52 @@ def test_a_fourth_labelled_lab_gets_the_whole_treatment(tmp_path):
         for method in ("none", "reinhard", "macenko", "cyclegan")
         for lab in ("pbc", "bccd", "zheng_tecom", "lab4")
     }
+
+
+def rule_block(result: subprocess.CompletedProcess, rule: str) -> str:
+    """The first job block of ``rule`` in a dry-run's output."""
+    return result.stdout.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]
+
+
+def test_quality_is_measured_before_the_balanced_set(tmp_path):
+    """After the route table (a checkpoint), the dry-run plans the gate judge's check on
+    real validation images and each generated class's validation metrics before the
+    balanced set, which reads them all and writes the balancing table; summary.json reads
+    the balancing table and the judge's check."""
+    shared = require_shared_datasets()
+    data_root, workdir = tmp_path / "data", tmp_path / "work"
+    workdir.mkdir()
+    link_small_subset(shared, data_root)
+    # no stain normalization: the route table without training a CycleGAN first
+    write_config(workdir, data_root, **{"normalization.method": "none"})
+    synth = "results/synthesis/none"
+    snakemake(workdir, f"{synth}/routes.csv")
+    routes = pd.read_csv(workdir / synth / "routes.csv", keep_default_na=False)
+    generated = routes[(routes["route"] != "none") & (routes["to_generate"] > 0)]
+    assert len(generated) > 0
+    result = snakemake(workdir, "-n")
+    jobs = dry_run_jobs(result)
+    assert ("gate_real_acceptance", "norm=none") in jobs
+    for row in generated.itertuples():
+        wildcards = f"norm=none, generator={row.route}, synth_class={row.canonical_class}"
+        assert ("validation_metrics", wildcards) in jobs, sorted(jobs)
+    balanced = rule_block(result, "balanced_training_set")
+    inputs, outputs = balanced.split("input:", 1)[1].split("output:", 1)
+    assert f"{synth}/gate_classifier/real_acceptance.csv" in inputs
+    for row in generated.itertuples():
+        sample = f"{synth}/samples/{row.route}/{row.canonical_class}"
+        assert f"{sample}/validation_metrics.json" in inputs
+    assert f"{synth}/balanced/routed/balancing.csv" in outputs.split("\n", 1)[0]
+    summary = rule_block(result, "headline_summary").split("output:", 1)[0]
+    assert f"{synth}/balanced/routed/balancing.csv" in summary
+    assert f"{synth}/gate_classifier/real_acceptance.csv" in summary
+    # the old behaviour is a config switch: the same graph builds
+    write_config(
+        workdir,
+        data_root,
+        **{"normalization.method": "none", "synthesis.require_quality": False},
+    )
+    assert planned_jobs(snakemake(workdir, "-n"))["validation_metrics"] == len(generated)
 
 
 def test_snakemake_lint_and_snakefmt_are_clean():

@@ -285,6 +285,16 @@ def routing_params():
     }
 
 
+def generation_gate_params():
+    """The quality gate's settings that generation uses (min_real_acceptance only flags
+    the judge: changing it must not regenerate images)."""
+    return {
+        key: value
+        for key, value in SYNTHESIS["quality_gate"].items()
+        if key != "min_real_acceptance"
+    }
+
+
 def synthesis_options(section):
     """A generator's options as given (preset + overrides), in canonical form."""
     return json.loads(canonical_json(SYNTHESIS[section]))
@@ -353,7 +363,9 @@ def synthesis_outputs():
     base = synth_dir(MAIN_NORM)
     return [
         f"{base}/routes.csv",
+        f"{base}/gate_classifier/real_acceptance.csv",
         f"{base}/balanced/routed/manifest.parquet",
+        f"{base}/balanced/routed/balancing.csv",
         f"{base}/metrics.csv",
     ]
 
@@ -427,7 +439,10 @@ def summary_inputs(wildcards):
     if NORMALIZATION["method"] != "none":
         inputs["normalization_metrics"] = f"{RESULTS}/normalization/metrics.csv"
     if SYNTHESIS["enabled"]:
-        inputs["synthesis_gate"] = f"{synth_dir(MAIN_NORM)}/balanced/routed/gate.csv"
+        base = synth_dir(MAIN_NORM)
+        inputs["synthesis_gate"] = f"{base}/balanced/routed/gate.csv"
+        inputs["synthesis_balancing"] = f"{base}/balanced/routed/balancing.csv"
+        inputs["gate_real_acceptance"] = f"{base}/gate_classifier/real_acceptance.csv"
     return inputs
 
 

@@ -93,6 +93,34 @@ rule train_gate_classifier:
         "../scripts/train_gate_classifier.py"
 
 
+rule gate_real_acceptance:
+    """Is the gate fair? Per class, the share of its real validation images that the
+    gate's judge accepts; a class below min_real_acceptance is flagged, never given a
+    lower threshold."""
+    input:
+        classifier=f"{SYNTH}/gate_classifier/model.pt",
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+    output:
+        report(
+            f"{SYNTH}/gate_classifier/real_acceptance.csv",
+            caption="../report/gate_real_acceptance.rst",
+            category="synthesis",
+            subcategory="quality gate",
+        ),
+    log:
+        "logs/synthesis/{norm}/gate_real_acceptance.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        gate=SYNTHESIS["quality_gate"],
+    script:
+        "../scripts/gate_real_acceptance.py"
+
+
 rule train_cwgan:
     """One classifier-guided conditional WGAN-GP over the classes routed to it."""
     input:
@@ -201,11 +229,38 @@ rule generate_class:
     resources:
         gpu=1,
     params:
-        gate=SYNTHESIS["quality_gate"],
+        gate=generation_gate_params(),
         seed=SYNTHESIS["seed"],
         max_candidates_factor=SYNTHESIS["max_candidates_factor"],
     script:
         "../scripts/generate_class.py"
+
+
+rule validation_metrics:
+    """One class's quality targets measured on real VALIDATION images (val and held_out,
+    never test): precision, recall, KID and diversity of its accepted synthetic images,
+    the gate's acceptance of its candidates."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        samples=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/images.npy",
+        candidates=f"{SYNTH}/samples/{{generator}}/{{synth_class}}/candidates.parquet",
+    output:
+        f"{SYNTH}/samples/{{generator}}/{{synth_class}}/validation_metrics.json",
+    log:
+        "logs/synthesis/{norm}/validation_metrics/{generator}/{synth_class}.log",
+    benchmark:
+        "benchmarks/synthesis/{norm}/validation_metrics/{generator}/{synth_class}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        max_images=SYNTHESIS["metrics_max_images"],
+        seed=SYNTHESIS["seed"],
+    script:
+        "../scripts/validation_metrics.py"
 
 
 rule variant_routes:
@@ -223,7 +278,9 @@ rule variant_routes:
 
 
 rule balanced_training_set:
-    """Real training images plus the accepted synthetic ones, with provenance."""
+    """Real training images plus, per generated class, its accepted synthetic images if
+    its generator met the route's quality targets, else its real images repeated; with
+    provenance and the decision per class."""
     input:
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
@@ -231,6 +288,8 @@ rule balanced_training_set:
         samples=synthesis_sample_files("images.npy"),
         candidates=synthesis_sample_files("candidates.parquet"),
         gates=synthesis_sample_files("gate.json"),
+        quality=synthesis_sample_files("validation_metrics.json"),
+        judge=f"{SYNTH}/gate_classifier/real_acceptance.csv",
     output:
         images=f"{SYNTH}/balanced/{{synth_variant}}/images.npy",
         manifest=f"{SYNTH}/balanced/{{synth_variant}}/manifest.parquet",
@@ -240,12 +299,21 @@ rule balanced_training_set:
             category="synthesis",
             subcategory="quality gate",
         ),
+        balancing=report(
+            f"{SYNTH}/balanced/{{synth_variant}}/balancing.csv",
+            caption="../report/synthesis_balancing.rst",
+            category="synthesis",
+            subcategory="balancing",
+        ),
     log:
         "logs/synthesis/{norm}/balanced/{synth_variant}.log",
     conda:
         "../envs/hemaflow.yaml"
     params:
         models=synthesis_models,
+        targets=SYNTHESIS["quality_targets"],
+        require_quality=SYNTHESIS["require_quality"],
+        seed=SYNTHESIS["seed"],
     script:
         "../scripts/balanced_training_set.py"
 

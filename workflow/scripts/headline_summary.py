@@ -8,5 +8,7 @@ write_headline(
     classifier_evaluation=snakemake.input.classifier_evaluation,
     normalization_metrics=snakemake.input.get("normalization_metrics"),
     synthesis_gate=snakemake.input.get("synthesis_gate"),
+    synthesis_balancing=snakemake.input.get("synthesis_balancing"),
+    gate_real_acceptance=snakemake.input.get("gate_real_acceptance"),
     settings=snakemake.params.settings,
 )

@@ -2,7 +2,9 @@
 
 Each synthetic row names its generator, the model file (and its sha256), the batch seed
 and the offset within the batch, so that any synthetic image can be traced and
-regenerated."""
+regenerated. A class whose generator missed its quality targets (``targets``) is
+balanced by sampling instead: ``oversampled`` rows repeat its real training images (same
+``record_id``), so the set is balanced for any sampler."""
 
 from __future__ import annotations
 
@@ -56,14 +58,30 @@ def synthetic_rows(
     )
 
 
+def oversampled_picks(n_real: int, n_extra: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``n_real`` training images to repeat for ``n_extra`` more rows: every
+    image as often as it fits whole, then a random choice without replacement for the
+    rest (no image repeated twice more than another)."""
+    if n_extra <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n_real == 0:
+        raise ValueError(f"cannot oversample {n_extra} rows of a class without training images")
+    whole = np.tile(np.arange(n_real), n_extra // n_real)
+    rest = np.sort(rng.choice(n_real, n_extra % n_real, replace=False))
+    return np.concatenate([whole, rest]).astype(np.int64)
+
+
 def build_balanced(
     pool_images: np.ndarray,
     pool: pd.DataFrame,
     synthetic: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
     classes: Sequence[str] | None = None,
+    oversample: Mapping[str, int] | None = None,
+    seed: int = 0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Real training rows of the pool (of ``classes`` if given) followed by the synthetic
-    images of each class (class -> (images, rows from ``synthetic_rows``))."""
+    images of each class (class -> (images, rows from ``synthetic_rows``)) and the
+    repeated real rows of each class of ``oversample`` (class -> extra rows; seeded)."""
     real = pool[pool["split"] == "train"]
     if classes is not None:
         real = real[real["canonical_class"].isin(list(classes))]
@@ -89,6 +107,32 @@ def build_balanced(
         if len(rows):
             parts.append(np.asarray(images))
             frames.append(rows)
+    for name in sorted(oversample or {}):
+        own = real[real["canonical_class"] == name]
+        rng = np.random.default_rng([seed, *name.encode()])
+        try:
+            picks = oversampled_picks(len(own), int(oversample[name]), rng)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        if len(picks) == 0:
+            continue
+        chosen = own.iloc[picks]
+        parts.append(np.asarray(pool_images)[chosen["pool_index"].to_numpy()])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "record_id": chosen["record_id"].to_numpy(),
+                    "canonical_class": name,
+                    "origin": "oversampled",
+                    "domain": chosen["domain"].to_numpy(),
+                    "generator": "",
+                    "checkpoint": "",
+                    "checkpoint_sha256": "",
+                    "seed": -1,
+                    "offset": -1,
+                }
+            )
+        )
     manifest = pd.concat(frames, ignore_index=True)
     manifest["seed"] = manifest["seed"].astype("int64")
     manifest["offset"] = manifest["offset"].astype("int64")

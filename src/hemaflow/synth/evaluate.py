@@ -19,7 +19,12 @@ from hemaflow.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
+#: real images the synthesis metrics of the report are measured against
 HELD_OUT_SPLITS = ("val", "test", "held_out")
+#: real images that DECISIONS are measured on (the gate judge's fairness, whether a class
+#: is padded with synthetic images): validation images and the training images that
+#: ``subsample`` held out, never the test split, which stays for the final evaluation
+VALIDATION_SPLITS = ("val", "held_out")
 
 
 def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:

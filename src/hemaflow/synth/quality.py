@@ -8,11 +8,17 @@ A synthetic image enters the training set only if
   within ``copy_max_hamming`` bits and the shift-tolerant thumbnail correlation (the
   dedup stage's second look) of the closest of them reaches ``copy_min_correlation``.
 
-Every candidate keeps its scores and, when rejected, the reason."""
+Every candidate keeps its scores and, when rejected, the reason.
+
+The gate is only as fair as its judge: ``real_acceptance`` measures, per class, how many
+held-out real images of the class (validation images, never training or test images) the
+judge itself accepts at ``min_confidence``. A class below ``min_real_acceptance`` is
+flagged (the judge is too strict for it: its synthetic images are held to a bar that real
+cells miss), never silently given a lower threshold."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,16 +44,24 @@ class GateSettings:
     min_confidence: float = 0.5
     copy_max_hamming: int = 8
     copy_min_correlation: float = 0.95
+    min_real_acceptance: float = 0.9
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GateSettings:
-        known = {"min_confidence", "copy_max_hamming", "copy_min_correlation"}
+        known = {
+            "min_confidence",
+            "copy_max_hamming",
+            "copy_min_correlation",
+            "min_real_acceptance",
+        }
         for key in section:
             if key not in known:
                 raise ConfigError(f"synthesis.quality_gate.{key}", "unknown setting")
         settings = cls(**section)
         if not 0.0 <= settings.min_confidence <= 1.0:
             raise ConfigError("synthesis.quality_gate.min_confidence", "must be in [0, 1]")
+        if not 0.0 <= settings.min_real_acceptance <= 1.0:
+            raise ConfigError("synthesis.quality_gate.min_real_acceptance", "must be in [0, 1]")
         if not 0 <= settings.copy_max_hamming <= 64:
             raise ConfigError("synthesis.quality_gate.copy_max_hamming", "must be in 0..64")
         return settings
@@ -123,3 +137,55 @@ def quality_gate(
             "reject_reason": reasons,
         }
     )
+
+
+REAL_ACCEPTANCE_COLUMNS = (
+    "canonical_class",
+    "real_images",
+    "accepted",
+    "acceptance",
+    "min_real_acceptance",
+    "verdict",
+)
+#: verdicts of the judge on a class's real held-out images
+JUDGE_FAIR, JUDGE_TOO_STRICT, JUDGE_UNCHECKED = "fair", "too_strict", "no_validation_images"
+
+
+def real_acceptance(
+    probabilities: np.ndarray,
+    true_classes: Sequence[str],
+    class_names: Sequence[str],
+    settings: GateSettings,
+) -> pd.DataFrame:
+    """Per class of the judge (``class_names``, the columns of ``probabilities``): how
+    many of its real held-out images (rows whose ``true_classes`` is the class) the judge
+    gives at least ``min_confidence`` for that class, and the verdict: ``fair`` (at least
+    ``min_real_acceptance``), ``too_strict`` or ``no_validation_images``."""
+    true_classes = np.asarray(true_classes, dtype=object)
+    if len(probabilities) != len(true_classes):
+        raise ValueError(
+            f"real_acceptance: {len(true_classes)} images but {len(probabilities)} probability rows"
+        )
+    rows = []
+    for k, name in enumerate(class_names):
+        mine = true_classes == name
+        n = int(mine.sum())
+        accepted = int((probabilities[mine, k] >= settings.min_confidence).sum()) if n else 0
+        acceptance = accepted / n if n else float("nan")
+        if n == 0:
+            verdict = JUDGE_UNCHECKED
+        elif acceptance >= settings.min_real_acceptance:
+            verdict = JUDGE_FAIR
+        else:
+            verdict = JUDGE_TOO_STRICT
+        rows.append(
+            {
+                "canonical_class": name,
+                "real_images": n,
+                "accepted": accepted,
+                "acceptance": acceptance,
+                "min_real_acceptance": settings.min_real_acceptance,
+                "verdict": verdict,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(REAL_ACCEPTANCE_COLUMNS))

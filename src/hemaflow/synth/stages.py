@@ -2,7 +2,11 @@
 
 pool -> routes (checkpoint) -> real-data classifier -> C-WGAN-GP (one model over the
 classes routed to it) and few-shot GAN (meta-trained on the large classes, adapted per
-rare class) -> gated generation per class -> balanced training set, per-class metrics."""
+rare class) -> gated generation per class -> per-class quality on validation images
+(against the route's quality targets) -> balanced training set (padded with synthetic
+images where the targets were met, real images repeated where they were not), per-class
+metrics on held-out images for the report. The gate's judge is checked on real
+validation images of every class (``gate_real_acceptance_stage``)."""
 
 from __future__ import annotations
 
@@ -17,11 +21,24 @@ import pandas as pd
 from hemaflow.json_file import write_json
 from hemaflow.progress import Progress
 from hemaflow.synth.balance import build_balanced, synthetic_rows
-from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, metrics_table, plot_samples
+from hemaflow.synth.evaluate import (
+    HELD_OUT_SPLITS,
+    VALIDATION_SPLITS,
+    class_metrics,
+    metrics_table,
+    plot_samples,
+)
 from hemaflow.synth.generate import gate_summary, generate_gated
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
-from hemaflow.synth.quality import CopyDetector, GateSettings
+from hemaflow.synth.quality import (
+    JUDGE_TOO_STRICT,
+    JUDGE_UNCHECKED,
+    CopyDetector,
+    GateSettings,
+    real_acceptance,
+)
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
+from hemaflow.synth.targets import SAMPLING, SYNTHETIC, balancing_table, quality_measures
 from hemaflow.train.loop import keyed_state_dir, resize_images
 
 log = logging.getLogger(__name__)
@@ -242,6 +259,59 @@ def train_gate_classifier_stage(
     return summary
 
 
+def gate_real_acceptance_stage(
+    classifier_path: str,
+    pool_images: str,
+    pool_index: str,
+    gate_section: Mapping[str, Any],
+    out_csv: str,
+) -> pd.DataFrame:
+    """Is the gate fair? The share of each class's real validation images (val and
+    held_out, never train or test) that the gate's judge accepts at ``min_confidence``.
+    A class below ``min_real_acceptance`` gets a warning here and a flag in the table
+    (and in the balancing table and the report); nothing is lowered."""
+    from hemaflow.classify.predict import load_classifier, predict_proba
+
+    net, class_names, _ = load_classifier(classifier_path)
+    gate = GateSettings.from_config(gate_section)
+    images, pool = read_pool(pool_images, pool_index)
+    rows = pool[pool["split"].isin(VALIDATION_SPLITS) & pool["canonical_class"].isin(class_names)]
+    probabilities = predict_proba(net, np.asarray(images)[rows["pool_index"].to_numpy()])
+    table = real_acceptance(probabilities, rows["canonical_class"].to_numpy(), class_names, gate)
+    table.to_csv(out_csv, index=False)
+    for row in table.itertuples():
+        if row.verdict == JUDGE_UNCHECKED:
+            log.warning(
+                "gate judge: %s has no real validation images (%s): its fairness is not checked",
+                row.canonical_class,
+                " or ".join(VALIDATION_SPLITS),
+            )
+        elif row.verdict == JUDGE_TOO_STRICT:
+            log.warning(
+                "gate judge too strict for %s: it accepts only %d of %d real validation "
+                "images (%.0f%% < synthesis.quality_gate.min_real_acceptance %.0f%%) at "
+                "min_confidence %g. The gate is NOT lowered: the class's synthetic images "
+                "face a bar that its real cells miss, so its acceptance understates its "
+                "generator. Improve synthesis.gate_classifier or lower "
+                "synthesis.quality_gate.min_confidence deliberately.",
+                row.canonical_class,
+                row.accepted,
+                row.real_images,
+                100 * row.acceptance,
+                100 * gate.min_real_acceptance,
+                gate.min_confidence,
+            )
+        else:
+            log.info(
+                "gate judge accepts %d of %d real validation images of %s (%.0f%%)",
+                row.accepted,
+                row.real_images,
+                row.canonical_class,
+                100 * row.acceptance,
+            )
+    return table
+
+
 # -------------------------------------------------------------------------------- generation
 
 
@@ -352,27 +422,142 @@ def generate_stage(
 # ------------------------------------------------------------------------ balanced, metrics
 
 
+def _json_value(value: Any) -> Any:
+    """NaN (not measured) as null, numpy scalars as Python numbers."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def validation_metrics_stage(
+    class_name: str,
+    generator: str,
+    pool_images: str,
+    pool_index: str,
+    samples_images: str,
+    candidates_path: str,
+    max_images: int,
+    out_json: str,
+    seed: int = 0,
+) -> dict:
+    """The measures of one class's quality targets: its accepted synthetic images against
+    its real VALIDATION images (val and held_out; the test split is never used for a
+    decision), and the gate's acceptance of its candidates."""
+    from hemaflow.metrics import InceptionFeatures, get_lpips
+
+    images, pool = read_pool(pool_images, pool_index)
+    synthetic = np.load(samples_images)
+    candidates = pd.read_parquet(candidates_path)
+    real = class_images(images, pool, class_name, VALIDATION_SPLITS)
+    accepted = candidates["accepted"] if len(candidates) else pd.Series(dtype=bool)
+    acceptance = float(accepted.mean()) if len(candidates) else None
+    accuracy = (
+        float((candidates["predicted_class"] == class_name).mean()) if len(candidates) else None
+    )
+    if len(real) == 0:
+        log.warning(
+            "%s has no real validation images (%s): its quality targets cannot be measured",
+            class_name,
+            " or ".join(VALIDATION_SPLITS),
+        )
+    metrics = class_metrics(
+        synthetic,
+        real,
+        accuracy,
+        inception=InceptionFeatures(),
+        lpips_model=get_lpips(),
+        max_images=max_images,
+        fid_min_images=max_images + 1,  # FID is no target: not computed
+        seed=seed,
+    )
+    measures = quality_measures(metrics, acceptance)
+    result = {
+        "canonical_class": class_name,
+        "generator": generator,
+        "splits": list(VALIDATION_SPLITS),
+        "validation_images": int(len(real)),
+        "synthetic_images": int(len(synthetic)),
+        "candidates": int(len(candidates)),
+        "measures": {k: _json_value(v) for k, v in measures.items()},
+        "metrics": {k: _json_value(v) for k, v in metrics.items()},
+    }
+    write_json(result, out_json)
+    log.info("%s (%s) on validation images: %s", class_name, generator, result["measures"])
+    return result
+
+
 def balanced_stage(
     pool_images: str,
     pool_index: str,
     routes_csv: str,
-    samples: Mapping[str, tuple[str, str, str]],
+    samples: Mapping[str, tuple[str, str, str, str]],
     gate_summaries: Sequence[str],
+    judge_csv: str,
+    targets_section: Mapping[str, Any],
+    require_quality: bool,
     out_images: str,
     out_manifest: str,
     out_gate: str,
+    out_balancing: str,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """``samples``: class -> (images.npy, candidates.parquet, model path)."""
+    """``samples``: class -> (images.npy, candidates.parquet, model path,
+    validation_metrics.json). A class whose generator met its route's quality targets
+    (or every generated class, without ``require_quality``) is padded with its used
+    synthetic images; a class that missed them gets ``to_generate`` repeated real
+    training rows instead. The decision per class is written to ``out_balancing``, with
+    the gate judge's verdict on the class's real images (``judge_csv``, from
+    ``gate_real_acceptance_stage``)."""
     images, pool = read_pool(pool_images, pool_index)
-    routes = read_routes(routes_csv).set_index("canonical_class")
-    synthetic = {}
-    for name, (images_path, candidates_path, model_path) in samples.items():
-        candidates = pd.read_parquet(candidates_path)
-        rows = synthetic_rows(name, routes.loc[name, "route"], model_path, candidates)
-        synthetic[name] = (np.load(images_path), rows)
-    balanced, manifest = build_balanced(images, pool, synthetic)
+    routes = read_routes(routes_csv)
+    quality = {}
+    for name, (_, _, _, quality_path) in samples.items():
+        with open(quality_path) as handle:
+            quality[name] = json.load(handle)
+    judge = pd.read_csv(judge_csv)
+    missing = sorted(set(samples) - set(judge["canonical_class"]))
+    if missing:
+        raise ValueError(f"{judge_csv}: no row for the generated classes {missing}")
+    table = balancing_table(routes, quality, targets_section, require_quality, judge)
+    decided = table.set_index("canonical_class")
+    route_of = routes.set_index("canonical_class")["route"]
+    synthetic, oversample = {}, {}
+    for name, (images_path, candidates_path, model_path, _) in samples.items():
+        if decided.loc[name, "balanced_by"] == SYNTHETIC:
+            candidates = pd.read_parquet(candidates_path)
+            rows = synthetic_rows(name, route_of[name], model_path, candidates)
+            synthetic[name] = (np.load(images_path), rows)
+        elif decided.loc[name, "balanced_by"] == SAMPLING:
+            oversample[name] = int(decided.loc[name, "to_generate"])
+    balanced, manifest = build_balanced(images, pool, synthetic, oversample=oversample, seed=seed)
     np.save(out_images, balanced)
     manifest.to_parquet(out_manifest, index=False)
+    made = manifest.groupby(["canonical_class", "origin"]).size()
+    table["synthetic_used"] = [int(made.get((n, "synthetic"), 0)) for n in table["canonical_class"]]
+    table["oversampled"] = [int(made.get((n, "oversampled"), 0)) for n in table["canonical_class"]]
+    table.to_csv(out_balancing, index=False)
+    for row in table.itertuples():
+        if row.balanced_by == SAMPLING:
+            log.warning(
+                "%s (%s): quality targets missed (%s): balanced by sampling, %d real "
+                "training images repeated, no synthetic image used",
+                row.canonical_class,
+                row.route,
+                row.missed,
+                row.oversampled,
+            )
+        elif row.balanced_by == SYNTHETIC:
+            log.info(
+                "%s (%s): %s, %d synthetic images used",
+                row.canonical_class,
+                row.route,
+                row.reason,
+                row.synthetic_used,
+            )
+        if row.judge_verdict == JUDGE_TOO_STRICT:
+            log.warning("%s: %s", row.canonical_class, row.reason)
     gates = []
     for path in gate_summaries:
         with open(path) as handle:
