@@ -323,7 +323,7 @@ rule cwgan_quality_curve:
             caption="../report/quality_curve.rst",
             category="synthesis",
             subcategory="training",
-            labels={"generator": "C-WGAN-GP", "class": "every class routed to it"},
+            labels={"curve": "C-WGAN-GP (every class routed to it)"},
         ),
     log:
         "logs/synthesis/{norm}/quality_curve/cwgan.log",
@@ -358,7 +358,7 @@ rule fewshot_quality_curve:
             caption="../report/quality_curve.rst",
             category="synthesis",
             subcategory="training",
-            labels={"generator": "few-shot GAN", "class": "{synth_class}"},
+            labels={"curve": "few-shot GAN adapted to {synth_class}"},
         ),
     log:
         "logs/synthesis/{norm}/quality_curve/fewshot_{synth_class}.log",
@@ -388,7 +388,7 @@ rule quality_curve_table:
             caption="../report/quality_curve_table.rst",
             category="synthesis",
             subcategory="training",
-            labels={"generator": "every generator", "class": "table"},
+            labels={"curve": "every generator (table)"},
         ),
     log:
         "logs/synthesis/{norm}/quality_curve/table.log",
