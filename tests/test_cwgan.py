@@ -30,7 +30,7 @@ from hemaflow.synth.real_classifier import (
 )
 from hemaflow.train.labelled import BalancedRows
 from hemaflow.train.loop import list_checkpoints
-from hemaflow.train.snapshots import snapshot_iterations
+from hemaflow.train.snapshots import Snapshots, snapshot_iterations
 from tests.realdata import load_square_cells
 
 torch.set_num_threads(1)
@@ -220,6 +220,14 @@ def test_snapshot_iterations_spread_a_count_over_the_run():
     assert snapshot_iterations(0, 5) == () and snapshot_iterations(10, 0) == ()
     with pytest.raises(ValueError, match="total and count"):
         snapshot_iterations(-1, 2)
+
+
+def test_a_checkpoint_without_its_due_snapshots_is_refused():
+    snapshots = Snapshots(10, 5)  # at 2, 4, 6, 8, 10
+    snapshots.load_state_dict([{"iteration": 2, "state": {}}], iteration=3)
+    assert [s["iteration"] for s in snapshots.state_dict()] == [2]
+    with pytest.raises(ValueError, match="at iteration 5 has no snapshot of iteration 2, 4"):
+        snapshots.load_state_dict([], iteration=5)
 
 
 @pytest.mark.parametrize(

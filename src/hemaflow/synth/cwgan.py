@@ -386,7 +386,7 @@ class CWGANModel(MixedPrecision):
             getattr(self, name).load_state_dict(state[name])
         self.load_scaler_state(state)
         self.ema.steps = int(state["ema_steps"])
-        self.snapshots.load_state_dict(state.get("snapshots", []))
+        self.snapshots.load_state_dict(state.get("snapshots", []), self.ema.steps)
 
 
 def _classifier_fingerprint(net: nn.Module) -> str:

@@ -132,7 +132,7 @@ class AdaptTrainer(GANSteps):
                 "snapshots existed): remove its folder to start over"
             )
         self.steps = int(state.get("steps", 0))
-        self.snapshots.load_state_dict(state.get("snapshots", []))
+        self.snapshots.load_state_dict(state.get("snapshots", []), self.steps)
 
 
 @torch.no_grad()

@@ -57,5 +57,16 @@ class Snapshots:
     def state_dict(self) -> list[dict[str, Any]]:
         return list(self.taken)
 
-    def load_state_dict(self, taken: Iterable[Mapping[str, Any]]) -> None:
+    def load_state_dict(self, taken: Iterable[Mapping[str, Any]], iteration: int) -> None:
+        """The snapshots of a checkpoint written at ``iteration``; refused when it lacks
+        one that was due by then (a checkpoint of a run without them): the run would
+        end with a gap in its curve."""
         self.taken = [{"iteration": int(s["iteration"]), "state": dict(s["state"])} for s in taken]
+        have = {s["iteration"] for s in self.taken}
+        missing = sorted(i for i in self.iterations if i <= iteration and i not in have)
+        if missing:
+            raise ValueError(
+                f"checkpoint at iteration {iteration} has no snapshot of iteration "
+                f"{', '.join(map(str, missing))} (written before snapshots existed?): remove "
+                "its folder to start over"
+            )
