@@ -7,7 +7,10 @@ classes, and the few-shot GAN (meta-trained on the large classes, adapted to the
 basophils); generates images of each and prints, per (route, class), KID, FID (where
 there are enough images), LPIPS diversity (next to the real held-out images' own),
 precision, recall, the classifier's accuracy on the synthetic images and the quality
-gate's acceptance, with wall times. Grids go to --out.
+gate's acceptance, with wall times. Grids go to --out. Then the quality curves
+(bench_synthesis_curve.py): KID and precision of each generator's snapshots (the presets
+keep 5) against training minutes, on real validation images; curves.csv and
+curve_*.png go to --out (--curve-images 0 leaves them out).
 
 Reads the pbc domain cache of the workflow (run `snakemake` up to the caches first).
 
@@ -25,11 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_synthesis_curve import bench_curves, rare_pool
 from cli import parse_overrides
 
 from hemaflow.metrics import InceptionFeatures, get_lpips
+from hemaflow.synth.curve import CurveSettings
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, plot_samples
-from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
+from hemaflow.synth.pool import class_images, labelled_train, train_counts
 from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
 
 
@@ -45,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--cwgan", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fewshot", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--curve-images", type=int, default=100, help="0: no quality curves")
+    parser.add_argument("--curve-real", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -62,17 +69,7 @@ def main(argv=None) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cache = args.results / "cache" / "pbc"
-    images, pool = build_pool(
-        {
-            "pbc": (
-                np.load(cache / "images.npy", mmap_mode="r"),
-                pd.read_parquet(cache / "index.parquet"),
-            )
-        },
-        subsample={args.rare: args.rare_count},
-        seed=args.seed,
-    )
+    images, pool = rare_pool(args.results, args.rare, args.rare_count, args.seed)
     counts = train_counts(pool)
     print(f"train counts after subsampling: {counts}")
     classes = sorted(c for c, n in counts.items() if n > 0)
@@ -215,6 +212,9 @@ def main(argv=None) -> int:
     table.to_csv(out / "table.csv", index=False)
     with open(out / "times.json", "w") as handle:
         json.dump(times, handle, indent=2)
+    if args.curve_images:
+        settings = CurveSettings(args.curve_images, args.curve_real, args.seed)
+        bench_curves(out, images, pool, args.rare, settings, inception)
     return 0
 
 

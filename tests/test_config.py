@@ -133,6 +133,16 @@ def test_synthesis_defaults_and_checks(raw_config):
     bad = dict(default_config, synthesis={**synthesis, "subsample": {"basofil": 50}})
     with pytest.raises(ConfigError, match=r"synthesis\.subsample\.basofil"):
         validate_config(bad)
+    # the quality curve: sizes and whether the default target builds it
+    assert synthesis["curve"] == {
+        "images_per_class": 100,
+        "real_per_class": 200,
+        "in_default_target": False,
+    }
+    for key, value in (("images_per_class", 1), ("real_per_class", "many"), ("imags", 5)):
+        bad = dict(default_config, synthesis={**synthesis, "curve": {key: value}})
+        with pytest.raises(ConfigError, match=r"synthesis\.curve"):
+            validate_config(bad)
 
 
 def test_rare_study_defaults_and_checks(raw_config):

@@ -19,6 +19,7 @@ from hemaflow.synth.cwgan import (
     CWGANOptions,
     generate_cwgan,
     load_cwgan,
+    load_cwgan_snapshots,
     train_cwgan,
 )
 from hemaflow.synth.real_classifier import (
@@ -31,6 +32,7 @@ from hemaflow.synth.real_classifier import (
 from hemaflow.train.labelled import BalancedRows
 from hemaflow.train.loop import list_checkpoints
 from hemaflow.train.losses import hinge_critic_loss, r1_penalty
+from hemaflow.train.snapshots import Snapshots, snapshot_iterations
 from tests.realdata import load_square_cells
 
 torch.set_num_threads(1)
@@ -123,6 +125,16 @@ def _without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _same_snapshots(a: list[dict], b: list[dict]) -> bool:
+    return [s["iteration"] for s in a] == [s["iteration"] for s in b] and all(
+        _same_state(x["state"], y["state"]) for x, y in zip(a, b)
+    )
+
+
 @pytest.fixture(scope="module")
 def classifier_file(pbc32, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("classifier")
@@ -209,6 +221,25 @@ def test_presets():
     assert (cpu.architecture, cpu.loss, cpu.penalty, cpu.n_critic) == ("dcgan", "hinge", "r1", 1)
     assert RealClassifierOptions.from_config({"preset": "paper", "lr": "5e-4"}).lr == 5e-4
     assert CLASSIFIER_PRESETS["cpu"].label_smoothing == 0.1
+    # about 5 points on the quality curve, whatever the preset's iterations
+    assert cpu.snapshots == paper.snapshots == 5 and CWGANOptions().snapshots == 0
+    assert snapshot_iterations(cpu.iterations, cpu.snapshots) == (60, 120, 180, 240, 300)
+
+
+def test_snapshot_iterations_spread_a_count_over_the_run():
+    assert snapshot_iterations(10, 3) == (4, 7, 10)
+    assert snapshot_iterations(4, 5) == (1, 2, 3, 4)  # fewer iterations than snapshots
+    assert snapshot_iterations(0, 5) == () and snapshot_iterations(10, 0) == ()
+    with pytest.raises(ValueError, match="total and count"):
+        snapshot_iterations(-1, 2)
+
+
+def test_a_checkpoint_without_its_due_snapshots_is_refused():
+    snapshots = Snapshots(10, 5)  # at 2, 4, 6, 8, 10
+    snapshots.load_state_dict([{"iteration": 2, "state": {}}], iteration=3)
+    assert [s["iteration"] for s in snapshots.state_dict()] == [2]
+    with pytest.raises(ValueError, match="at iteration 5 has no snapshot of iteration 2, 4"):
+        snapshots.load_state_dict([], iteration=5)
 
 
 @pytest.mark.parametrize(
@@ -220,6 +251,7 @@ def test_presets():
         (CWGANOptions, {"beta2": 1.5}, "beta2"),
         (CWGANOptions, {"critic_conditioning": "acgan"}, "critic_conditioning"),
         (CWGANOptions, {"width": "wide"}, "width"),
+        (CWGANOptions, {"snapshots": -1}, "snapshots"),
         (RealClassifierOptions, {"dropuot": 0.1}, "dropuot"),
         (RealClassifierOptions, {"label_smoothing": 1.0}, "label_smoothing"),
         (RealClassifierOptions, {"preset": "gpu"}, "preset"),
@@ -304,6 +336,46 @@ def test_resume_after_a_kill_is_bit_identical(trained, pbc32, classifier_file, t
     assert _without_seconds(_read_log(losses)) == _without_seconds(
         _read_log(trained["root"] / "losses.csv")
     )
+    # the snapshots before the kill came back with the checkpoint
+    assert [s["iteration"] for s in again["snapshots"]] == [1, 2, 3, 4]
+    assert _same_snapshots(straight["snapshots"], again["snapshots"])
+
+
+def test_snapshots_are_g_ema_at_their_iterations(trained, pbc32, classifier_file, tmp_path):
+    """The cpu preset's 5 snapshots over the tiny run's 4 iterations: one per iteration,
+    each the moving average at that iteration; taking them leaves training alone."""
+    payload = torch.load(trained["root"] / "model.pt", weights_only=True)
+    taken = payload["snapshots"]
+    assert [s["iteration"] for s in taken] == [1, 2, 3, 4]
+    assert _same_state(taken[-1]["state"], payload["G_ema"])
+    (step, path), _ = list_checkpoints(trained["root"] / "state")
+    checkpoint = torch.load(path, weights_only=False)["model"]
+    assert step == 2 and [s["iteration"] for s in checkpoint["snapshots"]] == [1, 2]
+    assert _same_state(taken[1]["state"], checkpoint["G_ema"])
+    # a run of 3 iterations without snapshots ends where the snapshot of iteration 3 is
+    short = train_cwgan(
+        *routed(pbc32),
+        ROUTED,
+        classifier_file["path"],
+        tiny_gan(iterations=3, snapshots=0),
+        tmp_path / "state",
+        tmp_path / "short.pt",
+    )
+    assert short["completed"]
+    short_payload = torch.load(tmp_path / "short.pt", weights_only=True)
+    assert short_payload["snapshots"] == []
+    assert _same_state(taken[2]["state"], short_payload["G_ema"])
+
+    generator, names, _ = load_cwgan(trained["root"] / "model.pt")  # ignores them
+    snapshots, snapshot_names, options = load_cwgan_snapshots(trained["root"] / "model.pt")
+    assert [i for i, _ in snapshots] == [1, 2, 3, 4] and snapshot_names == names
+    assert options == tiny_gan() and not any(g.training for _, g in snapshots)
+    final = generate_cwgan(generator, 0, 3, seed=1)
+    assert np.array_equal(generate_cwgan(snapshots[-1][1], 0, 3, seed=1), final)
+    assert not np.array_equal(generate_cwgan(snapshots[0][1], 0, 3, seed=1), final)
+    # a file without snapshots: its final generator, at its last iteration
+    only, _, _ = load_cwgan_snapshots(tmp_path / "short.pt")
+    assert [i for i, _ in only] == [3]
 
 
 def test_resume_refuses_changed_options(pbc32, classifier_file, tmp_path):
@@ -451,3 +523,48 @@ def test_dcgan_route_trains_resumes_bit_identically_and_generates(pbc32, classif
     images = generate_cwgan(generator, 1, 5, seed=3)
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
     assert np.array_equal(images, generate_cwgan(generator, 1, 5, seed=3))
+
+
+def test_quality_curve_stage_of_the_cwgan(trained, tmp_path):
+    """The curve of the tiny run's 4 snapshots from pool files, against the validation
+    and held-out rows of each class (never the test rows)."""
+    import pandas as pd
+
+    from hemaflow.synth.stages import quality_curve_stage
+    from tests.realdata import pbc_cells
+
+    images, names = pbc_cells(11, 64, classes=ROUTED, offset=20)
+    splits = ["val"] * 4 + ["held_out"] * 2 + ["test"] * 3 + ["train"] * 2
+    pool = pd.DataFrame(
+        {
+            "canonical_class": names,
+            "split": splits * len(ROUTED),
+            "pool_index": np.arange(len(images)),
+        }
+    )
+    np.save(tmp_path / "images.npy", images)
+    pool.to_parquet(tmp_path / "index.parquet", index=False)
+    table = quality_curve_stage(
+        str(tmp_path / "images.npy"),
+        str(tmp_path / "index.parquet"),
+        "cwgan",
+        str(trained["root"] / "model.pt"),
+        str(trained["root"] / "losses.csv"),
+        {"images_per_class": 4, "real_per_class": 50, "in_default_target": False},
+        seed=0,
+        out_csv=str(tmp_path / "curve.csv"),
+        out_plot=str(tmp_path / "curve.png"),
+    )
+    assert table.equals(pd.read_csv(tmp_path / "curve.csv"))
+    assert set(table["generator"]) == {"cwgan"} and sorted(set(table["canonical_class"])) == sorted(
+        ROUTED
+    )
+    logged = {
+        int(r["iteration"]): float(r["seconds"]) for r in _read_log(trained["root"] / "losses.csv")
+    }
+    for _, rows in table.groupby("canonical_class"):
+        assert rows["iteration"].tolist() == [1, 2, 3, 4]
+        assert rows["seconds"].tolist() == [logged[i] for i in (1, 2, 3, 4)]
+    assert (table["real_images"] == 6).all() and (table["fake_images"] == 4).all()
+    assert table["kid"].notna().all() and table["precision"].between(0, 1).all()
+    assert (tmp_path / "curve.png").stat().st_size > 5_000

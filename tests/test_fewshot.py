@@ -29,9 +29,14 @@ from hemaflow.synth.fewshot import (
     reptile_update,
     train_fewshot_meta,
 )
-from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
+from hemaflow.synth.fewshot_adapt import (
+    adapt_fewshot,
+    generate_fewshot,
+    load_fewshot,
+    load_fewshot_snapshots,
+)
 from hemaflow.train.loop import list_checkpoints
-from tests.realdata import load_square_cells
+from tests.realdata import load_square_cells, pbc_cells
 
 torch.set_num_threads(1)
 
@@ -238,6 +243,8 @@ def test_presets():
     assert paper.meta_iterations == 20_000 and paper.inner_lr == 1e-4
     assert paper.lambda_ms == 1.0 and paper.loss == "hinge"
     assert FewShotOptions.KIND == "fewshot"
+    # the adaptation's snapshots: about 5 points on the quality curve
+    assert cpu.snapshots == paper.snapshots == 5 and FewShotOptions().snapshots == 0
 
 
 @pytest.mark.parametrize(
@@ -253,6 +260,7 @@ def test_presets():
         ({"preset": "cpu", "diffaug": "color,blur"}, "diffaug"),
         ({"preset": "cpu", "lambda_ms": -1.0}, "lambda_ms"),
         ({"preset": "cpu", "width": "wide"}, "width"),
+        ({"preset": "cpu", "snapshots": -2}, "snapshots"),
     ],
 )
 def test_option_errors_name_the_key(section, key):
@@ -342,7 +350,7 @@ def test_meta_resume_refuses_changed_options(meta_cells, tmp_path):
         images,
         labels,
         names,
-        tiny(adapt_lr=5e-4, meta_iterations=3),
+        tiny(adapt_lr=5e-4, snapshots=2, meta_iterations=3),
         tmp_path / "other",
         tmp_path / "m2.pt",
     )
@@ -406,6 +414,70 @@ def test_adaptation_resumes_bit_identically(adapted, meta_run, rare_cells, tmp_p
     again = torch.load(model, weights_only=True)
     assert _same_state(straight["generator"], again["generator"])
     assert torch.equal(straight["code"], again["code"])
+    # the snapshot of iteration 1 came back with the checkpoint, 2 and 3 were taken again
+    assert [s["iteration"] for s in again["snapshots"]] == [1, 2, 3]
+    for a, b in zip(straight["snapshots"], again["snapshots"]):
+        assert a["iteration"] == b["iteration"]
+        assert _same_state(a["state"]["generator"], b["state"]["generator"])
+        assert torch.equal(a["state"]["code"], b["state"]["code"])
+
+
+def test_adaptation_snapshots_are_the_model_at_their_iterations(
+    adapted, meta_run, rare_cells, tmp_path
+):
+    """The cpu preset's 5 snapshots over 3 adaptation iterations: one per iteration, each
+    the generator and task code the model file would hold had the run ended there."""
+    payload = torch.load(adapted["root"] / "adapted.pt", weights_only=True)
+    taken = payload["snapshots"]
+    assert [s["iteration"] for s in taken] == [1, 2, 3]
+    assert _same_state(taken[-1]["state"]["generator"], payload["generator"])
+    assert torch.equal(taken[-1]["state"]["code"], payload["code"])
+    # 2 iterations without snapshots end where the snapshot of iteration 2 is: taking
+    # them left the training alone
+    short = adapt_fewshot(
+        meta_run["root"] / "meta.pt",
+        rare_cells,
+        tiny(adapt_iterations=2, snapshots=0),
+        tmp_path / "state",
+        tmp_path / "short.pt",
+    )
+    assert short["completed"]
+    short_payload = torch.load(tmp_path / "short.pt", weights_only=True)
+    assert short_payload["snapshots"] == []
+    assert _same_state(taken[1]["state"]["generator"], short_payload["generator"])
+    assert torch.equal(taken[1]["state"]["code"], short_payload["code"])
+
+    generator, code, _ = load_fewshot(adapted["root"] / "adapted.pt")  # ignores them
+    snapshots, options = load_fewshot_snapshots(adapted["root"] / "adapted.pt")
+    assert [i for i, _, _ in snapshots] == [1, 2, 3] and options == tiny()
+    final = generate_fewshot(generator, code, 3, seed=1)
+    assert np.array_equal(generate_fewshot(snapshots[-1][1], snapshots[-1][2], 3, seed=1), final)
+    assert not np.array_equal(generate_fewshot(snapshots[0][1], snapshots[0][2], 3, 1), final)
+    only, _ = load_fewshot_snapshots(tmp_path / "short.pt")
+    assert [i for i, _, _ in only] == [2]
+
+
+def test_fewshot_quality_curve_counts_meta_training_time(adapted, meta_run):
+    from hemaflow.synth.curve import CurveSettings, fewshot_curve, training_seconds
+
+    held_out, _ = pbc_cells(6, 32, classes=[RARE_CLASS], offset=10)
+    table = fewshot_curve(
+        adapted["root"] / "adapted.pt",
+        adapted["root"] / "losses.csv",
+        RARE_CLASS,
+        held_out,
+        CurveSettings(images_per_class=4, real_per_class=5),
+        meta_losses_csv=meta_run["root"] / "losses.csv",
+    )
+    assert table["iteration"].tolist() == [1, 2, 3]
+    assert set(table["generator"]) == {"fewshot"} and set(table["canonical_class"]) == {RARE_CLASS}
+    meta_seconds = training_seconds(meta_run["root"] / "losses.csv")
+    adapt = {
+        int(r["iteration"]): float(r["seconds"]) for r in _read_log(adapted["root"] / "losses.csv")
+    }
+    assert np.allclose(table["seconds"], [meta_seconds + adapt[i] for i in (1, 2, 3)])
+    assert (table["real_images"] == 5).all() and (table["fake_images"] == 4).all()
+    assert table["kid"].notna().all() and table["recall"].between(0, 1).all()
 
 
 def test_adaptation_to_a_large_class_subsamples_its_support_set(

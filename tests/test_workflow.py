@@ -66,6 +66,7 @@ TINY_SYNTHESIS = {
     },
     "metrics_max_images": 20,
     "fid_min_images": 1000,
+    "curve": {"images_per_class": 4, "real_per_class": 6},
 }
 # the smallest classifier (a two-stage SENet-GE at 32 px) and a short bootstrap
 TINY_CLASSIFIER = smoke.CLASSIFIER
@@ -167,11 +168,11 @@ def workflow_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report_html(workflow_run):
     """The HTML report of the default run plus the cross-lab target (its table and chart
-    are a report category of their own)."""
+    are a report category of their own) and the quality curves."""
     _, workdir = workflow_run
-    snakemake(workdir, "all", "cross_lab")
+    snakemake(workdir, "all", "cross_lab", "quality_curves")
     report = workdir / "report.html"
-    snakemake(workdir, "--report", str(report), "all", "cross_lab")
+    snakemake(workdir, "--report", str(report), "all", "cross_lab", "quality_curves")
     return report
 
 
@@ -340,6 +341,34 @@ def test_synthesis_outputs(workflow_run):
     # training data (the logs name the training-image counts)
     log = (workdir / "logs" / "synthesis" / "cyclegan" / "train_cwgan.log").read_text()
     assert "C-WGAN-GP over" in log
+
+
+def test_quality_curves(workflow_run, report_html):
+    """The target quality_curves (built with the report): the C-WGAN-GP's curve over
+    its classes and one per few-shot class, each snapshot's KID against real
+    validation images, and the table of them all."""
+    _, workdir = workflow_run
+    synth = workdir / "results" / "synthesis" / "cyclegan"
+    routes = pd.read_csv(synth / "routes.csv", keep_default_na=False)
+    generating = routes[(routes["to_generate"] > 0) & (routes["route"] != "none")]
+    table = pd.read_csv(synth / "curves" / "curves.csv")
+    cwgan = table[table["generator"] == "cwgan"]
+    routed = generating.loc[generating["route"] == "cwgan", "canonical_class"]
+    assert set(cwgan["canonical_class"]) == set(routed)
+    # the tiny run's 4 iterations, one snapshot each (5 asked for)
+    assert sorted(set(cwgan["iteration"])) == [1, 2, 3, 4]
+    fewshot = generating.loc[generating["route"] == "fewshot", "canonical_class"]
+    for name in fewshot:
+        rows = table[(table["generator"] == "fewshot") & (table["canonical_class"] == name)]
+        assert rows["iteration"].tolist() == [1, 2], name  # 2 adaptation iterations
+        assert (synth / "curves" / f"fewshot_{name}.png").stat().st_size > 5_000
+    assert (table["fake_images"] == 4).all() and table["kid"].notna().all()
+    assert (table["seconds"] > 0).all()
+    pool = pd.read_parquet(synth / "pool" / "index.parquet")
+    reference = pool[pool["split"].isin(["val", "held_out"])]["canonical_class"].value_counts()
+    for row in table.itertuples():
+        assert row.real_images == min(6, reference.get(row.canonical_class, 0))
+    assert (synth / "curves" / "cwgan.png").stat().st_size > 5_000
 
 
 def test_classifier_outputs_and_report(workflow_run, report_html):
@@ -709,6 +738,19 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert jobs["ingest"] == 4 and jobs["domain_cache"] == 4 and jobs["all"] == 1
     assert not any(rule.startswith("rare_") for rule in jobs)  # the study is a target of its own
     assert os.listdir(tmp_path) == ["config.yaml"] or ".snakemake" in os.listdir(tmp_path)
+    assert "quality_curve_table" not in jobs  # the quality curves are asked for
+
+
+def test_dry_run_with_the_quality_curves_in_the_default_target(tmp_path):
+    write_config(
+        tmp_path,
+        require_shared_datasets(),
+        **{"synthesis.curve": {"images_per_class": 4, "in_default_target": True}},
+    )
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    # the curves' jobs wait for the route table (a checkpoint) to know the generators
+    assert jobs["quality_curve_table"] == 1 and jobs["synthesis_routes"] == 1
+    assert jobs["all"] == 1
 
 
 def test_dry_run_of_the_rare_class_study(tmp_path):

@@ -357,17 +357,45 @@ def synthesis_models(wildcards):
     }
 
 
+def quality_curve_names(norm):
+    """The quality curves of the routed run: the C-WGAN-GP's (all its classes in one)
+    and one per class the few-shot GAN is adapted to."""
+    routes = generating_classes(norm)
+    names = ["cwgan"] if any(route == "cwgan" for _, route in routes) else []
+    return names + [f"fewshot_{name}" for name, route in routes if route == "fewshot"]
+
+
+def quality_curve_files(kind):
+    def inputs(wildcards):
+        return [
+            f"{synth_dir(wildcards.norm)}/curves/{name}.{kind}"
+            for name in quality_curve_names(wildcards.norm)
+        ]
+
+    return inputs
+
+
+def quality_curve_params():
+    """The curve's sizes (not whether the default target asks for it: no rerun when
+    that changes)."""
+    curve = SYNTHESIS["curve"]
+    return {key: curve[key] for key in ("images_per_class", "real_per_class")}
+
+
 def synthesis_outputs():
     if not SYNTHESIS["enabled"]:
         return []
     base = synth_dir(MAIN_NORM)
-    return [
+    outputs = [
         f"{base}/routes.csv",
         f"{base}/gate_classifier/real_acceptance.csv",
         f"{base}/balanced/routed/manifest.parquet",
         f"{base}/balanced/routed/balancing.csv",
         f"{base}/metrics.csv",
     ]
+    if SYNTHESIS["curve"]["in_default_target"]:
+        outputs.append(f"{base}/curves/curves.csv")
+    return outputs
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -375,3 +375,99 @@ rule cwgan_training_curve:
         title="C-WGAN-GP",
     script:
         "../scripts/training_curve.py"
+
+
+rule cwgan_quality_curve:
+    """KID and precision of the C-WGAN-GP's snapshots against its training time."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        model=f"{SYNTH}/cwgan/model.pt",
+        losses=f"{SYNTH}/cwgan/losses.csv",
+    output:
+        table=f"{SYNTH}/curves/cwgan.csv",
+        plot=report(
+            f"{SYNTH}/curves/cwgan.png",
+            caption="../report/quality_curve.rst",
+            category="synthesis",
+            subcategory="training",
+            labels={"curve": "C-WGAN-GP (every class routed to it)"},
+        ),
+    log:
+        "logs/synthesis/{norm}/quality_curve/cwgan.log",
+    benchmark:
+        "benchmarks/synthesis/{norm}/quality_curve/cwgan.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        generator="cwgan",
+        curve=quality_curve_params(),
+        seed=SYNTHESIS["seed"],
+    script:
+        "../scripts/quality_curve.py"
+
+
+rule fewshot_quality_curve:
+    """KID and precision of the few-shot GAN's snapshots while it adapts to one class,
+    against meta-training plus adaptation time."""
+    input:
+        images=f"{SYNTH}/pool/images.npy",
+        index=f"{SYNTH}/pool/index.parquet",
+        model=f"{SYNTH}/fewshot/{{synth_class}}/model.pt",
+        losses=f"{SYNTH}/fewshot/{{synth_class}}/losses.csv",
+        meta_losses=f"{SYNTH}/fewshot/meta/losses.csv",
+    output:
+        table=f"{SYNTH}/curves/fewshot_{{synth_class}}.csv",
+        plot=report(
+            f"{SYNTH}/curves/fewshot_{{synth_class}}.png",
+            caption="../report/quality_curve.rst",
+            category="synthesis",
+            subcategory="training",
+            labels={"curve": "few-shot GAN adapted to {synth_class}"},
+        ),
+    log:
+        "logs/synthesis/{norm}/quality_curve/fewshot_{synth_class}.log",
+    benchmark:
+        "benchmarks/synthesis/{norm}/quality_curve/fewshot_{synth_class}.tsv"
+    conda:
+        "../envs/hemaflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        generator="fewshot",
+        curve=quality_curve_params(),
+        seed=SYNTHESIS["seed"],
+    script:
+        "../scripts/quality_curve.py"
+
+
+rule quality_curve_table:
+    """Every generator's quality curve in one table."""
+    input:
+        tables=quality_curve_files("csv"),
+        plots=quality_curve_files("png"),
+    output:
+        report(
+            f"{SYNTH}/curves/curves.csv",
+            caption="../report/quality_curve_table.rst",
+            category="synthesis",
+            subcategory="training",
+            labels={"curve": "every generator (table)"},
+        ),
+    log:
+        "logs/synthesis/{norm}/quality_curve/table.log",
+    conda:
+        "../envs/hemaflow.yaml"
+    script:
+        "../scripts/quality_curve_table.py"
+
+
+rule quality_curves:
+    """Target: KID and precision against training time of every generator of the main
+    run (in the default target with synthesis.curve.in_default_target)."""
+    input:
+        f"{synth_dir(MAIN_NORM)}/curves/curves.csv",

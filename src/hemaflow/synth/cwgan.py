@@ -16,7 +16,10 @@ Batches of real images are class-balanced (``hemaflow.train.labelled.BalancedRow
 each draws its classes uniformly, then images within each class, under a random symmetry
 of the square. The generator keeps an exponential moving average of its weights
 (``ema_decay``, with stylegan2-ada's ramp-up: the half-life is at most ``ema_rampup``
-times the iterations so far), and the model file holds that average."""
+times the iterations so far), and the model file holds that average. With ``snapshots``
+> 0 it also keeps copies of the average at evenly spaced iterations
+(``hemaflow.train.snapshots``), in its checkpoints and the model file, for the curve of
+quality against training time (``hemaflow.synth.curve``)."""
 
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ from hemaflow.train.losses import (
 )
 from hemaflow.train.model_file import read_model_file
 from hemaflow.train.options import TrainingOptions
+from hemaflow.train.snapshots import Snapshots, module_copy
 
 CWGAN_LOSS_COLUMNS = (
     "iteration",
@@ -86,7 +90,9 @@ class CWGANOptions(TrainingOptions):
     ``paper`` preset's scale (64 px): WGAN-GP with lambda 10, 5 critic steps per generator
     step, Adam 1e-4 with betas (0, 0.9), generator blocks (2, 4), critic blocks (2, 4, 4),
     width 64. ``iterations`` counts generator steps. ``amp`` (float16 autocast +
-    GradScaler) is used only on CUDA; the gradient penalty stays in float32."""
+    GradScaler) is used only on CUDA; the gradient penalty stays in float32. ``snapshots``:
+    how many copies of G_ema to keep, at evenly spaced generator steps up to the last
+    (0 = none; ``hemaflow.train.snapshots``)."""
 
     image_size: int = 64
     z_dim: int = 128
@@ -118,6 +124,7 @@ class CWGANOptions(TrainingOptions):
     iterations: int = 100_000
     checkpoint_every: int = 2_500
     log_every: int = 100
+    snapshots: int = 0
     seed: int = 0
     amp: bool = True
 
@@ -154,6 +161,7 @@ class CWGANOptions(TrainingOptions):
             "r1_gamma",
             "lambda_class",
             "lr_critic",
+            "snapshots",
         }
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset({"beta1", "beta2", "ema_decay", "ema_rampup"})
@@ -205,6 +213,7 @@ CWGAN_PRESETS: dict[str, CWGANOptions] = {
         iterations=1_200,
         checkpoint_every=200,
         log_every=20,
+        snapshots=5,
     ),
     # the paper's networks at 64 px: width 64, blocks (2, 4) / (2, 4, 4), 100k generator
     # steps of 64 images; GPU
@@ -215,6 +224,7 @@ CWGAN_PRESETS: dict[str, CWGANOptions] = {
         iterations=100_000,
         checkpoint_every=2_500,
         log_every=100,
+        snapshots=5,
     ),
 }
 CWGANOptions.PRESETS = CWGAN_PRESETS
@@ -256,8 +266,8 @@ def build_critic(options: CWGANOptions, n_classes: int) -> ResidualCritic | DCCr
 
 class CWGANModel(MixedPrecision):
     """G, its moving average G_ema, the critic D, the frozen classifier, optimizers and
-    gradient scalers, and one training iteration (``n_critic`` critic steps, then one
-    generator step)."""
+    gradient scalers, the snapshots of G_ema taken so far, and one training iteration
+    (``n_critic`` critic steps, then one generator step)."""
 
     def __init__(
         self,
@@ -286,6 +296,7 @@ class CWGANModel(MixedPrecision):
         lr_critic = options.lr_critic or options.lr
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=lr_critic, betas=betas)
         self.augment = options.diffaugment if parse_policy(options.diffaugment) else ""
+        self.snapshots = Snapshots(options.iterations, options.snapshots)
 
     def modules(self) -> list[nn.Module]:
         # the classifier stays in eval mode (no dropout), G_ema is never run in training
@@ -358,6 +369,8 @@ class CWGANModel(MixedPrecision):
         self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
         self.ema.update()
+        if self.snapshots.due(self.ema.steps):
+            self.snapshots.add(self.ema.steps, module_copy(self.G_ema))
         return {
             "loss_G": loss_G.detach(),
             "loss_G_adv": loss_adv.detach(),
@@ -373,6 +386,7 @@ class CWGANModel(MixedPrecision):
         }
         state |= self.scaler_state()
         state["ema_steps"] = self.ema.steps
+        state["snapshots"] = self.snapshots.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -380,6 +394,7 @@ class CWGANModel(MixedPrecision):
             getattr(self, name).load_state_dict(state[name])
         self.load_scaler_state(state)
         self.ema.steps = int(state["ema_steps"])
+        self.snapshots.load_state_dict(state.get("snapshots", []), self.ema.steps)
 
 
 def _classifier_fingerprint(net: nn.Module) -> str:
@@ -407,8 +422,9 @@ def train_cwgan(
     (and at the end); a run finding one there resumes from it, and one written with other
     options, classes, classifier or images is refused. The run stops after
     ``max_iterations_this_run`` steps if given (as if killed: no model written);
-    otherwise it writes ``out_model`` (options, class_names, G_ema, iterations)
-    atomically. Returns ``train_and_save``'s summary."""
+    otherwise it writes ``out_model`` (options, class_names, G_ema, iterations, and the
+    snapshots of G_ema: a list of ``{"iteration", "state"}``) atomically. Returns
+    ``train_and_save``'s summary."""
     where = "train_cwgan"
     if not isinstance(options, CWGANOptions):
         raise ValueError(f"{where}: options must be CWGANOptions, got {type(options)}")
@@ -457,6 +473,7 @@ def train_cwgan(
             "class_names": names,
             "G_ema": model.G_ema.state_dict(),
             "iterations": summary["iterations"],
+            "snapshots": model.snapshots.state_dict(),
         },
     )
 
@@ -473,9 +490,40 @@ def load_cwgan(
         path, CWGAN_FILE_KIND, CWGANOptions, required=("class_names", "G_ema")
     )
     names = list(payload["class_names"])
+    return _generator(options, names, payload["G_ema"], device), names, options
+
+
+def _generator(
+    options: CWGANOptions, names: Sequence[str], state: Mapping[str, Any], device: str | None
+) -> CWGANGenerator | DCGenerator:
     generator = build_generator(options, len(names))
-    generator.load_state_dict(payload["G_ema"])
-    return generator.to(resolve_device(device)).eval(), names, options
+    generator.load_state_dict(state)
+    return generator.to(resolve_device(device)).eval()
+
+
+def load_cwgan_snapshots(
+    path: str | Path, device: str | None = None
+) -> tuple[list[tuple[int, CWGANGenerator | DCGenerator]], list[str], CWGANOptions]:
+    """(iteration, averaged generator) of every snapshot in a file written by
+    ``train_cwgan`` (``options.snapshots`` > 0), by ascending iteration, with the class
+    names and options; a file without snapshots gives its final generator alone, at its
+    last iteration. Generators in eval mode, on ``device`` (default CUDA if available)."""
+    payload, options = read_model_file(
+        path,
+        CWGAN_FILE_KIND,
+        CWGANOptions,
+        required=("class_names", "G_ema", "iterations"),
+        what="load_cwgan_snapshots",
+    )
+    names = list(payload["class_names"])
+    taken = payload.get("snapshots") or [
+        {"iteration": payload["iterations"], "state": payload["G_ema"]}
+    ]
+    generators = [
+        (int(snapshot["iteration"]), _generator(options, names, snapshot["state"], device))
+        for snapshot in sorted(taken, key=lambda snapshot: snapshot["iteration"])
+    ]
+    return generators, names, options
 
 
 @torch.no_grad()

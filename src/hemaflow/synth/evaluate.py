@@ -27,7 +27,8 @@ HELD_OUT_SPLITS = ("val", "test", "held_out")
 VALIDATION_SPLITS = ("val", "held_out")
 
 
-def _subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+def seeded_subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` of ``images`` (a seeded choice, in their order); all if no more."""
     if len(images) <= n:
         return np.asarray(images)
     rows = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
@@ -51,8 +52,8 @@ def class_metrics(
     seed: int = 0,
 ) -> dict[str, float]:
     """Metrics of one class's synthetic images against its real held-out images."""
-    fake = _subset(synthetic, max_images, seed)
-    real = _subset(real_held_out, max_images, seed + 1)
+    fake = seeded_subset(synthetic, max_images, seed)
+    real = seeded_subset(real_held_out, max_images, seed + 1)
     result: dict[str, float] = {
         "synthetic_images": float(len(fake)),
         "real_images": float(len(real)),

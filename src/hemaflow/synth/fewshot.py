@@ -79,7 +79,7 @@ LOSS_COLUMNS = (
 ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection", "architecture")
 # options of the other stage: changing them does not change this stage's run
 META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
-ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support"})
+ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support", "snapshots"})
 _MS_EPS = 1e-5  # MSGAN's epsilon in 1 / (lz + eps)
 
 
@@ -97,7 +97,9 @@ class FewShotOptions(TrainingOptions):
     (each meta-training class needs at least that many); ``lambda_rec``: the study's L1
     encoder loss between the task's images and the generated ones; ``projection``: the
     discriminator sees the task code by projection. ``amp`` (float16 autocast + gradient
-    scaling) is used only on CUDA."""
+    scaling) is used only on CUDA. ``snapshots``: how many copies of the adapted generator
+    (with its task code) the adaptation keeps, at evenly spaced iterations up to the last
+    (0 = none; ``hemaflow.train.snapshots``)."""
 
     image_size: int = 128
     width: int = 32
@@ -122,6 +124,7 @@ class FewShotOptions(TrainingOptions):
     diffaug: str = "color,translation,cutout"
     checkpoint_every: int = 500
     log_every: int = 50
+    snapshots: int = 0
     seed: int = 0
     amp: bool = True
 
@@ -147,7 +150,7 @@ class FewShotOptions(TrainingOptions):
         }
     )
     NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"adapt_iterations", "lambda_ms", "lambda_rec", "seed"}
+        {"adapt_iterations", "lambda_ms", "lambda_rec", "seed", "snapshots"}
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset({"beta1", "beta2"})
 
@@ -190,6 +193,7 @@ PRESETS: dict[str, FewShotOptions] = {
         adapt_support=10,
         checkpoint_every=100,
         log_every=10,
+        snapshots=5,
     ),
     # the study's scale: 128 px, 20,000 episodes; GPU
     "paper": FewShotOptions(
@@ -207,6 +211,7 @@ PRESETS: dict[str, FewShotOptions] = {
         adapt_lr=2e-4,
         checkpoint_every=500,
         log_every=50,
+        snapshots=5,
     ),
 }
 FewShotOptions.PRESETS = PRESETS

@@ -4,10 +4,14 @@ class, and generation from the adapted model.
 ``adapt_fewshot`` fine-tunes all three networks from the meta-learned weights on the
 class's few images, then stores the generator with the task code computed from those
 images (and batch-norm statistics re-estimated for that code), so that generation
-(``load_fewshot``, ``generate_fewshot``) needs no images."""
+(``load_fewshot``, ``generate_fewshot``) needs no images. With ``snapshots`` > 0 the
+adaptation also keeps that state (generator and code) at evenly spaced iterations, for
+the curve of quality against training time (``load_fewshot_snapshots``,
+``hemaflow.synth.curve``)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -45,22 +49,27 @@ from hemaflow.train.loop import (
     uint8_tensor,
 )
 from hemaflow.train.model_file import read_model_file
+from hemaflow.train.snapshots import Snapshots, module_copy
 
 
 class AdaptTrainer(GANSteps):
     """Fine-tuning of the meta-learned networks on one class: every step the encoder sees
-    all of the class's images (each under a random symmetry) as the support set."""
+    all of the class's images (each under a random symmetry) as the support set. Counts
+    its steps and keeps the snapshots of what generation needs (``generation_state``)."""
 
     def __init__(
         self,
         options: FewShotOptions,
         device: torch.device,
         rng: np.random.Generator,
-        sampler: ImageSampler,
+        images: np.ndarray,
         weights: Mapping[str, Any],
     ):
         super().__init__(options, device, rng)
-        self.sampler = sampler
+        self.images = images
+        self.sampler = ImageSampler(images, device)
+        self.steps = 0
+        self.snapshots = Snapshots(options.adapt_iterations, options.snapshots)
         self.encoder, self.generator, self.discriminator = build_networks(options, device)
         for name in ("encoder", "generator", "discriminator"):
             getattr(self, name).load_state_dict(weights[name])
@@ -88,18 +97,42 @@ class AdaptTrainer(GANSteps):
             support,
             real,
         )
+        self.steps += 1
+        if self.snapshots.due(self.steps):
+            self.snapshots.add(self.steps, self.generation_state())
         return {"task": 0.0, **losses}
 
+    def generation_state(self) -> dict[str, Any]:
+        """What generation needs now: the task code of the class's images and the
+        generator's weights with batch-norm statistics re-estimated for that code. Works
+        on a copy: the training networks, their statistics and the RNGs are left as they
+        are."""
+        code = task_code(self.encoder, self.images, self.device)
+        generator = copy.deepcopy(self.generator)
+        recalibrate_batch_norm(generator, code, seed=self.options.seed)
+        return {"generator": module_copy(generator), "code": code.cpu()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name).state_dict()
-            for name in ("encoder", "generator", "discriminator", "optimizer_G", "optimizer_D")
-        } | self.scaler_state()
+        return (
+            {
+                name: getattr(self, name).state_dict()
+                for name in ("encoder", "generator", "discriminator", "optimizer_G", "optimizer_D")
+            }
+            | self.scaler_state()
+            | {"steps": self.steps, "snapshots": self.snapshots.state_dict()}
+        )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name in ("encoder", "generator", "discriminator", "optimizer_G", "optimizer_D"):
             getattr(self, name).load_state_dict(state[name])
         self.load_scaler_state(state)
+        if "steps" not in state and self.snapshots.iterations:
+            raise ValueError(
+                "few-shot adaptation checkpoint without a step count (written before "
+                "snapshots existed): remove its folder to start over"
+            )
+        self.steps = int(state.get("steps", 0))
+        self.snapshots.load_state_dict(state.get("snapshots", []), self.steps)
 
 
 @torch.no_grad()
@@ -175,7 +208,9 @@ def adapt_fewshot(
 
     Resumable like ``train_fewshot_meta`` (a checkpoint of another meta model or other
     images is refused). When completed, writes ``out_model``: options, the adapted
-    networks and the class's task code, so that generation needs no images."""
+    networks and the class's task code, so that generation needs no images, and the
+    snapshots (``options.snapshots``): a list of ``{"iteration", "state": {"generator",
+    "code"}}``."""
     if not isinstance(options, FewShotOptions):
         raise TypeError(f"adapt_fewshot: options must be FewShotOptions, got {options!r}")
     images = check_images(images, "adapt_fewshot: images")
@@ -199,24 +234,26 @@ def adapt_fewshot(
     images = resize_images(images, options.image_size)
     meta_hash = _file_sha256(Path(meta_model_path))
     rng = seed_everything(options.seed)
-    trainer = AdaptTrainer(
-        options, torch_device, rng, ImageSampler(images, torch_device), weights=meta
-    )
+    trainer = AdaptTrainer(options, torch_device, rng, images, weights=meta)
 
     def model_file(summary: Mapping[str, Any]) -> dict[str, Any]:
-        code = task_code(trainer.encoder, images, torch_device)
-        recalibrate_batch_norm(trainer.generator, code, seed=options.seed)
+        taken = trainer.snapshots.state_dict()
+        if taken and taken[-1]["iteration"] == summary["iterations"]:
+            final = taken[-1]["state"]  # the last snapshot is the final state
+        else:
+            final = trainer.generation_state()
         return {
             "format": ADAPTED_FORMAT,
             "options": asdict(options),
             "meta_class_names": list(meta["class_names"]),
             "meta_model_sha256": meta_hash,
             "encoder": trainer.encoder.state_dict(),
-            "generator": trainer.generator.state_dict(),
+            "generator": final["generator"],
             "discriminator": trainer.discriminator.state_dict(),
-            "code": code.cpu(),
+            "code": final["code"],
             "n_images": len(images),
             "iterations": summary["iterations"],
+            "snapshots": taken,
         }
 
     return train_and_save(
@@ -258,9 +295,51 @@ def load_fewshot(
         what="load_fewshot",
         hints={META_FORMAT: "a meta-learned model: adapt it to a class with adapt_fewshot first"},
     )
+    generator = _generator(options, payload["generator"], torch_device)
+    return generator, payload["code"].to(torch_device), options
+
+
+def _generator(
+    options: FewShotOptions, state: Mapping[str, Any], device: torch.device
+) -> FewShotGenerator:
     _, generator, _ = build_networks(options, torch.device("cpu"))
-    generator.load_state_dict(payload["generator"])
-    return generator.to(torch_device).eval(), payload["code"].to(torch_device), options
+    generator.load_state_dict(state)
+    return generator.to(device).eval()
+
+
+def load_fewshot_snapshots(
+    path: str | Path, device: str | None = None
+) -> tuple[list[tuple[int, FewShotGenerator, torch.Tensor]], FewShotOptions]:
+    """(iteration, adapted generator, task code) of every snapshot in a file written by
+    ``adapt_fewshot`` (``options.snapshots`` > 0), by ascending iteration, and the
+    options; a file without snapshots gives its final generator alone, at its last
+    iteration. Generators in eval mode and codes on ``device`` (default CUDA if
+    available)."""
+    torch_device = resolve_device(device)
+    payload, options = read_model_file(
+        path,
+        ADAPTED_FORMAT,
+        FewShotOptions,
+        mark="format",
+        required=("generator", "code", "iterations"),
+        what="load_fewshot_snapshots",
+        hints={META_FORMAT: "a meta-learned model: adapt it to a class with adapt_fewshot first"},
+    )
+    taken = payload.get("snapshots") or [
+        {
+            "iteration": payload["iterations"],
+            "state": {"generator": payload["generator"], "code": payload["code"]},
+        }
+    ]
+    snapshots = [
+        (
+            int(snapshot["iteration"]),
+            _generator(options, snapshot["state"]["generator"], torch_device),
+            snapshot["state"]["code"].to(torch_device),
+        )
+        for snapshot in sorted(taken, key=lambda snapshot: snapshot["iteration"])
+    ]
+    return snapshots, options
 
 
 @torch.no_grad()

@@ -614,3 +614,66 @@ def metrics_stage(
     table.to_csv(out_csv, index=False)
     plot_samples(real_grid, fake_grid, out_grid, "real held-out | synthetic, per class")
     return table
+
+
+# ----------------------------------------------------------------------- quality curves
+
+
+def quality_curve_stage(
+    pool_images: str,
+    pool_index: str,
+    generator: str,
+    model_path: str,
+    losses_csv: str,
+    curve_section: Mapping[str, Any],
+    seed: int,
+    out_csv: str,
+    out_plot: str,
+    class_name: str | None = None,
+    meta_losses_csv: str | None = None,
+) -> pd.DataFrame:
+    """KID and precision against training time of the C-WGAN-GP (``generator`` "cwgan":
+    every class of the model) or of the few-shot GAN adapted to ``class_name``
+    ("fewshot", its time counting the meta-training of ``meta_losses_csv``), on the
+    pool's validation and held-out rows (``hemaflow.synth.curve``); table and plot."""
+    from hemaflow.plots import plot_quality_curve
+    from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve, fewshot_curve
+
+    images, pool = read_pool(pool_images, pool_index)
+    settings = CurveSettings.from_config(curve_section, seed)
+    if generator == "cwgan":
+        names = sorted(pool["canonical_class"].unique())
+        held_out = {name: class_images(images, pool, name, CURVE_SPLITS) for name in names}
+        table = cwgan_curve(model_path, losses_csv, held_out, settings)
+        title = "C-WGAN-GP"
+    elif generator == "fewshot":
+        if class_name is None:
+            raise ValueError("quality_curve_stage: the few-shot curve needs class_name")
+        held_out = class_images(images, pool, class_name, CURVE_SPLITS)
+        table = fewshot_curve(
+            model_path, losses_csv, class_name, held_out, settings, meta_losses_csv
+        )
+        title = f"few-shot GAN adapted to {class_name} (time includes meta-training)"
+    else:
+        raise ValueError(
+            f"quality_curve_stage: generator must be cwgan or fewshot, got {generator!r}"
+        )
+    table.to_csv(out_csv, index=False)
+    plot_quality_curve(
+        table,
+        out_plot,
+        f"{title}: {settings.images_per_class} generated vs at most "
+        f"{settings.real_per_class} real validation images per class",
+    )
+    for row in table.itertuples():
+        log.info(
+            "%s %s iteration %d (%.0f s): KID %.4f, precision %.3f, recall %.3f",
+            row.generator,
+            row.canonical_class,
+            row.iteration,
+            row.seconds,
+            row.kid,
+            row.precision,
+            row.recall,
+        )
+    return table
