@@ -223,7 +223,7 @@ def test_presets():
     assert CLASSIFIER_PRESETS["cpu"].label_smoothing == 0.1
     # about 5 points on the quality curve, whatever the preset's iterations
     assert cpu.snapshots == paper.snapshots == 5 and CWGANOptions().snapshots == 0
-    assert snapshot_iterations(cpu.iterations, cpu.snapshots) == (60, 120, 180, 240, 300)
+    assert snapshot_iterations(cpu.iterations, cpu.snapshots) == (240, 480, 720, 960, 1_200)
 
 
 def test_snapshot_iterations_spread_a_count_over_the_run():
