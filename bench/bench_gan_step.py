@@ -9,7 +9,9 @@ the class as an embedding concatenated to z) and a DCGAN critic (strided Conv2d 
 LeakyReLU) with the same channel counts, and a plain step doing the same work as ours:
 a batch of real images (random flips), the critic step with R1 on the real images, the
 generator step with the frozen classifier's cross-entropy, the moving average of the
-generator, DiffAugment as in Zhao et al.'s published code.
+generator, DiffAugment as in Zhao et al.'s published code. A second comparison conditions
+the reference generator as ours is, through class-conditional batch norms (BigGAN's
+form), to tell the cost of that conditioning from the cost of the code.
 
 Few-shot GAN. Ours: one ``GANSteps.gan_step`` (the inner step of meta-training and the
 step of adaptation) with the networks of ``build_networks``. The reference: a plain
@@ -138,7 +140,7 @@ def dcgan_init(net: nn.Module) -> nn.Module:
     for module in net.modules():
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(module.weight, 0.0, 0.02)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, nn.BatchNorm2d) and module.affine:
             nn.init.normal_(module.weight, 1.0, 0.02)
             nn.init.zeros_(module.bias)
     return net
@@ -173,6 +175,47 @@ class ReferenceGenerator(nn.Module):
         return self.main(torch.cat([z, self.embedding(y)], 1)[:, :, None, None])
 
 
+class ReferenceConditionalBN(nn.Module):
+    """Class-conditional batch norm as BigGAN's and Miyato & Koyama's code write it: one
+    embedding holds each class's gains and biases."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.embed = nn.Embedding(n_classes, 2 * channels)
+        nn.init.ones_(self.embed.weight[:, :channels])
+        nn.init.zeros_(self.embed.weight[:, channels:])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.embed(y).chunk(2, 1)
+        return self.bn(x) * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+class ReferenceCBNGenerator(nn.Module):
+    """The same DCGAN generator conditioned as ours is, through every batch norm (not an
+    input embedding): z -> 4x4 transposed convolution, then (conditional BN, ReLU, 4x4
+    stride-2 transposed convolution) per doubling, conditional BN, ReLU, 3x3 convolution,
+    tanh."""
+
+    def __init__(self, n_classes: int, z_dim: int, image_size: int, width: int):
+        super().__init__()
+        channels = generator_channels(image_size, width)
+        self.first = nn.ConvTranspose2d(z_dim, channels[0], 4, 1, 0)
+        self.norms = nn.ModuleList(ReferenceConditionalBN(c, n_classes) for c in channels)
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, 1, 1)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = self.first(z[:, :, None, None])
+        for norm, up in zip(self.norms[:-1], self.ups, strict=True):
+            x = up(F.relu(norm(x, y), inplace=True))
+        return torch.tanh(self.to_rgb(F.relu(self.norms[-1](x, y), inplace=True)))
+
+
 class ReferenceCritic(nn.Module):
     """Textbook DCGAN critic: 4x4 stride-2 convolutions with LeakyReLU(0.2) down to 4x4,
     then a 4x4 convolution to one score."""
@@ -196,11 +239,22 @@ class ReferenceCritic(nn.Module):
 class ReferenceCWGAN:
     """The plain training step of the same size and work as ``CWGANModel``'s."""
 
-    def __init__(self, options: CWGANOptions, classifier: nn.Module, images: np.ndarray):
+    def __init__(
+        self,
+        options: CWGANOptions,
+        classifier: nn.Module,
+        images: np.ndarray,
+        conditioning: str = "concat",
+    ):
         self.o = options
-        self.G = ReferenceGenerator(
-            N_CLASSES, options.z_dim, options.embed_dim, options.image_size, options.width
-        )
+        if conditioning == "concat":
+            self.G = ReferenceGenerator(
+                N_CLASSES, options.z_dim, options.embed_dim, options.image_size, options.width
+            )
+        else:
+            self.G = ReferenceCBNGenerator(
+                N_CLASSES, options.z_dim, options.image_size, options.width
+            )
         self.D = ReferenceCritic(options.image_size, options.width)
         self.G_ema = copy.deepcopy(self.G).eval()
         for p in self.G_ema.parameters():
@@ -272,7 +326,9 @@ def cwgan_options(args: argparse.Namespace) -> CWGANOptions:
     )
 
 
-def cwgan_pair(args: argparse.Namespace) -> tuple[CWGANModel, ReferenceCWGAN]:
+def cwgan_pair(
+    args: argparse.Namespace, conditioning: str = "concat"
+) -> tuple[CWGANModel, ReferenceCWGAN]:
     options = cwgan_options(args)
     rng = seed_everything(0)
     images = rng.integers(0, 256, (IMAGES, options.image_size, options.image_size, 3), np.uint8)
@@ -290,7 +346,8 @@ def cwgan_pair(args: argparse.Namespace) -> tuple[CWGANModel, ReferenceCWGAN]:
     )
     ours.sampler = ImageSampler(images, torch.device("cpu"))
     ours.balanced = BalancedRows(labels, N_CLASSES)
-    reference = ReferenceCWGAN(options, build_classifier(classifier_options, N_CLASSES), images)
+    classifier = build_classifier(classifier_options, N_CLASSES)
+    reference = ReferenceCWGAN(options, classifier, images, conditioning)
     return ours, reference
 
 
@@ -577,6 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     compare(
         f"C-WGAN-GP dcgan {args.image_size} px width {args.width} batch {args.batch_size}",
         lambda: cwgan_pair(args),
+        args.rounds,
+        args.steps,
+        args.warmup,
+    )
+    compare(
+        "C-WGAN-GP, the reference conditioned through its batch norms as ours is",
+        lambda: cwgan_pair(args, "batchnorm"),
         args.rounds,
         args.steps,
         args.warmup,

@@ -55,10 +55,11 @@ def test_gpu_preset_bench_quick_runs_without_data_or_workflow_packages(tmp_path)
     )
 
 
-def test_gan_step_bench_quick_prints_both_ratios():
+def test_gan_step_bench_quick_prints_the_ratios():
     out = run_bench("bench_gan_step.py", "--quick")
     ratios = [line for line in out.splitlines() if "ratio ours/reference" in line]
-    assert len(ratios) == 2, out
-    assert ratios[0].startswith("C-WGAN-GP dcgan") and ratios[1].startswith("few-shot GAN")
+    assert len(ratios) == 3, out
+    assert ratios[0].startswith("C-WGAN-GP dcgan") and ratios[1].startswith("C-WGAN-GP, the")
+    assert ratios[2].startswith("few-shot GAN")
     for line in ratios:
         assert float(line.split("ratio ours/reference ")[1].split()[0]) > 0

@@ -5,12 +5,17 @@ speed (in-place activations, fused operations), which must leave the numbers alo
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hemaflow.models.dcgan import SLOPE, DCCritic, DCGenerator, generator_channels
+from hemaflow.synth.cwgan import CWGANModel, CWGANOptions
+from hemaflow.synth.real_classifier import RealClassifierOptions, build_classifier
+from hemaflow.train.labelled import BalancedRows
+from hemaflow.train.loop import ImageSampler
 
 
 def plain_conditional_norm(norm: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,3 +81,37 @@ def test_shapes_and_channels(size):
     assert critic(images, torch.tensor([0, 1, 1])).shape == (3, 1)
     with pytest.raises(ValueError, match="labels"):
         critic(images)
+
+
+@pytest.mark.parametrize(
+    "penalty, conditioning, loss",
+    [("r1", "none", "hinge"), ("gp", "projection", "wgan"), ("gp", "none", "hinge")],
+)
+def test_a_cwgan_step_runs_with_every_penalty_and_critic(penalty, conditioning, loss):
+    """The in-place activations under each penalty's double backward and the projection
+    critic (random images: whether the step runs does not depend on what they show)."""
+    options = CWGANOptions(
+        architecture="dcgan",
+        image_size=32,
+        width=4,
+        z_dim=8,
+        batch_size=4,
+        n_critic=2,
+        loss=loss,
+        penalty=penalty,
+        critic_conditioning=conditioning,
+        diffaugment="color,translation,cutout",
+    )
+    classifier = build_classifier(
+        RealClassifierOptions(image_size=32, width=4, blocks_1=1, blocks_2=1, blocks_3=1), 2
+    )
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = CWGANModel(options, 2, classifier, torch.arange(2), torch.device("cpu"), rng)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    model.sampler = ImageSampler(images, torch.device("cpu"))
+    model.balanced = BalancedRows(np.arange(8) % 2, 2)
+    for _ in range(2):
+        losses = model.train_iteration()
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
+    assert float(losses["gp"]) > 0
