@@ -1,4 +1,4 @@
-"""Seconds per training iteration of every trainer's presets at full size and batch size,
+r"""Seconds per training iteration of every trainer's presets at full size and batch size,
 made for a GPU (falls back to the CPU with a note).
 
 For each preset (the paper presets, and the CPU presets for comparison): the trainer
@@ -20,6 +20,8 @@ import path when hemaflow is not installed, so a bare clone with a system python
     python3 bench/bench_gpu_presets.py --out results/bench/gpu_presets
     python3 bench/bench_gpu_presets.py --presets 'cwgan/*' 'classifier/senet154_ge'
     python3 bench/bench_gpu_presets.py --quick --out /tmp/quick   # CPU smoke run, tiny nets
+    python3 bench/bench_gpu_presets.py --device cpu --threads 1 --batch-size 2 \
+        --warmup 1 --iterations 2 --presets '*/paper' classifier/senet154_ge
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ def all_presets() -> list[Preset]:
 def quick(preset: Preset) -> Preset:
     trainer = preset.name.split("/")[0]
     overrides = {**QUICK[QUICK_KEY.get(trainer, trainer)], "batch_size": QUICK_BATCH}
+    if preset.name == "classifier/resnet18":  # its widths are fixed: a smaller image
+        overrides = {"image_size": 16, "batch_size": QUICK_BATCH}
     preset.options = preset.options.with_overrides(overrides)
     return preset
 
@@ -362,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--presets", nargs="*", default=["*"], help="names or patterns, e.g. 'cwgan/*'"
     )
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="every preset's batch size (0: the preset's)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: tiny networks, 1 + 1 iterations, cpu"
@@ -383,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not presets:
         parser.error(f"--presets {args.presets} match none of {[p.name for p in all_presets()]}")
+    if args.batch_size:
+        for preset in presets:
+            preset.options = preset.options.with_overrides({"batch_size": args.batch_size})
     if args.quick:
         presets = [quick(p) for p in presets]
         print("NOTE: --quick: tiny networks at 32 px, batch 2; not the presets' costs")

@@ -48,4 +48,18 @@ def test_gpu_preset_bench_quick_runs_without_data_or_workflow_packages(tmp_path)
         hours = row["seconds_per_iteration"] * row["schedule_iterations"] / 3600
         assert row["schedule_hours"] == pytest.approx(hours)
     table = (tmp_path / "gpu_presets.md").read_text()
-    assert "| cwgan/paper | 2 | 32 |" in table and "s / iteration" in table
+    assert (
+        "| cwgan/paper | 2 | 32 |" in table
+        and "| classifier/resnet18 | 2 | 16 |" in table
+        and "s / iteration" in table
+    )
+
+
+def test_gan_step_bench_quick_prints_the_ratios():
+    out = run_bench("bench_gan_step.py", "--quick")
+    ratios = [line for line in out.splitlines() if "ratio ours/reference" in line]
+    assert len(ratios) == 3, out
+    assert ratios[0].startswith("C-WGAN-GP dcgan") and ratios[1].startswith("C-WGAN-GP, the")
+    assert ratios[2].startswith("few-shot GAN")
+    for line in ratios:
+        assert float(line.split("ratio ours/reference ")[1].split()[0]) > 0

@@ -5,8 +5,8 @@ its model file, and the file loads back and generates or predicts.
 
 The GPU runs would otherwise be the first to build these networks at their size, feed
 them their image size and round-trip them through a model file. The per-iteration costs
-(one CPU thread, batch 2) are in docs/benchmarks.md ("Paper presets on the CPU"); the
-time per iteration on a GPU comes from bench/bench_gpu_presets.py."""
+(one CPU thread, batch 2) are in docs/benchmarks.md ("On the CPU: the paper presets in
+the test suite"); the time per iteration on a GPU comes from bench/bench_gpu_presets.py."""
 
 from __future__ import annotations
 
@@ -232,8 +232,9 @@ def test_cyclegan_paper_preset_trains_and_translates(memory_tmp_path):
 
 
 def test_senet154_ge_preset_trains_and_predicts(memory_tmp_path):
-    """SENet-154-GE at 224 px: about 16 s per iteration of 2 images on one CPU thread,
-    so two iterations and one validation pass are the bulk of this file's time."""
+    """SENet-154-GE at 224 px: 5 s per iteration of 2 images on one quiet CPU thread (up
+    to 16 on a busy machine), so two iterations, a validation pass and a 1.8 GB checkpoint
+    are the bulk of this file's time."""
     tmp_path = memory_tmp_path
     options = paper(
         CLASSIFIER_PRESETS,

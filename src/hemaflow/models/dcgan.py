@@ -57,7 +57,10 @@ class ConditionalBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        return h * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+        # the bias is added in place: the product's backward needs h and the gain, not
+        # the product (same numbers as h * gain + bias, one full-size tensor less)
+        out = h * self.gain(y)[:, :, None, None]
+        return out.add_(self.bias(y)[:, :, None, None])
 
 
 class DCGenerator(nn.Module):
@@ -83,7 +86,9 @@ class DCGenerator(nn.Module):
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         )
         self.to_rgb = nn.Conv2d(channels[-1], 3, kernel_size=3, padding=1)
-        self.act = nn.ReLU()
+        # in place: each activation's input is a normalization's fresh output, which no
+        # backward needs
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(-1, self.start_channels, START, START)
@@ -105,7 +110,9 @@ class DCCritic(nn.Module):
         for k in range(stages):
             c_out = width * min(2**k, 8)
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1)]
-            layers += [nn.LeakyReLU(SLOPE)]
+            # in place: a convolution's output is needed by no backward (nor by the double
+            # backward of a gradient penalty)
+            layers += [nn.LeakyReLU(SLOPE, inplace=True)]
             c_in = c_out
         self.body = nn.Sequential(*layers)
         self.image_size = image_size
