@@ -28,6 +28,7 @@ from hemaflow.classify.stages import (  # noqa: E402
     train_on_rows,
 )
 from hemaflow.json_file import write_json  # noqa: E402
+from hemaflow.train.loop import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ def train_pooled_classifier(
         val_rows,
         options_section,
         state_root,
-        "pooled-" + "+".join(sorted(train_domains)),
+        # the images differ by normalization method: the state of one method's run must
+        # never be offered to another's
+        "pooled-" + "+".join(sorted(train_domains)) + "-" + fingerprint(train_images)[:12],
         out_model,
         out_losses,
     )
