@@ -160,7 +160,7 @@ def build_adapt(options, device, rng) -> AdaptTrainer:
     names = ("encoder", "generator", "discriminator")
     weights = {name: net.state_dict() for name, net in zip(names, networks, strict=True)}
     images = random_images(rng, RARE_CLASS_IMAGES, options.image_size)
-    return AdaptTrainer(options, device, rng, ImageSampler(images, device), weights)
+    return AdaptTrainer(options, device, rng, images, weights)
 
 
 def build_cyclegan(options, device, rng) -> CycleGANModel:
