@@ -179,6 +179,10 @@ rule train_fewshot_meta:
         "../scripts/train_fewshot_meta.py"
 
 
+# fewshot/meta/ is the meta-training's folder, never a class adapted to
+ruleorder: train_fewshot_meta > adapt_fewshot
+
+
 rule adapt_fewshot:
     """Adapt the meta-learned few-shot GAN to one rare class."""
     input:
