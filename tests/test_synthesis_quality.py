@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hemaflow import smoke
 from hemaflow.errors import ConfigError
 from hemaflow.summary import headline
 from hemaflow.synth.balance import build_balanced, oversampled_picks
@@ -39,21 +40,14 @@ torch.set_num_threads(1)
 CLASSES = ["basophil", "eosinophil", "neutrophil"]
 # per class: (train, val, held_out, test) images; neutrophil has no validation image
 SPLITS = {"basophil": (4, 2, 1, 2), "eosinophil": (4, 2, 0, 2), "neutrophil": (4, 0, 0, 2)}
+# the smoke classifier with a shorter schedule and no early stopping
 TINY_JUDGE = {
-    "preset": "small",
-    "image_size": 32,
-    "stage_blocks": [1, 1],
-    "widths": [16, 32],
-    "cardinality": 4,
-    "base_width": 2,
-    "stem_width": 8,
+    **smoke.CLASSIFIER,
     "batch_size": 6,
     "iterations": 4,
-    "warmup_iterations": 1,
     "eval_every": 2,
     "early_stopping_patience": 0,
     "checkpoint_every": 2,
-    "log_every": 1,
 }
 ISSUE_16_TARGETS = {
     "cwgan": {"precision": 0.5, "recall": 0.2, "kid": 0.15, "acceptance": 0.6},

@@ -226,27 +226,19 @@ def build_networks(
     if options.architecture == "dcgan":
         # the encoder runs at full resolution on every support image: a quarter of the
         # width keeps it from costing more than the generator and critic together
-        encoder = TaskEncoder(width=max(4, options.width // 4), z_dim=options.code_dim)
-        generator = CodeDCGenerator(
-            image_size=options.image_size,
-            width=options.width,
-            code_dim=options.code_dim,
-            noise_dim=options.noise_dim,
-        )
-        discriminator = CodeDCCritic(
-            image_size=options.image_size,
-            width=options.width,
-            code_dim=options.code_dim if options.projection else 0,
-        )
-        return encoder.to(device), generator.to(device), discriminator.to(device)
-    encoder = TaskEncoder(width=options.width, z_dim=options.code_dim)
-    generator = FewShotGenerator(
+        encoder_width = max(4, options.width // 4)
+        generator_class, discriminator_class = CodeDCGenerator, CodeDCCritic
+    else:
+        encoder_width = options.width
+        generator_class, discriminator_class = FewShotGenerator, FewShotDiscriminator
+    encoder = TaskEncoder(width=encoder_width, z_dim=options.code_dim)
+    generator = generator_class(
         image_size=options.image_size,
         width=options.width,
         code_dim=options.code_dim,
         noise_dim=options.noise_dim,
     )
-    discriminator = FewShotDiscriminator(
+    discriminator = discriminator_class(
         image_size=options.image_size,
         width=options.width,
         code_dim=options.code_dim if options.projection else 0,
