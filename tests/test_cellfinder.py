@@ -168,3 +168,30 @@ def test_center_crop_is_unchanged_by_default(tmp_path: Path, make_image):
     manifest, _ = ingest_dataset([item], options)
     row = manifest.iloc[0]
     assert (row.box_x0, row.box_y0, row.box_x1, row.box_y1) == (5, 0, 35, 30)
+
+
+def test_the_histogram_order_statistics_equal_a_sort_of_the_stain_map():
+    """The finder reads the median and the 99.5th percentile off one histogram of exact
+    half-unit stains; they must be the sorted stain map's values at those ranks."""
+    from hemaflow.data.cellfinder import _order_statistic, _twice_stain, stain_map
+
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+        twice = _twice_stain(rgb)
+        assert np.array_equal(twice.astype(np.float32) * 0.5, stain_map(rgb))
+        cumulative = np.cumsum(np.bincount(twice.ravel() + 510, minlength=1022))
+        ordered = np.sort(stain_map(rgb).ravel())
+        last = ordered.size - 1
+        for rank in (0, last // 2, int(round(0.995 * last)), last):
+            assert _order_statistic(cumulative, rank) == ordered[rank]
+
+
+def test_otsu_splits_two_modes():
+    from hemaflow.data.cellfinder import _otsu_of_counts
+
+    counts = np.zeros(511)
+    counts[255 - 20] = 500  # background around stain -20
+    counts[255 + 60] = 50  # nuclei around stain 60
+    threshold = _otsu_of_counts(counts)
+    assert -20 < threshold < 60

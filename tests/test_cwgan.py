@@ -568,3 +568,36 @@ def test_quality_curve_stage_of_the_cwgan(trained, tmp_path):
     assert (table["real_images"] == 6).all() and (table["fake_images"] == 4).all()
     assert table["kid"].notna().all() and table["precision"].between(0, 1).all()
     assert (tmp_path / "curve.png").stat().st_size > 5_000
+
+
+def test_projected_critic_options_are_checked():
+    with pytest.raises(ValueError, match="'critic'"):
+        tiny_gan(critic="vgg")
+    with pytest.raises(ValueError, match="'projected_taps'"):
+        tiny_gan(critic="projected", projected_taps=4)
+    with pytest.raises(ValueError, match="'projected_input'"):
+        tiny_gan(critic="projected", projected_input=32)
+
+
+def test_projected_critic_route_trains_and_resumes_bit_identically(
+    pbc32, classifier_file, tmp_path
+):
+    options = tiny_gan(
+        **FAST,
+        critic="projected",
+        critic_conditioning="projection",
+        projected_input=64,
+        r1_gamma=0.0,
+    )
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    straight = train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    assert straight["completed"]
+    assert all(np.isfinite(float(r["loss_D"])) for r in _read_log(tmp_path / "a.csv"))
+    train_cwgan(
+        *args, tmp_path / "b", tmp_path / "b.pt", tmp_path / "b.csv", max_iterations_this_run=3
+    )
+    resumed = train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", tmp_path / "b.csv")
+    assert resumed["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -68,10 +68,15 @@ def stain_map(rgb: np.ndarray) -> np.ndarray:
     return (pixels[..., 0] + pixels[..., 2]) * 0.5 - pixels[..., 1]
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of stain values (-255..255), on a histogram of whole units."""
-    counts = np.bincount((np.clip(values, -255, 255) + 255).astype(np.int64).ravel(), minlength=511)
-    counts = counts.astype(np.float64)
+def _twice_stain(rgb: np.ndarray) -> np.ndarray:
+    """``2 * stain_map(rgb)`` as exact integers (-510..510), int16: the finder's working
+    form (integer arithmetic and one histogram instead of float maps and sorts)."""
+    pixels = rgb.astype(np.int16)
+    return pixels[..., 0] + pixels[..., 2] - 2 * pixels[..., 1]
+
+
+def _otsu_of_counts(counts: np.ndarray) -> float:
+    """Otsu's threshold from the 511 whole-unit bins of stain -255..255."""
     centres = np.arange(511, dtype=np.float64) - 255.0 + 0.5
     below = np.cumsum(counts)
     above = below[-1] - below
@@ -79,6 +84,12 @@ def _otsu(values: np.ndarray) -> float:
     mean_below = sum_below / np.maximum(below, 1)
     mean_above = (sum_below[-1] - sum_below) / np.maximum(above, 1)
     return float(centres[np.argmax(below * above * (mean_below - mean_above) ** 2)])
+
+
+def _order_statistic(cumulative: np.ndarray, rank: int) -> float:
+    """The stain value at sorted position ``rank`` from the cumulative half-unit histogram
+    (bin j holds the stain (j - 510) / 2)."""
+    return (int(np.searchsorted(cumulative, rank, side="right")) - 510) / 2.0
 
 
 def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
@@ -92,12 +103,16 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = small.resize(size, Image.Resampling.BILINEAR)
-    stain = stain_map(np.asarray(small))
-    flat = stain.ravel()
-    middle, peak = (flat.size - 1) // 2, int(round(0.995 * (flat.size - 1)))
-    ordered = np.partition(flat, (middle, peak))  # median and 99.5th percentile at once
-    median = float(ordered[middle])
-    threshold = max(_otsu(stain), PEAK_FRACTION * float(ordered[peak]))
+    twice = _twice_stain(np.asarray(small))
+    # one histogram of the exact half-unit stains gives the median, the 99.5th
+    # percentile and Otsu's whole-unit histogram (a whole unit is two half units)
+    half_counts = np.bincount((twice.ravel() + 510).astype(np.intp), minlength=1022)[:1022]
+    cumulative = np.cumsum(half_counts)
+    n = twice.size
+    median = _order_statistic(cumulative, (n - 1) // 2)
+    peak = _order_statistic(cumulative, int(round(0.995 * (n - 1))))
+    threshold = max(_otsu_of_counts(half_counts.reshape(511, 2).sum(axis=1)), PEAK_FRACTION * peak)
+    stain = twice.astype(np.float32) * 0.5
     mask = stain > threshold
     if not mask.any():
         raise NoCellFound("no stained object (flat image)")
@@ -106,9 +121,9 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
     grown = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1)
     labels, count = ndimage.label(grown)
-    index = np.arange(1, count + 1)
-    weight = ndimage.sum(np.maximum(stain - threshold, 0.0), labels, index)
-    best = int(index[int(np.argmax(weight))])
+    excess = np.maximum(stain - threshold, 0.0)
+    weight = np.bincount(labels.ravel(), weights=excess.ravel(), minlength=count + 1)[1:]
+    best = int(np.argmax(weight)) + 1
     component = (labels == best) & mask
     area_fraction = float(component.mean())
     contrast = float(stain[component].mean()) - median

@@ -242,7 +242,7 @@ def ingest_dataset(
     """Process every listed item; returns the manifest and the (N, S, S, 3) uint8 cache,
     whose row k is the image of the manifest row with ``cache_index == k``."""
     if options.crop == "cell" and options.cell_reference is None:
-        options = _with_cell_reference(items, options)
+        options = _with_cell_reference(items, options, workers)
     rows: list[dict[str, Any]] = []
     image_batches: list[np.ndarray] = []
     cached = 0
@@ -313,25 +313,39 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 CELL_REFERENCE_SAMPLE = 200
 
 
+def _sample_extent(item: SourceItem) -> float | None:
+    """The nucleus extent (stored pixels) of one sampled item, None if it has none."""
+    options = _worker_options
+    assert options is not None
+    try:
+        data = read_bytes(str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s)
+        decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
+        return find_cell(decoded.image).extent * decoded.width / decoded.image.width
+    except (RejectedImage, NoCellFound):
+        return None
+
+
 def measure_cell_reference(
-    items: list[SourceItem], options: IngestOptions, sample: int = CELL_REFERENCE_SAMPLE
+    items: list[SourceItem],
+    options: IngestOptions,
+    sample: int = CELL_REFERENCE_SAMPLE,
+    workers: int = 1,
 ) -> float:
     """The dataset's reference nucleus size (stored pixels): the median over an evenly
-    spaced sample of its listed images (the same sample on every run)."""
+    spaced sample of its listed images (the same sample on every run, whatever the
+    number of ``workers`` that decode it)."""
     candidates = [item for item in items if item.rejection is None and item.boxes is None]
     if len(candidates) > sample:
         picks = np.linspace(0, len(candidates) - 1, sample).round().astype(int)
         candidates = [candidates[k] for k in picks]
-    extents = []
-    for item in candidates:
-        try:
-            data = read_bytes(
-                str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s
-            )
-            decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
-            extents.append(find_cell(decoded.image).extent * decoded.width / decoded.image.width)
-        except (RejectedImage, NoCellFound):
-            continue
+    if workers <= 1 or len(candidates) < 2 * _SAMPLE_CHUNK:
+        _init_worker(options)
+        found = [_sample_extent(item) for item in candidates]
+    else:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
+            found = pool.map(_sample_extent, candidates, chunksize=_SAMPLE_CHUNK)
+    extents = [extent for extent in found if extent is not None]
     try:
         return reference_extent(extents)
     except ValueError:
@@ -341,9 +355,15 @@ def measure_cell_reference(
         ) from None
 
 
-def _with_cell_reference(items: list[SourceItem], options: IngestOptions) -> IngestOptions:
+# sampled images per worker task when the reference is measured in parallel
+_SAMPLE_CHUNK = 16
+
+
+def _with_cell_reference(
+    items: list[SourceItem], options: IngestOptions, workers: int = 1
+) -> IngestOptions:
     """``options`` with the dataset's measured reference nucleus size (crop: cell, auto)."""
-    reference = measure_cell_reference(items, options)
+    reference = measure_cell_reference(items, options, workers=workers)
     log.info(
         "%s: reference nucleus size %.1f px (median of a sample); crops of %.0f px",
         options.dataset,

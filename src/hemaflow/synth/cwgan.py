@@ -36,6 +36,7 @@ from torch import nn
 from hemaflow.models.cwgan import CRITIC_CONDITIONINGS, CWGANGenerator, ResidualCritic
 from hemaflow.models.dcgan import DCCritic, DCGenerator
 from hemaflow.models.fewshot import diff_augment, parse_policy
+from hemaflow.models.projected import ProjectedCritic
 from hemaflow.synth.real_classifier import check_image_size, load_real_classifier
 from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import MovingAverage
@@ -79,6 +80,7 @@ CWGAN_FILE_KIND = "cwgan"
 ARCHITECTURES = ("residual", "dcgan")
 LOSSES = ("wgan", "hinge")
 PENALTIES = ("gp", "r1")
+CRITICS = ("own", "projected")
 
 
 # ------------------------------------------------------------------------------- options
@@ -105,6 +107,9 @@ class CWGANOptions(TrainingOptions):
     d_blocks_3: int = 4
     critic_conditioning: str = "none"
     architecture: str = "residual"
+    critic: str = "own"
+    projected_taps: int = 3
+    projected_input: int = 128
     loss: str = "wgan"
     penalty: str = "gp"
     lambda_gp: float = 10.0
@@ -132,6 +137,7 @@ class CWGANOptions(TrainingOptions):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "critic_conditioning": CRITIC_CONDITIONINGS,
         "architecture": ARCHITECTURES,
+        "critic": CRITICS,
         "loss": LOSSES,
         "penalty": PENALTIES,
     }
@@ -143,6 +149,8 @@ class CWGANOptions(TrainingOptions):
             "n_critic",
             "r1_every",
             "class_every",
+            "projected_taps",
+            "projected_input",
             "lr",
             "batch_size",
             "iterations",
@@ -174,6 +182,10 @@ class CWGANOptions(TrainingOptions):
                 parse_policy(value)
             except ValueError as error:
                 return str(error)
+        if name == "projected_taps" and value not in (1, 2, 3):
+            return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
+        if name == "projected_input" and value < 63:
+            return "must be >= 63 (AlexNet's relu3 needs it)"
         return super().check_field(name, value)
 
     @property
@@ -248,8 +260,19 @@ def build_generator(options: CWGANOptions, n_classes: int) -> CWGANGenerator | D
     )
 
 
-def build_critic(options: CWGANOptions, n_classes: int) -> ResidualCritic | DCCritic:
+def build_critic(
+    options: CWGANOptions, n_classes: int
+) -> ResidualCritic | DCCritic | ProjectedCritic:
     projection = n_classes if options.critic_conditioning == "projection" else 0
+    if options.critic == "projected":
+        return ProjectedCritic(
+            image_size=options.image_size,
+            width=options.width,
+            n_classes=projection,
+            taps=options.projected_taps,
+            input_side=options.projected_input,
+            seed=options.seed,
+        )
     if options.architecture == "dcgan":
         return DCCritic(image_size=options.image_size, width=options.width, n_classes=projection)
     return ResidualCritic(
