@@ -121,12 +121,14 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
     grown = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1)
     labels, count = ndimage.label(grown)
-    excess = np.maximum(stain - threshold, 0.0)
-    weight = np.bincount(labels.ravel(), weights=excess.ravel(), minlength=count + 1)[1:]
+    # each group's stain above the threshold (the excess is zero off the mask)
+    weight = np.bincount(labels[mask], weights=stain[mask] - threshold, minlength=count + 1)[1:]
     best = int(np.argmax(weight)) + 1
-    component = (labels == best) & mask
-    area_fraction = float(component.mean())
-    contrast = float(stain[component].mean()) - median
+    # the component's pixels lie inside its group's bounding box: work on that window
+    window = ndimage.find_objects(labels, max_label=best)[best - 1]
+    component = (labels[window] == best) & mask[window]
+    area_fraction = float(np.count_nonzero(component)) / mask.size
+    contrast = float(stain[window][component].mean()) - median
     if contrast < MIN_CONTRAST:
         raise NoCellFound(
             f"strongest stained object is faint (contrast {contrast:.1f} < {MIN_CONTRAST:g})"
@@ -137,6 +139,7 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
             f"< {MIN_AREA_FRACTION:g})"
         )
     ys, xs = np.nonzero(component)
+    ys, xs = ys + window[0].start, xs + window[1].start
     # back to input pixels: each analysed pixel covers 1/scale input pixels
     x0, x1 = xs.min() / scale, (xs.max() + 1) / scale
     y0, y1 = ys.min() / scale, (ys.max() + 1) / scale
