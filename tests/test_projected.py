@@ -20,8 +20,12 @@ def test_taps_shapes_and_the_frozen_backbone_is_lpips_alexnet():
     scores = critic(x, y)
     assert scores.shape[0] == 2 and scores.dim() == 2
     # only the heads (and the class embeddings) train; the backbone holds LPIPS's AlexNet
-    trainable = {n for n, p in critic.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in critic.named_parameters()}
     assert trainable and all(n.startswith(("heads.", "outs.", "embeds.")) for n in trainable)
+    # a trainer that re-enables the whole critic after a generator step cannot unfreeze it
+    critic.requires_grad_(True)
+    assert all(n.startswith(("heads.", "outs.", "embeds.")) for n, _ in critic.named_parameters())
+    assert "backbone.0.weight" in critic.state_dict() and "ccm.0.weight" in critic.state_dict()
     reference = LPIPS(device="cpu").net.convs[0].weight
     assert torch.equal(critic.backbone[0].weight, reference)
     with pytest.raises(ValueError, match="needs labels"):

@@ -50,6 +50,15 @@ def _tap_sides(input_side: int, taps: int) -> list[int]:
     return [conv1, pool1, pool2][:taps]
 
 
+def _to_buffers(module: nn.Module) -> None:
+    """Turn every parameter of ``module`` (and its children) into a buffer of the same
+    name and value: still in the state dict and moved by ``.to()``, never trained."""
+    for child in module.modules():
+        for name, parameter in list(child.named_parameters(recurse=False)):
+            delattr(child, name)
+            child.register_buffer(name, parameter.detach().clone())
+
+
 class ProjectedCritic(nn.Module):
     """Scores (N, positions) of an NCHW [-1, 1] batch; a projection critic when
     ``n_classes`` > 0 (``forward`` then needs the labels ``y``). See the module text."""
@@ -100,8 +109,11 @@ class ProjectedCritic(nn.Module):
                 mix.weight.copy_((uniform * 2 - 1) * bound)
                 mix.bias.zero_()
             self.ccm.append(mix)
-        for parameter in list(self.backbone.parameters()) + list(self.ccm.parameters()):
-            parameter.requires_grad_(False)
+        # frozen for good: their weights become buffers, so that no optimizer over
+        # ``parameters()`` and no ``requires_grad_(True)`` of the whole critic (the
+        # trainers re-enable the critic after each generator step) can train them
+        _to_buffers(self.backbone)
+        _to_buffers(self.ccm)
         self.heads = nn.ModuleList()
         self.outs = nn.ModuleList()
         self.embeds = nn.ModuleList() if n_classes > 0 else None
