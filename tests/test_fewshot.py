@@ -575,3 +575,47 @@ def test_dcgan_architecture_meta_trains_resumes_adapts_and_generates(
     assert out.shape == (4, 32, 32, 3) and np.array_equal(
         out, generate_fewshot(generator, code, 4, seed=1)
     )
+
+
+def test_projected_critic_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_path):
+    from hemaflow.models.projected import CodeProjectedCritic
+
+    options = tiny(architecture="dcgan", width=8, critic="projected", projected_input=64)
+    _, _, discriminator = build_networks(options, torch.device("cpu"))
+    assert isinstance(discriminator, CodeProjectedCritic)
+    code = torch.randn(options.code_dim)
+    scores = discriminator(torch.randn(3, 3, 32, 32), code)
+    assert scores.shape[0] == 3 and scores.dim() == 2
+    with pytest.raises(ValueError, match="task code"):
+        discriminator(torch.randn(3, 3, 32, 32))
+    backbone = discriminator.backbone[0].weight.clone()
+
+    images, labels, names = meta_cells
+    args = (images, labels, names, options)
+    assert train_fewshot_meta(*args, tmp_path / "a", tmp_path / "a.pt")["completed"]
+    train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    for name in ("encoder", "generator", "discriminator"):
+        assert _same_state(a[name], b[name]), name
+    # the pretrained backbone is not trained by the Reptile updates
+    assert torch.equal(a["discriminator"]["backbone.0.weight"], backbone)
+    # an adaptation must use the meta model's critic
+    with pytest.raises(ValueError, match="'critic'"):
+        adapt_fewshot(
+            tmp_path / "a.pt",
+            rare_cells,
+            tiny(architecture="dcgan", width=8),
+            tmp_path / "c",
+            tmp_path / "c.pt",
+        )
+    adapt_fewshot(tmp_path / "a.pt", rare_cells, options, tmp_path / "d", tmp_path / "d.pt")
+    generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
+    assert generate_fewshot(generator, code, 2, seed=1).shape == (2, 32, 32, 3)
+
+
+def test_projected_critic_options_are_checked():
+    with pytest.raises(ValueError, match="'critic'"):
+        tiny(critic="vgg")
+    with pytest.raises(ValueError, match="'projected_taps'"):
+        tiny(critic="projected", projected_taps=0)

@@ -163,3 +163,53 @@ class ProjectedCritic(nn.Module):
                 score = score + (self.embeds[k](y)[:, :, None, None] * h).sum(dim=1, keepdim=True)
             logits.append(score.flatten(1))
         return torch.cat(logits, dim=1)
+
+
+class CodeProjectedCritic(ProjectedCritic):
+    """The few-shot GAN's projected discriminator: per-position logits (N, positions),
+    plus ``<W code, h>`` at each position (projection on the task code) when
+    ``code_dim`` > 0. Same interface as ``FewShotDiscriminator`` and ``CodeDCCritic``."""
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        width: int = 32,
+        code_dim: int = 0,
+        taps: int = 3,
+        input_side: int = 128,
+        pretrained: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(
+            image_size=image_size,
+            width=width,
+            n_classes=0,
+            taps=taps,
+            input_side=input_side,
+            pretrained=pretrained,
+            seed=seed,
+        )
+        if not isinstance(code_dim, int) or code_dim < 0:
+            raise ValueError(f"CodeProjectedCritic: code_dim must be an int >= 0, got {code_dim!r}")
+        self.code_dim = code_dim
+        self.code_embeds = (
+            nn.ModuleList(nn.Linear(code_dim, out.in_channels, bias=False) for out in self.outs)
+            if code_dim > 0
+            else None
+        )
+
+    def forward(self, images: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if self.code_embeds is not None:
+            if code is None:
+                raise ValueError("CodeProjectedCritic: conditioned on a task code, none given")
+            if code.dim() == 1:
+                code = code.unsqueeze(0)
+        logits = []
+        for k, (tap, head, out) in enumerate(zip(self.features(images), self.heads, self.outs)):
+            h = head(tap)
+            score = out(h)
+            if self.code_embeds is not None:
+                embedded = self.code_embeds[k](code.to(h.dtype))[:, :, None, None]
+                score = score + (embedded * h).sum(dim=1, keepdim=True)
+            logits.append(score.flatten(1))
+        return torch.cat(logits, dim=1)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hemaflow.models.dcgan import CodeDCCritic, CodeDCGenerator
+from hemaflow.models.projected import CodeProjectedCritic
 from hemaflow.models.fewshot import (
     FewShotDiscriminator,
     FewShotGenerator,
@@ -57,6 +58,9 @@ from hemaflow.train.losses import lsgan_critic_loss, lsgan_generator_loss
 from hemaflow.train.options import TrainingOptions
 
 LOSSES = ("hinge", "lsgan")
+# own: the architecture's discriminator; projected: hemaflow.models.projected (a frozen
+# pretrained AlexNet under small trainable heads)
+CRITICS = ("own", "projected")
 # fastgan: the study's FastGAN generator and spectral-norm discriminator; dcgan: the small
 # DCGAN-shaped networks of hemaflow.models.dcgan (a fraction of the cost on a CPU)
 ARCHITECTURES = ("fastgan", "dcgan")
@@ -76,7 +80,17 @@ LOSS_COLUMNS = (
     "seconds",
 )
 # options that fix the networks' shapes: an adaptation must use the meta model's
-ARCHITECTURE = ("image_size", "width", "code_dim", "noise_dim", "projection", "architecture")
+ARCHITECTURE = (
+    "image_size",
+    "width",
+    "code_dim",
+    "noise_dim",
+    "projection",
+    "architecture",
+    "critic",
+    "projected_taps",
+    "projected_input",
+)
 # options of the other stage: changing them does not change this stage's run
 META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
 ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support", "snapshots"})
@@ -107,6 +121,9 @@ class FewShotOptions(TrainingOptions):
     noise_dim: int = 128
     projection: bool = True
     architecture: str = "fastgan"
+    critic: str = "own"
+    projected_taps: int = 3
+    projected_input: int = 128
     shots: int = 10
     batch_size: int = 8
     meta_iterations: int = 20_000
@@ -132,12 +149,15 @@ class FewShotOptions(TrainingOptions):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "loss": LOSSES,
         "architecture": ARCHITECTURES,
+        "critic": CRITICS,
     }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
             "width",
             "code_dim",
             "noise_dim",
+            "projected_taps",
+            "projected_input",
             "shots",
             "batch_size",
             "meta_iterations",
@@ -164,6 +184,10 @@ class FewShotOptions(TrainingOptions):
                 parse_policy(value)
             except ValueError as exc:
                 return str(exc)
+        if name == "projected_taps" and value not in (1, 2, 3):
+            return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
+        if name == "projected_input" and value < 63:
+            return "must be >= 63 (AlexNet's relu3 needs it)"
         return super().check_field(name, value)
 
 
@@ -238,11 +262,21 @@ def build_networks(
         code_dim=options.code_dim,
         noise_dim=options.noise_dim,
     )
-    discriminator = discriminator_class(
-        image_size=options.image_size,
-        width=options.width,
-        code_dim=options.code_dim if options.projection else 0,
-    )
+    if options.critic == "projected":
+        discriminator = CodeProjectedCritic(
+            image_size=options.image_size,
+            width=options.width,
+            code_dim=options.code_dim if options.projection else 0,
+            taps=options.projected_taps,
+            input_side=options.projected_input,
+            seed=options.seed,
+        )
+    else:
+        discriminator = discriminator_class(
+            image_size=options.image_size,
+            width=options.width,
+            code_dim=options.code_dim if options.projection else 0,
+        )
     return encoder.to(device), generator.to(device), discriminator.to(device)
 
 
