@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hemaflow.models.dcgan import CodeDCCritic, CodeDCGenerator
-from hemaflow.models.projected import CodeProjectedCritic
 from hemaflow.models.fewshot import (
     FewShotDiscriminator,
     FewShotGenerator,
@@ -42,6 +41,7 @@ from hemaflow.models.fewshot import (
     diff_augment,
     parse_policy,
 )
+from hemaflow.models.projected import CodeProjectedCritic
 from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.loop import (
     RESUMABLE_CHANGES,
