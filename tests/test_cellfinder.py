@@ -195,3 +195,15 @@ def test_otsu_splits_two_modes():
     counts[255 + 60] = 50  # nuclei around stain 60
     threshold = _otsu_of_counts(counts)
     assert -20 < threshold < 60
+
+
+def test_the_grown_mask_is_scipys_maximum_filter():
+    from scipy import ndimage
+
+    from hemaflow.data.cellfinder import _grow
+
+    rng = np.random.default_rng(2)
+    for radius in (1, 2, 3):
+        mask = rng.random((23, 31)) < 0.05
+        expected = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1) > 0
+        assert np.array_equal(_grow(mask, radius), expected)

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from hemaflow.dedup.groups import find_duplicates
 from hemaflow.dedup.verify import shift_correlation
@@ -265,3 +266,16 @@ def test_crops_cut_from_frames_are_contained_in_them(tmp_path):
         crop, frame = f"crops:neutrophil/cut_{name}", f"frames:neutrophil/{name}"
         assert merged.loc[crop, "split"] == merged.loc[frame, "split"]
         assert merged.loc[crop, "split_group"] == merged.loc[frame, "split_group"]
+
+
+def test_phash_thresholds_at_numpys_median():
+    """The hash's median is np.median's (mean of the two middle coefficients)."""
+    from hemaflow.dedup.phash import _BIT_WEIGHTS, _DCT, phash
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        gray = Image.fromarray(image).convert("L").resize((32, 32), Image.Resampling.BOX)
+        low = _DCT @ np.asarray(gray, dtype=np.float64) @ _DCT.T
+        bits = (low > np.median(low)).ravel()
+        assert phash(image) == np.uint64(np.bitwise_or.reduce(_BIT_WEIGHTS[bits]))

@@ -92,6 +92,21 @@ def _order_statistic(cumulative: np.ndarray, rank: int) -> float:
     return (int(np.searchsorted(cumulative, rank, side="right")) - 510) / 2.0
 
 
+def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
+    """A boolean mask dilated by a (2 radius + 1) square: ``ndimage.maximum_filter`` of
+    it (whose reflected border adds nothing to a maximum), as shifted maxima along each
+    axis, which costs a fraction of the filter's on images this small."""
+    rows = mask.copy()
+    for shift in range(1, radius + 1):
+        rows[shift:] |= mask[:-shift]
+        rows[:-shift] |= mask[shift:]
+    grown = rows.copy()
+    for shift in range(1, radius + 1):
+        grown[:, shift:] |= rows[:, :-shift]
+        grown[:, :-shift] |= rows[:, shift:]
+    return grown
+
+
 def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     """The white cell's nucleus in an RGB image; raises :class:`NoCellFound`."""
     if isinstance(image, np.ndarray):
@@ -119,7 +134,7 @@ def find_cell(image: Image.Image | np.ndarray) -> CellLocation:
     # grow the mask by a square (separable: cheap) so that the lobes of one nucleus fall
     # into one component; the component itself is the stained pixels it gathers
     radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
-    grown = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1)
+    grown = _grow(mask, radius)
     labels, count = ndimage.label(grown)
     # each group's stain above the threshold (the excess is zero off the mask)
     weight = np.bincount(labels[mask], weights=stain[mask] - threshold, minlength=count + 1)[1:]
