@@ -583,11 +583,10 @@ def test_projected_critic_route_trains_and_resumes_bit_identically(
     pbc32, classifier_file, tmp_path
 ):
     options = tiny_gan(
-        **FAST,
+        **{**FAST, "r1_gamma": 0.0},
         critic="projected",
         critic_conditioning="projection",
         projected_input=64,
-        r1_gamma=0.0,
     )
     args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
     straight = train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
@@ -598,6 +597,19 @@ def test_projected_critic_route_trains_and_resumes_bit_identically(
     )
     resumed = train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", tmp_path / "b.csv")
     assert resumed["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_minibatch_std_critic_trains_and_resumes_bit_identically(pbc32, classifier_file, tmp_path):
+    with pytest.raises(ValueError, match="'minibatch_std'"):
+        tiny_gan(**FAST, minibatch_std=1)
+    options = tiny_gan(**FAST, minibatch_std=2)
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    assert train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt")["completed"]
+    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
     a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
     b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -115,3 +115,18 @@ def test_a_cwgan_step_runs_with_every_penalty_and_critic(penalty, conditioning, 
         losses = model.train_iteration()
     assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
     assert float(losses["gp"]) > 0
+
+
+def test_minibatch_std_sees_a_collapsed_batch():
+    from hemaflow.models.dcgan import _group_std
+
+    torch.manual_seed(0)
+    varied = torch.randn(8, 6, 4, 4)
+    collapsed = varied[:1].expand(8, 6, 4, 4)
+    assert _group_std(collapsed, 4).max() < 1e-3 < _group_std(varied, 4).min()
+    # 6 rows in groups of at most 4: groups of 3
+    assert _group_std(torch.randn(6, 2, 4, 4), 4).shape == (6, 1, 4, 4)
+    critic = DCCritic(image_size=32, width=4, minibatch_std=4)
+    assert critic(torch.randn(5, 3, 32, 32)).shape == (5, 1)
+    with pytest.raises(ValueError, match="minibatch_std"):
+        DCCritic(image_size=32, width=4, minibatch_std=1)

@@ -97,13 +97,31 @@ class DCGenerator(nn.Module):
         return torch.tanh(self.to_rgb(self.act(self.norms[-1](x, y))))
 
 
+def _group_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """(N, 1, H, W): per image, the standard deviation of the features over its group of
+    ``group`` images (the batch split into groups in order; a batch that does not divide
+    evenly uses its largest divisor <= group), averaged over channels and positions."""
+    n = h.shape[0]
+    size = max(d for d in range(1, min(group, n) + 1) if n % d == 0)
+    grouped = h.float().reshape(size, n // size, *h.shape[1:])
+    std = (grouped.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+    return std.to(h.dtype).repeat(size)[:, None, None, None].expand(n, 1, *h.shape[2:])
+
+
 class DCCritic(nn.Module):
     """Critic score per image (no sigmoid); a projection critic when ``n_classes`` > 0
     (``forward`` then needs the labels ``y``)."""
 
-    def __init__(self, image_size: int = 64, width: int = 32, n_classes: int = 0):
+    def __init__(
+        self, image_size: int = 64, width: int = 32, n_classes: int = 0, minibatch_std: int = 0
+    ):
         super().__init__()
         _check(type(self).__name__, image_size, width)
+        if not isinstance(minibatch_std, int) or minibatch_std < 0 or minibatch_std == 1:
+            raise ValueError(
+                f"{type(self).__name__}: minibatch_std must be 0 (off) or a group size >= 2, "
+                f"got {minibatch_std!r}"
+            )
         stages = int(math.log2(image_size // START))
         layers: list[nn.Module] = []
         c_in = 3
@@ -117,11 +135,30 @@ class DCCritic(nn.Module):
         self.body = nn.Sequential(*layers)
         self.image_size = image_size
         self.n_classes = n_classes
+        # ProGAN's minibatch standard deviation (Karras et al. 2018): the spread of the
+        # 4 x 4 features over a group of images enters as one more channel, so that a
+        # batch of near-identical fakes (mode collapse) is told from varied real images
+        self.minibatch_std = minibatch_std
+        self.group_conv = (
+            nn.Sequential(
+                nn.Conv2d(c_in + 1, c_in, kernel_size=3, padding=1),
+                nn.LeakyReLU(SLOPE, inplace=True),
+            )
+            if minibatch_std
+            else None
+        )
         self.out = nn.Linear(c_in, 1)
         self.projection = nn.Embedding(n_classes, c_in) if n_classes > 0 else None
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features (N, channels) that the score is read from."""
+        h = self.body(x)
+        if self.group_conv is not None:
+            h = self.group_conv(torch.cat([h, _group_std(h, self.minibatch_std)], dim=1))
+        return h.sum(dim=(2, 3))
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(x).sum(dim=(2, 3))
+        h = self.features(x)
         out = self.out(h)
         if self.projection is not None:
             if y is None:
@@ -175,7 +212,7 @@ class CodeDCCritic(DCCritic):
         self.embed = nn.Linear(code_dim, features, bias=False) if code_dim > 0 else None
 
     def forward(self, images: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        h = self.body(images).sum(dim=(2, 3))
+        h = self.features(images)
         out = self.out(h).squeeze(1)
         if self.embed is not None:
             if code is None:

@@ -108,6 +108,7 @@ class CWGANOptions(TrainingOptions):
     critic_conditioning: str = "none"
     architecture: str = "residual"
     critic: str = "own"
+    minibatch_std: int = 0
     projected_taps: int = 3
     projected_input: int = 128
     loss: str = "wgan"
@@ -186,6 +187,8 @@ class CWGANOptions(TrainingOptions):
             return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
         if name == "projected_input" and value < 63:
             return "must be >= 63 (AlexNet's relu3 needs it)"
+        if name == "minibatch_std" and (value < 0 or value == 1):
+            return "must be 0 (off) or a group size >= 2"
         return super().check_field(name, value)
 
     @property
@@ -274,7 +277,12 @@ def build_critic(
             seed=options.seed,
         )
     if options.architecture == "dcgan":
-        return DCCritic(image_size=options.image_size, width=options.width, n_classes=projection)
+        return DCCritic(
+            image_size=options.image_size,
+            width=options.width,
+            n_classes=projection,
+            minibatch_std=options.minibatch_std,
+        )
     return ResidualCritic(
         1,
         image_size=options.image_size,
