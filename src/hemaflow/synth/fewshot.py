@@ -113,7 +113,9 @@ class FewShotOptions(TrainingOptions):
     discriminator sees the task code by projection. ``amp`` (float16 autocast + gradient
     scaling) is used only on CUDA. ``snapshots``: how many copies of the adapted generator
     (with its task code) the adaptation keeps, at evenly spaced iterations up to the last
-    (0 = none; ``hemaflow.train.snapshots``)."""
+    (0 = none; ``hemaflow.train.snapshots``). ``critic="projected"``: the discriminator
+    is ``hemaflow.models.projected.CodeProjectedCritic`` (frozen ImageNet AlexNet taps,
+    trainable heads, projection on the task code) instead of the architecture's own."""
 
     image_size: int = 128
     width: int = 32
