@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -197,13 +198,217 @@ def test_otsu_splits_two_modes():
     assert -20 < threshold < 60
 
 
-def test_the_grown_mask_is_scipys_maximum_filter():
+def _layout_stack(masks: np.ndarray, pad: int):
+    """Boolean (B, H, W) masks in the finder's flat layout (padding False)."""
+    from hemaflow.data.cellfinder import _Layout
+
+    layout = _Layout(*masks.shape, pad)
+    flat, images = layout.array("test_mask", bool)
+    flat[:] = False
+    images[:] = masks
+    return layout, flat.copy()
+
+
+def test_the_grown_stack_is_each_images_maximum_filter():
     from scipy import ndimage
 
     from hemaflow.data.cellfinder import _grow
 
     rng = np.random.default_rng(2)
-    for radius in (1, 2, 3):
-        mask = rng.random((23, 31)) < 0.05
-        expected = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1) > 0
-        assert np.array_equal(_grow(mask, radius), expected)
+    for radius, shape in ((1, (3, 23, 31)), (2, (4, 9, 40)), (3, (2, 31, 23)), (3, (1, 5, 5))):
+        masks = rng.random(shape) < 0.05
+        masks[0, 0, :] |= rng.random(shape[2]) < 0.5  # stained pixels on the edges
+        masks[-1, :, -1] |= rng.random(shape[1]) < 0.5
+        layout, flat = _layout_stack(masks, radius)
+        grown, work = np.empty_like(flat), np.empty_like(flat)
+        _grow(flat, layout, grown, work)
+        blocks = grown[1:].reshape(shape[0], shape[1] + radius, shape[2] + radius)
+        for mask, block in zip(masks, blocks):
+            expected = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1) > 0
+            assert np.array_equal(block[: shape[1], : shape[2]], expected)
+            assert not block[shape[1] :].any() and not block[:, shape[2] :].any()
+        assert not grown[0]
+
+
+def test_run_components_are_ndimage_labels_in_scan_order(monkeypatch):
+    """The components found from the grown mask's runs are scipy's default 2-D labels,
+    numbered alike, image after image; and they are renumbered so should csgraph ever
+    number its components in another order."""
+    from scipy import ndimage
+    from scipy.sparse import csgraph
+
+    from hemaflow.data.cellfinder import _components, _runs
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((5, 30, 41)) < 0.45
+    masks[2] = False  # an empty image between others
+    layout, flat = _layout_stack(masks, 1)
+    starts, ends = _runs(flat, np.empty(len(flat) - 1, bool))
+    labels, offset = [], 0
+    for mask in masks:
+        image_labels, count = ndimage.label(mask)
+        labels.append(np.where(image_labels > 0, image_labels + offset, 0))
+        offset += count
+    expected = np.stack(labels)
+    position = starts - 1  # flat index -> layout position
+    image, rest = position // layout.block, position % layout.block
+    run_labels = expected[image, rest // layout.stride, rest % layout.stride]
+    assert np.array_equal(_components(starts, ends, layout.stride) + 1, run_labels)
+    assert np.array_equal(ends - starts, np.diff(np.flatnonzero(np.diff(flat)))[0::2])
+
+    connected = csgraph.connected_components
+
+    def reversed_numbers(graph, directed):
+        count, numbers = connected(graph, directed=directed)
+        return count, count - 1 - numbers
+
+    monkeypatch.setattr(csgraph, "connected_components", reversed_numbers)
+    assert np.array_equal(_components(starts, ends, layout.stride) + 1, run_labels)
+
+
+def _reference_find_cell(image):
+    """The finder as it was before stacks (one image at a time, scipy's label and a
+    float stain map): the batched finder must give exactly its results."""
+    from scipy import ndimage
+
+    from hemaflow.data.cellfinder import (
+        ANALYSIS_SIDE,
+        CLOSING_FRACTION,
+        MIN_AREA_FRACTION,
+        MIN_CONTRAST,
+        PEAK_FRACTION,
+        CellLocation,
+    )
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    width, height = image.size
+    scale = 1.0 if max(width, height) <= 1.5 * ANALYSIS_SIDE else ANALYSIS_SIDE / max(width, height)
+    small = image.convert("RGB")
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = small.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(small).astype(np.int16)
+    twice = pixels[..., 0] + pixels[..., 2] - 2 * pixels[..., 1]
+    counts = np.bincount((twice.ravel() + 510).astype(np.intp), minlength=1022)[:1022]
+    cumulative = np.cumsum(counts)
+
+    def order(rank):
+        return (int(np.searchsorted(cumulative, rank, side="right")) - 510) / 2.0
+
+    median, peak = order((twice.size - 1) // 2), order(int(round(0.995 * (twice.size - 1))))
+    whole = counts.reshape(511, 2).sum(axis=1)
+    centres = np.arange(511, dtype=np.float64) - 255.0 + 0.5
+    below = np.cumsum(whole)
+    above = below[-1] - below
+    sum_below = np.cumsum(whole * centres)
+    mean_below = sum_below / np.maximum(below, 1)
+    mean_above = (sum_below[-1] - sum_below) / np.maximum(above, 1)
+    otsu = float(centres[np.argmax(below * above * (mean_below - mean_above) ** 2)])
+    threshold = max(otsu, PEAK_FRACTION * peak)
+    stain = twice.astype(np.float32) * 0.5
+    mask = stain > threshold
+    if not mask.any():
+        return "no stained object (flat image)"
+    radius = max(1, round(CLOSING_FRACTION * max(stain.shape)))
+    grown = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1) > 0
+    labels, count = ndimage.label(grown)
+    weight = np.bincount(labels[mask], weights=stain[mask] - threshold, minlength=count + 1)[1:]
+    best = int(np.argmax(weight)) + 1
+    window = ndimage.find_objects(labels, max_label=best)[best - 1]
+    component = (labels[window] == best) & mask[window]
+    area_fraction = float(np.count_nonzero(component)) / mask.size
+    contrast = float(stain[window][component].mean()) - median
+    if contrast < MIN_CONTRAST:
+        return f"strongest stained object is faint (contrast {contrast:.1f} < {MIN_CONTRAST:g})"
+    if area_fraction < MIN_AREA_FRACTION:
+        return (
+            f"strongest stained object is a speck ({area_fraction:.4f} of the image "
+            f"< {MIN_AREA_FRACTION:g})"
+        )
+    ys, xs = np.nonzero(component)
+    ys, xs = ys + window[0].start, xs + window[1].start
+    x0, x1 = xs.min() / scale, (xs.max() + 1) / scale
+    y0, y1 = ys.min() / scale, (ys.max() + 1) / scale
+    return CellLocation((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0), contrast)
+
+
+def _mixed_real_images() -> list:
+    """Real images of every shared lab at their analysed sizes (pbc drafted to 112 px
+    as ingest decodes it, bccd frames, Tecom, raabin frames), faded copies (faint), a
+    blank and a speckled frame, a noise array: mixed sizes, in no particular order."""
+    root = require_shared_datasets()
+    images: list = []
+    for path in _every(sorted(root.glob("pbc/*/*.jpg")), 48):
+        with Image.open(path) as image:
+            image.draft("RGB", (112, 112))
+            images.append(image.convert("RGB"))
+    for pattern, count in (
+        ("bccd/Original_Images/*.jpg", 10),
+        ("zheng_tecom/**/*.bmp", 10),
+        ("raabin_frames/images/*.jpg", 4),
+    ):
+        for path in _every(sorted(root.glob(pattern)), count):
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+    for image in images[:12:2]:
+        pixels = np.asarray(image).astype(float)
+        images.append((pixels * 0.2 + 255 * 0.8).astype(np.uint8))
+    speckled = np.full((112, 112, 3), 225, np.uint8)
+    speckled[50:52, 60:62] = (150, 60, 170)
+    images += [Image.new("RGB", (120, 120), (230, 230, 230)), speckled]
+    images.append(np.random.default_rng(0).integers(200, 215, (120, 120, 3), dtype=np.uint8))
+    order = np.random.default_rng(1).permutation(len(images))
+    return [images[k] for k in order]
+
+
+def test_the_batched_finder_equals_the_one_image_finder_on_every_lab():
+    """find_cells on a mixed-size batch (several stacks of one size, each over its
+    pixel budget) gives exactly what the one-image finder, old and new, gives: the same
+    floats and the same reasons for no cell."""
+    from hemaflow.data.cellfinder import find_cells
+
+    images = _mixed_real_images()
+    expected = [_reference_find_cell(image) for image in images]
+    kinds = {
+        type(result).__name__ if not isinstance(result, str) else result[:30] for result in expected
+    }
+    assert len(kinds) >= 4, kinds  # found, flat, faint and speck all occur
+    batched = find_cells(images)
+    for image, want, got in zip(images, expected, batched):
+        if isinstance(want, str):
+            assert isinstance(got, NoCellFound) and got.reason == want
+            with pytest.raises(NoCellFound, match=re.escape(want)):
+                find_cell(image)
+        else:
+            assert repr(got) == repr(want)
+            assert repr(find_cell(image)) == repr(want)
+
+
+def test_the_ingest_batch_gives_process_items_rows_one_by_one(tmp_path: Path):
+    """Decoding a batch, finding its cells in one call, then cropping gives the rows
+    and images of process_item called file by file, quarantines included."""
+    from hemaflow.data.ingest import process_item, process_items
+
+    root = require_shared_datasets()
+    folder = tmp_path / "lab" / "cells"
+    folder.mkdir(parents=True)
+    sources = _every(sorted(root.glob("pbc/*/*.jpg")), 12) + _every(
+        sorted((root / "bccd" / "Original_Images").glob("*.jpg")), 4
+    )
+    for number, source in enumerate(sources):
+        shutil.copy(source, folder / f"{number:02d}{source.suffix}")
+    Image.fromarray(np.full((90, 90, 3), 225, np.uint8)).save(folder / "05blank.png")
+    (folder / "07broken.jpg").write_bytes(b"not an image")
+    items = list_dataset(tmp_path / "lab", {"layout": "imagefolder"}, (".jpg", ".png"))
+    items.append(SourceItem(rel_path="cells/gone.jpg", source_label="cells"))
+    options = _cell_options(tmp_path / "lab", 60.0)
+    one_by_one = [process_item(item, options) for item in items]
+    batched = process_items(items, options)
+    codes = [row["reason_code"] for results in batched for row, _ in results]
+    assert {"no_cell_found", "not_an_image", "missing_file"} <= set(codes), codes
+    assert len(batched) == len(one_by_one) == len(items)
+    for want, got in zip(one_by_one, batched):
+        assert [row for row, _ in got] == [row for row, _ in want]
+        for (_, image), (_, expected) in zip(got, want):
+            assert (image is None and expected is None) or np.array_equal(image, expected)

@@ -14,8 +14,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.data.cellfinder import NoCellFound, find_cell, reference_extent
-from hemaflow.data.decode import RejectedImage, content_hash, decode_image, read_bytes
+from hemaflow.data.cellfinder import (
+    CellLocation,
+    NoCellFound,
+    find_cells,
+    reference_extent,
+)
+from hemaflow.data.decode import (
+    DecodedImage,
+    RejectedImage,
+    content_hash,
+    decode_image,
+    read_bytes,
+)
 from hemaflow.data.geometry import (
     Box,
     center_square_box,
@@ -108,6 +119,50 @@ def process_item(
     item: SourceItem, options: IngestOptions
 ) -> list[tuple[dict[str, Any], np.ndarray | None]]:
     """Decode one source file once; return a (row, cached image or None) per crop."""
+    return process_items([item], options)[0]
+
+
+# Decoded images waiting for their white cell hold up to this many pixels in all: more
+# are searched (and cropped) before the next file is decoded.
+_PENDING_PIXELS = 1 << 24
+
+
+def process_items(
+    items: list[SourceItem], options: IngestOptions
+) -> list[list[tuple[dict[str, Any], np.ndarray | None]]]:
+    """:func:`process_item` of each item, in phases: decode the files, find the white
+    cells of those cropped at their cell with one :func:`find_cells` call (much cheaper
+    than one call an image), then crop. The results are process_item's one by one."""
+    results: list[list[tuple[dict[str, Any], np.ndarray | None]]] = [[] for _ in items]
+    pending: list[tuple[int, _Decoded]] = []
+    pixels = 0
+    for index, item in enumerate(items):
+        state = _decode_item(item, options)
+        if not isinstance(state, _Decoded):
+            results[index] = state
+        elif item.boxes is None and options.crop == "cell":
+            pending.append((index, state))
+            pixels += state.decoded.image.width * state.decoded.image.height
+            if pixels > _PENDING_PIXELS:
+                _crop_at_cells(pending, options, results)
+                pending, pixels = [], 0
+        else:
+            results[index] = _crops(state, options, None)
+    _crop_at_cells(pending, options, results)
+    return results
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    item: SourceItem
+    sha: str
+    decoded: DecodedImage
+
+
+def _decode_item(
+    item: SourceItem, options: IngestOptions
+) -> _Decoded | list[tuple[dict[str, Any], np.ndarray | None]]:
+    """The decoded file, or its quarantined row when it cannot be used."""
     if item.rejection is not None:
         return [(_quarantine(_row(item, options), *item.rejection), None)]
     path = str(Path(options.root) / item.rel_path)
@@ -123,6 +178,26 @@ def process_item(
     except RejectedImage as exc:
         row = _row(item, options)
         return [(_quarantine(row, exc.code, exc.message), None)]
+    return _Decoded(item, sha, decoded)
+
+
+def _crop_at_cells(pending: list[tuple[int, _Decoded]], options: IngestOptions, results) -> None:
+    """Find the white cells of the ``pending`` decoded files and crop them, into their
+    places in ``results``."""
+    if not pending:
+        return
+    assert options.cell_reference is not None, "cell_reference is set before ingest"
+    cells = find_cells([state.decoded.image for _, state in pending])
+    for (index, state), cell in zip(pending, cells):
+        results[index] = _crops(state, options, cell)
+
+
+def _crops(
+    state: _Decoded, options: IngestOptions, cell: CellLocation | NoCellFound | None
+) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+    """A (row, cached image or None) per crop of a decoded file; ``cell``: its white
+    cell (crop: cell, no boxes)."""
+    item, sha, decoded = state.item, state.sha, state.decoded
     common = dict(
         sha256=sha,
         width=decoded.width,
@@ -135,12 +210,13 @@ def process_item(
     scale_x = decoded.image.width / width
     scale_y = decoded.image.height / height
     if item.boxes is None and options.crop == "cell":
-        try:
-            box = _cell_box(decoded.image, scale_x, options)
-        except NoCellFound as exc:
+        assert cell is not None
+        if isinstance(cell, NoCellFound):
             row = _row(item, options, **common)
-            return [(_quarantine(row, "no_cell_found", f"no white cell found: {exc.reason}"), None)]
-        crops: list[tuple[Box, str, str]] = [(box, sha, "")]
+            return [
+                (_quarantine(row, "no_cell_found", f"no white cell found: {cell.reason}"), None)
+            ]
+        crops: list[tuple[Box, str, str]] = [(_cell_box(cell, scale_x, options), sha, "")]
     elif item.boxes is None:
         crops = [(center_square_box(width, height), sha, "")]
     else:
@@ -163,11 +239,10 @@ def process_item(
     return results
 
 
-def _cell_box(image, scale: float, options: IngestOptions) -> Box:
-    """The square crop (stored pixels) centred on the white cell of a decoded image that
-    is ``scale`` times the stored size."""
+def _cell_box(location: CellLocation, scale: float, options: IngestOptions) -> Box:
+    """The square crop (stored pixels) centred on the white cell ``location`` of a
+    decoded image that is ``scale`` times the stored size."""
     assert options.cell_reference is not None, "cell_reference is set before ingest"
-    location = find_cell(image)
     side = options.cell_crop_factor * options.cell_reference
     x0, y0, x1, y1 = location.square_box(side * scale)
     # back to stored pixels, keeping the square exactly square
@@ -207,7 +282,7 @@ def _init_worker(options: IngestOptions) -> None:
 
 def _process_batch(batch: list[SourceItem]) -> tuple[list[list[dict[str, Any]]], np.ndarray | None]:
     assert _worker_options is not None
-    return _pack([process_item(item, _worker_options) for item in batch])
+    return _pack(process_items(batch, _worker_options))
 
 
 def _pack(results: list[list[tuple[dict[str, Any], np.ndarray | None]]]):
@@ -313,16 +388,37 @@ def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 CELL_REFERENCE_SAMPLE = 200
 
 
-def _sample_extent(item: SourceItem) -> float | None:
-    """The nucleus extent (stored pixels) of one sampled item, None if it has none."""
+def _sample_extents(batch: list[SourceItem]) -> list[float | None]:
+    """The nucleus extent (stored pixels) of each sampled item, None where it has none;
+    their cells found a stack at a time (:func:`find_cells`)."""
     options = _worker_options
     assert options is not None
-    try:
-        data = read_bytes(str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s)
-        decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
-        return find_cell(decoded.image).extent * decoded.width / decoded.image.width
-    except (RejectedImage, NoCellFound):
-        return None
+    found: list[float | None] = [None] * len(batch)
+    pending: list[tuple[int, DecodedImage]] = []
+
+    def search() -> None:
+        cells = find_cells([decoded.image for _, decoded in pending])
+        for (slot, decoded), cell in zip(pending, cells):
+            if not isinstance(cell, NoCellFound):
+                found[slot] = cell.extent * decoded.width / decoded.image.width
+        pending.clear()
+
+    pixels = 0
+    for index, item in enumerate(batch):
+        try:
+            data = read_bytes(
+                str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s
+            )
+            decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
+        except RejectedImage:
+            continue
+        pending.append((index, decoded))
+        pixels += decoded.image.width * decoded.image.height
+        if pixels > _PENDING_PIXELS:
+            search()
+            pixels = 0
+    search()
+    return found
 
 
 def measure_cell_reference(
@@ -340,11 +436,14 @@ def measure_cell_reference(
         candidates = [candidates[k] for k in picks]
     if workers <= 1 or len(candidates) < 2 * _SAMPLE_CHUNK:
         _init_worker(options)
-        found = [_sample_extent(item) for item in candidates]
+        found = _sample_extents(candidates)
     else:
+        chunks = [
+            candidates[k : k + _SAMPLE_CHUNK] for k in range(0, len(candidates), _SAMPLE_CHUNK)
+        ]
         context = multiprocessing.get_context("fork")
         with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-            found = pool.map(_sample_extent, candidates, chunksize=_SAMPLE_CHUNK)
+            found = [extent for chunk in pool.map(_sample_extents, chunks) for extent in chunk]
     extents = [extent for extent in found if extent is not None]
     try:
         return reference_extent(extents)
