@@ -31,12 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hemaflow.metrics._weights import load_numpy_pickle
-from hemaflow.metrics.lpips import CHANNELS, AlexNetFeatures, alexnet_backbone_path
-
 SLOPE = 0.2
-# AlexNet layer index (in ``AlexNetFeatures.features``) after which each tap is taken.
-_TAP_LAYERS = AlexNetFeatures.TAPS
 MAX_TAPS = 3
 # Each head reduces its tap to at most this many positions a side.
 HEAD_SIDE = 8
@@ -88,15 +83,21 @@ class ProjectedCritic(nn.Module):
         self.n_classes = n_classes
         self.taps = taps
         self.input_side = input_side
+        # imported here: hemaflow.metrics pulls in scipy, which the networks alone (and
+        # bench_gpu_presets.py on a bare GPU machine) do without
+        from hemaflow.metrics._weights import load_numpy_pickle
+        from hemaflow.metrics.lpips import CHANNELS, AlexNetFeatures, alexnet_backbone_path
+
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
         backbone = AlexNetFeatures()
         if pretrained:
             weights = load_numpy_pickle(Path(backbone_path or alexnet_backbone_path()))
             backbone.load_flax(weights["AlexNet_0"])
-        # keep the layers up to the last tap used
-        self.backbone = nn.Sequential(*list(backbone.features)[: _TAP_LAYERS[taps - 1] + 1])
-        self._tap_layers = set(_TAP_LAYERS[:taps])
+        # the layers up to the last tap used (TAPS: the layer index after each relu)
+        last = AlexNetFeatures.TAPS[taps - 1]
+        self.backbone = nn.Sequential(*list(backbone.features)[: last + 1])
+        self._tap_layers = set(AlexNetFeatures.TAPS[:taps])
         # random, frozen cross-channel mixing (drawn from its own generator: the same
         # projection for the same seed, whatever the global RNG state)
         generator = torch.Generator().manual_seed(seed)
