@@ -94,12 +94,10 @@ class CWGANOptions(TrainingOptions):
     width 64. ``iterations`` counts generator steps. ``amp`` (float16 autocast +
     GradScaler) is used only on CUDA; the gradient penalty stays in float32. ``snapshots``:
     how many copies of G_ema to keep, at evenly spaced generator steps up to the last
-    (0 = none; ``hemaflow.train.snapshots``). ``minibatch_std``: a group size (>= 2) turns
-    on ProGAN's minibatch standard deviation in the ``dcgan`` critic (0 = off).
-    ``critic="projected"`` replaces the architecture's critic by
-    ``hemaflow.models.projected.ProjectedCritic`` (a frozen ImageNet AlexNet to relu
-    ``projected_taps``, input resized to ``projected_input`` px, trainable heads of
-    ``width`` channels); docs/synthesis.md has what it did at the CPU budget."""
+    (0 = none). ``minibatch_std``: a group size (>= 2) for ProGAN's minibatch standard
+    deviation in the ``dcgan`` critic (0 = off). ``critic="projected"``: the critic is
+    ``hemaflow.models.projected.ProjectedCritic`` (``projected_taps``, ``projected_input``;
+    docs/synthesis.md has what it did at the CPU budget)."""
 
     image_size: int = 64
     z_dim: int = 128
