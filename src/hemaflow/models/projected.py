@@ -33,6 +33,20 @@ from torch import nn
 
 SLOPE = 0.2
 MAX_TAPS = 3
+# a GAN's ``critic`` option: its architecture's own critic, or the projected one here
+CRITICS = ("own", "projected")
+
+
+def check_projected_option(name: str, value) -> str | None:
+    """The problem with a ``projected_taps`` / ``projected_input`` option value, or None
+    (the options classes of both GANs call this)."""
+    if name == "projected_taps" and value not in (1, 2, 3):
+        return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
+    if name == "projected_input" and value < 63:
+        return "must be >= 63 (AlexNet's relu3 needs it)"
+    return None
+
+
 # Each head reduces its tap to at most this many positions a side.
 HEAD_SIDE = 8
 
@@ -153,17 +167,24 @@ class ProjectedCritic(nn.Module):
                 taps.append(h)
         return [mix(t) for mix, t in zip(self.ccm, taps, strict=True)]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embeds is not None and y is None:
-            raise ValueError(f"{type(self).__name__}: a projection critic needs labels y")
+    def scores(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        """Every head's per-position logits, concatenated: (N, positions). ``condition(k,
+        h)``, if given, is head k's (N, channels) projection vector for its features h."""
         logits = []
         for k, (tap, head, out) in enumerate(zip(self.features(x), self.heads, self.outs)):
             h = head(tap)
             score = out(h)
-            if self.embeds is not None:
-                score = score + (self.embeds[k](y)[:, :, None, None] * h).sum(dim=1, keepdim=True)
+            if condition is not None:
+                score = score + (condition(k, h)[:, :, None, None] * h).sum(dim=1, keepdim=True)
             logits.append(score.flatten(1))
         return torch.cat(logits, dim=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embeds is None:
+            return self.scores(x)
+        if y is None:
+            raise ValueError(f"{type(self).__name__}: a projection critic needs labels y")
+        return self.scores(x, lambda k, h: self.embeds[k](y))
 
 
 class CodeProjectedCritic(ProjectedCritic):
@@ -200,17 +221,10 @@ class CodeProjectedCritic(ProjectedCritic):
         )
 
     def forward(self, images: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if self.code_embeds is not None:
-            if code is None:
-                raise ValueError("CodeProjectedCritic: conditioned on a task code, none given")
-            if code.dim() == 1:
-                code = code.unsqueeze(0)
-        logits = []
-        for k, (tap, head, out) in enumerate(zip(self.features(images), self.heads, self.outs)):
-            h = head(tap)
-            score = out(h)
-            if self.code_embeds is not None:
-                embedded = self.code_embeds[k](code.to(h.dtype))[:, :, None, None]
-                score = score + (embedded * h).sum(dim=1, keepdim=True)
-            logits.append(score.flatten(1))
-        return torch.cat(logits, dim=1)
+        if self.code_embeds is None:
+            return self.scores(images)
+        if code is None:
+            raise ValueError("CodeProjectedCritic: conditioned on a task code, none given")
+        if code.dim() == 1:
+            code = code.unsqueeze(0)
+        return self.scores(images, lambda k, h: self.code_embeds[k](code.to(h.dtype)))

@@ -36,7 +36,7 @@ from torch import nn
 from hemaflow.models.cwgan import CRITIC_CONDITIONINGS, CWGANGenerator, ResidualCritic
 from hemaflow.models.dcgan import DCCritic, DCGenerator
 from hemaflow.models.fewshot import diff_augment, parse_policy
-from hemaflow.models.projected import ProjectedCritic
+from hemaflow.models.projected import CRITICS, ProjectedCritic, check_projected_option
 from hemaflow.synth.real_classifier import check_image_size, load_real_classifier
 from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import MovingAverage
@@ -80,7 +80,6 @@ CWGAN_FILE_KIND = "cwgan"
 ARCHITECTURES = ("residual", "dcgan")
 LOSSES = ("wgan", "hinge")
 PENALTIES = ("gp", "r1")
-CRITICS = ("own", "projected")
 
 
 # ------------------------------------------------------------------------------- options
@@ -186,10 +185,8 @@ class CWGANOptions(TrainingOptions):
                 parse_policy(value)
             except ValueError as error:
                 return str(error)
-        if name == "projected_taps" and value not in (1, 2, 3):
-            return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
-        if name == "projected_input" and value < 63:
-            return "must be >= 63 (AlexNet's relu3 needs it)"
+        if problem := check_projected_option(name, value):
+            return problem
         if name == "minibatch_std" and (value < 0 or value == 1):
             return "must be 0 (off) or a group size >= 2"
         return super().check_field(name, value)

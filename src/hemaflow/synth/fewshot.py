@@ -41,7 +41,7 @@ from hemaflow.models.fewshot import (
     diff_augment,
     parse_policy,
 )
-from hemaflow.models.projected import CodeProjectedCritic
+from hemaflow.models.projected import CRITICS, CodeProjectedCritic, check_projected_option
 from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.loop import (
     RESUMABLE_CHANGES,
@@ -58,9 +58,6 @@ from hemaflow.train.losses import lsgan_critic_loss, lsgan_generator_loss
 from hemaflow.train.options import TrainingOptions
 
 LOSSES = ("hinge", "lsgan")
-# own: the architecture's discriminator; projected: hemaflow.models.projected (a frozen
-# pretrained AlexNet under small trainable heads)
-CRITICS = ("own", "projected")
 # fastgan: the study's FastGAN generator and spectral-norm discriminator; dcgan: the small
 # DCGAN-shaped networks of hemaflow.models.dcgan (a fraction of the cost on a CPU)
 ARCHITECTURES = ("fastgan", "dcgan")
@@ -186,10 +183,8 @@ class FewShotOptions(TrainingOptions):
                 parse_policy(value)
             except ValueError as exc:
                 return str(exc)
-        if name == "projected_taps" and value not in (1, 2, 3):
-            return "must be 1, 2 or 3 (AlexNet's relu1..relu3)"
-        if name == "projected_input" and value < 63:
-            return "must be >= 63 (AlexNet's relu3 needs it)"
+        if problem := check_projected_option(name, value):
+            return problem
         return super().check_field(name, value)
 
 
