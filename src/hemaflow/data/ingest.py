@@ -299,16 +299,24 @@ def _pack(results: list[list[tuple[dict[str, Any], np.ndarray | None]]]):
     return rows, (np.stack(images) if images else None)
 
 
-def _iterate(items: list[SourceItem], options: IngestOptions, workers: int) -> Iterator:
-    """Yields (rows of one item..., stacked images of a batch) in listing order."""
-    batches = [items[k : k + _BATCH] for k in range(0, len(items), _BATCH)]
+def _map_batches(
+    function, items: list[SourceItem], size: int, options: IngestOptions, workers: int
+) -> Iterator:
+    """``function`` of each batch of ``size`` items, in order: in this process with one
+    worker, else in a pool of forked workers that hold ``options``."""
+    batches = [items[k : k + size] for k in range(0, len(items), size)]
     if workers <= 1:
         _init_worker(options)
-        yield from (_process_batch(batch) for batch in batches)
+        yield from (function(batch) for batch in batches)
         return
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-        yield from pool.imap(_process_batch, batches)
+        yield from pool.imap(function, batches)
+
+
+def _iterate(items: list[SourceItem], options: IngestOptions, workers: int) -> Iterator:
+    """Yields (rows of one item..., stacked images of a batch) in listing order."""
+    return _map_batches(_process_batch, items, _BATCH, options, workers)
 
 
 def ingest_dataset(
@@ -435,15 +443,14 @@ def measure_cell_reference(
         picks = np.linspace(0, len(candidates) - 1, sample).round().astype(int)
         candidates = [candidates[k] for k in picks]
     if workers <= 1 or len(candidates) < 2 * _SAMPLE_CHUNK:
-        _init_worker(options)
-        found = _sample_extents(candidates)
+        workers, size = 1, max(1, len(candidates))
     else:
-        chunks = [
-            candidates[k : k + _SAMPLE_CHUNK] for k in range(0, len(candidates), _SAMPLE_CHUNK)
-        ]
-        context = multiprocessing.get_context("fork")
-        with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-            found = [extent for chunk in pool.map(_sample_extents, chunks) for extent in chunk]
+        size = _SAMPLE_CHUNK
+    found = [
+        extent
+        for chunk in _map_batches(_sample_extents, candidates, size, options, workers)
+        for extent in chunk
+    ]
     extents = [extent for extent in found if extent is not None]
     try:
         return reference_extent(extents)
