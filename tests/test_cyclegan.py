@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from hemaflow.models.cyclegan import (
+    NearestUpsampleConv,
     PatchCritic,
     PixelCritic,
     ResnetGenerator,
@@ -123,6 +124,29 @@ def test_unet_generator_shapes(upsample, size):
     assert out.shape == (2, 3, size, size)
     assert out.abs().max() <= 1.0
     assert len(net.downs) == int(np.log2(size))  # down to a 1x1 bottleneck
+
+
+@pytest.mark.parametrize("side", [1, 2, 5, 8, 16])
+def test_nearest_upsample_conv_is_upsampling_then_a_reflect_padded_conv(side):
+    """The sub-pixel form equals the plain one, forward and backward, at every size
+    (below min_side it is the plain form itself), and holds the plain form's parameters."""
+    torch.manual_seed(side)
+    fast = NearestUpsampleConv(6, 5)
+    plain = nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(6, 5, kernel_size=3, padding=1, padding_mode="reflect"),
+    )
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 6, side, side + 3, requires_grad=True)
+    weight = torch.randn(3, 5, 2 * side, 2 * side + 6)
+    out_fast, out_plain = fast(x), plain(x)
+    assert out_fast.shape == out_plain.shape == (3, 5, 2 * side, 2 * side + 6)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    grads_fast = torch.autograd.grad((out_fast * weight).sum(), [x, *fast.parameters()])
+    grads_plain = torch.autograd.grad((out_plain * weight).sum(), [x, *plain.parameters()])
+    for g_fast, g_plain in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-4)
 
 
 def test_unet_rejects_sizes_that_are_not_powers_of_two():

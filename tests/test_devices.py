@@ -11,6 +11,7 @@ import pytest
 from hemaflow import devices
 from hemaflow.devices import DEVICE_ENV, FAKE_COUNT_ENV, claim_device, resolve_device
 from hemaflow.jobs import retry_options, start_job
+from hemaflow.metrics.feature_store import STORE_ENV
 from hemaflow.train.cyclegan import CycleGANOptions
 
 
@@ -114,6 +115,7 @@ def test_resolve_device_reads_the_claim(monkeypatch):
 
 def test_start_job_logs_claims_and_retry_halves_the_batch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(STORE_ENV, raising=False)  # start_job sets it: undone after the test
     monkeypatch.delenv(DEVICE_ENV, raising=False)
     monkeypatch.setenv(FAKE_COUNT_ENV, "1")
     job = SimpleNamespace(

@@ -40,10 +40,15 @@ def _resource(job: Any, name: str, default: int) -> int:
 
 
 def start_job(job: Any) -> DeviceClaim:
-    """Logging into the job's log, ``torch`` limited to the job's threads, and the job's
-    device (see ``hemaflow.devices``): a GPU slot when the rule asks for ``gpu``, the CPU
-    otherwise."""
+    """Logging into the job's log, ``torch`` limited to the job's threads, image features
+    kept in the state folder (``hemaflow.metrics.feature_store``; unless
+    ``HEMAFLOW_FEATURE_STORE`` says otherwise), and the job's device (see
+    ``hemaflow.devices``): a GPU slot when the rule asks for ``gpu``, the CPU otherwise."""
     import torch
+
+    from hemaflow.metrics.feature_store import STORE_ENV
+
+    os.environ.setdefault(STORE_ENV, str((state_root() / "features").absolute()))
 
     logs = list(getattr(job, "log", []) or [])
     logger = setup_logging(logs[0] if logs else None)

