@@ -13,7 +13,12 @@ import pytest
 
 import hemaflow.normalize.cyclegan as cyclegan_module
 from hemaflow.normalize.apply import normalize_domain
-from hemaflow.normalize.decide import decide_pair, decide_pair_files, read_decisions
+from hemaflow.normalize.decide import (
+    decide_pair,
+    decide_pair_files,
+    decide_without_cyclegan,
+    read_decisions,
+)
 from hemaflow.normalize.evaluate import collect_metrics
 from hemaflow.normalize.reinhard import ReinhardNormalizer
 
@@ -237,3 +242,28 @@ def test_metrics_table_flags_and_decisions(tmp_path):
     assert table.loc["raabin_to_pbc", "decision"] == "reinhard"
     assert table.loc["bccd_to_pbc", "decision"] == "cyclegan"
     assert (table["decision_val_images"] == 17).all()
+
+
+def test_an_unlabelled_lab_without_a_cyclegan_gets_the_fallback(tmp_path):
+    """normalization.unlabelled fallback: the pair's decision file names the fallback and
+    why, the table leaves its CycleGAN columns empty, and the fallback is what its images
+    get; with fallback none there is nothing to give them."""
+    out = tmp_path / "raabin_to_pbc.json"
+    decision = decide_without_cyclegan("raabin", "pbc", "macenko", str(out))
+    assert json.loads(out.read_text()) == decision
+    assert decision["method"] == "macenko" and decision["kid_cyclegan"] is None
+    assert "raabin has no cell-type labels" in decision["rule"]
+    assert read_decisions({"raabin_to_pbc": str(out)}) == {"raabin_to_pbc": "macenko"}
+    with pytest.raises(ValueError, match="normalization.fallback reinhard or macenko"):
+        decide_without_cyclegan("raabin", "pbc", "none", str(out))
+    metrics = []
+    for pair, kids in (("bccd_to_pbc", (0.13, 0.118, 0.110)), ("raabin_to_pbc", (0.27, 0.25))):
+        path = tmp_path / f"metrics_{pair}.json"
+        values = dict(zip(("kid_raw", "kid_reinhard", "kid_cyclegan"), kids))
+        path.write_text(json.dumps({"pair": pair, **values}))
+        metrics.append(str(path))
+    table = collect_metrics(metrics, str(tmp_path / "metrics.csv"), [str(out)])
+    table = table.set_index("pair")
+    assert pd.isna(table.loc["raabin_to_pbc", "cyclegan_worse_than_reinhard"])
+    assert table.loc["bccd_to_pbc", "cyclegan_worse_than_reinhard"] == False  # noqa: E712
+    assert table.loc["raabin_to_pbc", "decision"] == "macenko"

@@ -215,8 +215,17 @@ def test_normalization_outputs(workflow_run):
     target = plan["target"]
     metrics = pd.read_csv(results / "normalization" / "metrics.csv")
     assert sorted(metrics["pair"]) == sorted(f"{a}_to_{b}" for a, b in plan["pairs"])
-    for column in ("fid_raw", "fid_reinhard", "fid_cyclegan", "kid_raw", "ssim_reconstruction"):
+    # raabin has no cell-type labels: with normalization.unlabelled fallback (the default)
+    # no CycleGAN is trained for it, its images get the fallback
+    trained = [(a, b) for a, b in plan["pairs"] if a != "raabin"]
+    assert ["raabin", target] in plan["pairs"] and len(trained) == len(plan["pairs"]) - 1
+    assert not (results / "normalization" / "cyclegan" / f"raabin_to_{target}").exists()
+    with_model = metrics["pair"].isin([f"{a}_to_{b}" for a, b in trained])
+    for column in ("fid_raw", "fid_reinhard", "kid_raw"):
         assert metrics[column].notna().all() and (metrics[column] != float("inf")).all()
+    for column in ("fid_cyclegan", "ssim_reconstruction", "cyclegan_worse_than_reinhard"):
+        assert metrics.loc[with_model, column].notna().all()
+        assert metrics.loc[~with_model, column].isna().all()
     assert (metrics["split"] == "test").all()
     metrics = metrics.set_index("pair")
     # per pair: CycleGAN or the fallback (reinhard), decided on validation images only
@@ -225,18 +234,22 @@ def test_normalization_outputs(workflow_run):
         decision = json.loads(
             (results / "normalization" / "decisions" / f"{a}_to_{b}.json").read_text()
         )
-        assert decision["pair"] == f"{a}_to_{b}" and decision["split"] == "val"
-        assert decision["fallback"] == "reinhard"
+        assert decision["pair"] == f"{a}_to_{b}" and decision["fallback"] == "reinhard"
+        row = metrics.loc[f"{a}_to_{b}"]
+        assert row["decision"] == decision["method"]
+        decided[a] = decision["method"]
+        if (a, b) not in trained:
+            assert decision["method"] == "reinhard" and decision["kid_cyclegan"] is None
+            assert "no cell-type labels" in decision["rule"]
+            continue
+        assert decision["split"] == "val"
         worse = decision["kid_cyclegan"] > decision["kid_fallback"]
         assert decision["method"] == ("reinhard" if worse else "cyclegan"), decision
         for domain, n in ((a, decision["source_images"]), (b, decision["target_images"])):
             index = pd.read_parquet(results / "cache" / domain / "index.parquet")
             assert n == min(20, (index["split"] == "val").sum())  # metrics_max_images
-        row = metrics.loc[f"{a}_to_{b}"]
-        assert row["decision"] == decision["method"]
         assert row["decision_kid_cyclegan_val"] == pytest.approx(decision["kid_cyclegan"])
         assert row["cyclegan_worse_than_reinhard"] == (row["kid_cyclegan"] > row["kid_reinhard"])
-        decided[a] = decision["method"]
     for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
         original = np.load(results / "cache" / domain / "images.npy")
         normalized = np.load(results / "normalized" / "cyclegan" / domain / "images.npy")
@@ -249,9 +262,10 @@ def test_normalization_outputs(workflow_run):
             assert not np.array_equal(normalized, original)
             assert (index["normalization"] == decided[domain]).all()
     for a, b in plan["pairs"]:
+        assert (results / "normalization" / "grids" / f"{a}_to_{b}.png").stat().st_size > 5_000
+    for a, b in trained:
         losses = pd.read_csv(results / "normalization" / "cyclegan" / f"{a}_to_{b}" / "losses.csv")
         assert losses["iteration"].max() == 6 and np.isfinite(losses["loss_G"]).all()
-        assert (results / "normalization" / "grids" / f"{a}_to_{b}.png").stat().st_size > 5_000
     log = (workdir / "logs" / "normalization" / "train_cyclegan" / f"{a}_to_{b}.log").read_text()
     assert "cpu" in log
     # a domain's copy waits only for the models that map it: the target's for none (so the
@@ -269,6 +283,18 @@ def test_normalization_outputs(workflow_run):
         inputs = block.split("input:", 1)[1].split("\n", 1)[0]
         models = sorted(p.split("/")[-2] for p in inputs.split(", ") if p.endswith("model.pt"))
         assert models == ([] if domain == target else ["bccd_to_pbc"]), (domain, inputs)
+    # normalization.unlabelled cyclegan: raabin's CycleGAN is trained and decided on
+    result = snakemake(
+        workdir,
+        "-n",
+        "--config",
+        "normalization={'unlabelled': 'cyclegan'}",
+        "--",
+        "results/normalized/cyclegan/raabin/images.npy",
+    )
+    jobs = dry_run_jobs(result)
+    for rule in ("train_cyclegan", "normalization_decision"):
+        assert (rule, f"source=raabin, target={target}") in jobs, (rule, sorted(jobs))
 
 
 def test_synthesis_outputs(workflow_run):

@@ -121,18 +121,41 @@ def pair_model(source, target):
     return f"{RESULTS}/normalization/cyclegan/{source}_to_{target}/model.pt"
 
 
-def normalize_domain_models(wildcards):
-    """The CycleGANs that map this domain's images onto their destinations (none for the
-    target itself: its copy need not wait for any model)."""
-    if wildcards.method != "cyclegan":
-        return {}
+def has_cyclegan(source, target):
+    """Whether the pair (oriented source -> target) trains a CycleGAN. Not when its source
+    lab has no cell-type labels and ``normalization.unlabelled`` is fallback: nothing
+    downstream trains or is tested on those images, so they get the fallback's classical
+    method (and its decision file says so)."""
+    if NORMALIZATION["method"] != "cyclegan":
+        return False
+    return not (
+        NORMALIZATION["unlabelled"] == "fallback"
+        and NORMALIZATION["fallback"] != "none"
+        and source not in LABELLED_DOMAINS
+    )
+
+
+def domain_pairs(wildcards):
+    """The plan's pairs whose model maps this domain's images (none for the target
+    itself: its copy need not wait for any model)."""
     plan = read_plan()
     domain = wildcards.domain
     wanted = set(plan_destinations(plan, domain))
-    return {
-        f"{a}_to_{b}": pair_model(a, b)
+    return [
+        (a, b)
         for a, b in plan["pairs"]
         if (a == domain and b in wanted) or (b == domain and a in wanted)
+    ]
+
+
+def normalize_domain_models(wildcards):
+    """The CycleGANs that map this domain's images onto their destinations."""
+    if wildcards.method != "cyclegan":
+        return {}
+    return {
+        f"{a}_to_{b}": pair_model(a, b)
+        for a, b in domain_pairs(wildcards)
+        if has_cyclegan(a, b)
     }
 
 
@@ -141,12 +164,11 @@ def pair_decision(source, target):
 
 
 def normalize_domain_decisions(wildcards):
-    """With the CycleGAN: the decision (CycleGAN or fallback) of each pair whose model
-    maps this domain's images."""
-    return {
-        name: pair_decision(*name.split("_to_", 1))
-        for name in normalize_domain_models(wildcards)
-    }
+    """With the CycleGAN: the decision (CycleGAN or fallback) of each pair that maps this
+    domain's images."""
+    if wildcards.method != "cyclegan":
+        return {}
+    return {f"{a}_to_{b}": pair_decision(a, b) for a, b in domain_pairs(wildcards)}
 
 
 def normalize_domain_stats(wildcards):
@@ -199,7 +221,7 @@ def normalization_metrics_inputs(wildcards):
         "target_index": f"{RESULTS}/cache/{wildcards.target}/index.parquet",
         "stats": f"{RESULTS}/normalization/reinhard/{wildcards.target}/stats.json",
     }
-    if NORMALIZATION["method"] == "cyclegan":
+    if has_cyclegan(wildcards.source, wildcards.target):
         inputs["model"] = pair_model(wildcards.source, wildcards.target)
     return inputs
 
@@ -208,9 +230,9 @@ def normalization_decision_inputs(wildcards):
     """The pair's caches (validation rows are read), its CycleGAN and the fallback's
     statistics of the target; nothing with fallback none (no comparison to make)."""
     fallback = NORMALIZATION["fallback"]
-    if fallback == "none":
-        return {}
     source, target = wildcards.source, wildcards.target
+    if fallback == "none" or not has_cyclegan(source, target):
+        return {}
     return {
         "source_images": f"{RESULTS}/cache/{source}/images.npy",
         "source_index": f"{RESULTS}/cache/{source}/index.parquet",

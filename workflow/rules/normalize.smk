@@ -62,7 +62,8 @@ rule fit_classical:
 
 rule normalization_decision:
     """Per pair: the CycleGAN, or the fallback when it maps the source lab's VALIDATION
-    images further from the target's (KID) than the fallback does."""
+    images further from the target's (KID) than the fallback does; the fallback for an
+    unlabelled source lab without a CycleGAN (normalization.unlabelled)."""
     input:
         unpack(normalization_decision_inputs),
     output:
@@ -80,6 +81,7 @@ rule normalization_decision:
     params:
         fallback=NORMALIZATION["fallback"],
         max_images=NORMALIZATION["metrics_max_images"],
+        cyclegan=lambda wildcards: has_cyclegan(wildcards.source, wildcards.target),
     script:
         "../scripts/normalization_decision.py"
 

@@ -161,6 +161,40 @@ def decide_pair_files(
     return decision
 
 
+def decide_without_cyclegan(source: str, target: str, fallback: str, out_json: str) -> dict:
+    """The decision of a pair that trains no CycleGAN: its source lab has no cell-type
+    labels and ``normalization.unlabelled`` is ``fallback`` (its translated images would
+    feed only the report), so its images get the fallback; written like any decision."""
+    if fallback not in FALLBACKS[1:]:
+        raise ValueError(
+            f"{source}_to_{target}: a pair without a CycleGAN needs normalization.fallback "
+            f"reinhard or macenko, got {fallback!r}"
+        )
+    decision = {
+        "pair": f"{source}_to_{target}",
+        "source": source,
+        "target": target,
+        "method": fallback,
+        "fallback": fallback,
+        "split": None,
+        "source_images": 0,
+        "target_images": 0,
+        "kid_cyclegan": None,
+        "kid_std_cyclegan": None,
+        "kid_fallback": None,
+        "kid_std_fallback": None,
+        "rule": (
+            f"{source} has no cell-type labels and normalization.unlabelled is fallback: "
+            f"no CycleGAN trained, its images get {fallback}"
+        ),
+    }
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_json, "w") as handle:
+        json.dump(decision, handle, indent=2)
+    log.info("%s: %s", decision["pair"], decision["rule"])
+    return decision
+
+
 def read_decisions(paths: Mapping[str, str]) -> dict[str, str]:
     """pair name -> the method its images get, from decision files (pair name -> path)."""
     methods = {}

@@ -164,7 +164,9 @@ def collect_metrics(
             rows.append(json.load(handle))
     table = pd.DataFrame(rows)
     if not table.empty and "kid_cyclegan" in table:
-        table["cyclegan_worse_than_reinhard"] = table["kid_cyclegan"] > table["kid_reinhard"]
+        worse = table["kid_cyclegan"] > table["kid_reinhard"]
+        # a pair without a CycleGAN (an unlabelled source lab) has nothing to compare
+        table["cyclegan_worse_than_reinhard"] = worse.where(table["kid_cyclegan"].notna())
     decisions = []
     for path in decision_paths or []:
         with open(path) as handle:
