@@ -63,3 +63,10 @@ def test_gan_step_bench_quick_prints_the_ratios():
     assert ratios[2].startswith("few-shot GAN")
     for line in ratios:
         assert float(line.split("ratio ours/reference ")[1].split()[0]) > 0
+
+
+def test_cyclegan_step_bench_quick_prints_the_ratio():
+    out = run_bench("bench_cyclegan_step.py", "--quick", absent=ABSENT)
+    ratio = [line for line in out.splitlines() if "ratio ours/reference" in line]
+    assert len(ratio) == 1 and ratio[0].startswith("CycleGAN cpu preset, 32 px"), out
+    assert float(ratio[0].split("ratio ours/reference ")[1].split()[0]) > 0
