@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import mmap
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -141,7 +142,7 @@ def _decode_item(
     """The decoded file, or its quarantined row when it cannot be used."""
     if item.rejection is not None:
         return [(_quarantine(_row(item, options), *item.rejection), None)]
-    path = str(Path(options.root) / item.rel_path)
+    path = os.path.join(options.root, item.rel_path)
     try:
         data = read_bytes(path, timeout_s=options.read_timeout_s)
         sha = content_hash(data)
@@ -410,7 +411,7 @@ def _sample_extents(batch: list[SourceItem]) -> list[float | None]:
     for index, item in enumerate(batch):
         try:
             data = read_bytes(
-                str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s
+                os.path.join(options.root, item.rel_path), timeout_s=options.read_timeout_s
             )
             decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
         except RejectedImage:
