@@ -31,7 +31,6 @@ from hemaflow.data.ingest import (
     QUARANTINE_COLUMNS,
     IngestOptions,
     ingest_dataset,
-    manifest_frame,
     options_from_config,
     process_item,
     quarantine_table,
@@ -39,6 +38,7 @@ from hemaflow.data.ingest import (
     write_outputs,
 )
 from hemaflow.data.layouts import SourceItem, list_dataset
+from hemaflow.data.manifest import manifest_frame
 from hemaflow.dedup.phash import hamming, phash
 
 # ---------------------------------------------------------------------------- real subset

@@ -323,48 +323,62 @@ def _find_in_stack(rgb: np.ndarray, scales: list[float]) -> list[CellLocation | 
     sizes[found] = areas[best[found]]
     stops = np.cumsum(sizes)
     rows, columns = within // layout.stride, within % layout.stride
-    # each component's bounding box (its pixels are a non-empty run of the picked ones)
+    # each component's bounding box (its pixels are a non-empty run of the picked ones),
+    # and its stain sum (exact in float64, whatever the order: half units, few pixels)
     box = np.zeros((4, count), np.intp)
+    sums = np.zeros(count)
     if found.any():
         parts = (stops - sizes)[found]
         box[0, found] = np.minimum.reduceat(columns, parts)
         box[1, found] = np.maximum.reduceat(columns, parts) + 1
         box[2, found] = np.minimum.reduceat(rows, parts)
         box[3, found] = np.maximum.reduceat(rows, parts) + 1
+        sums[found] = np.add.reduceat(stain.astype(np.float64), parts)
+    # the mean stain as float32's ndarray.mean gives it (the exact sum divided in float64,
+    # rounded to float32), less the image's median
+    contrasts = (sums / np.maximum(sizes, 1)).astype(np.float32) - medians
+    return _locations(box, np.asarray(scales), contrasts, sizes / n, found)
+
+
+def _locations(
+    box: np.ndarray,
+    scales: np.ndarray,
+    contrasts: np.ndarray,
+    area_fractions: np.ndarray,
+    found: np.ndarray,
+) -> list[CellLocation | NoCellFound]:
+    """The cell of each image whose nucleus spans columns box[0]..box[1] and rows
+    box[2]..box[3] (exclusive ends) of the image analysed at ``scales``, or why it has
+    none."""
+    # back to input pixels: each analysed pixel covers 1/scale input pixels (numpy
+    # floats, as the pixel indices of np.nonzero made them)
+    x0, x1, y0, y1 = box / scales
+    centres_x, centres_y = (x0 + x1) / 2, (y0 + y1) / 2
+    extents = np.maximum(x1 - x0, y1 - y0)
     results: list[CellLocation | NoCellFound] = []
-    for b, scale in enumerate(scales):
+    for b in range(len(scales)):
+        contrast, area_fraction = float(contrasts[b]), float(area_fractions[b])
         if not found[b]:
             results.append(NoCellFound("no stained object (flat image)"))
-            continue
-        contrast = float(stain[stops[b] - sizes[b] : stops[b]].mean()) - float(medians[b])
-        area_fraction = float(sizes[b]) / n
-        results.append(_location(box[:, b], scale, contrast, area_fraction))
+        elif contrast < MIN_CONTRAST:
+            results.append(
+                NoCellFound(
+                    f"strongest stained object is faint (contrast {contrast:.1f} "
+                    f"< {MIN_CONTRAST:g})"
+                )
+            )
+        elif area_fraction < MIN_AREA_FRACTION:
+            results.append(
+                NoCellFound(
+                    f"strongest stained object is a speck ({area_fraction:.4f} of the image "
+                    f"< {MIN_AREA_FRACTION:g})"
+                )
+            )
+        else:
+            results.append(
+                CellLocation(cx=centres_x[b], cy=centres_y[b], extent=extents[b], contrast=contrast)
+            )
     return results
-
-
-def _location(
-    box: np.ndarray, scale: float, contrast: float, area_fraction: float
-) -> CellLocation | NoCellFound:
-    """The cell whose nucleus spans columns box[0]..box[1] and rows box[2]..box[3]
-    (exclusive ends) of an image analysed at ``scale``, or why it is not one."""
-    if contrast < MIN_CONTRAST:
-        return NoCellFound(
-            f"strongest stained object is faint (contrast {contrast:.1f} < {MIN_CONTRAST:g})"
-        )
-    if area_fraction < MIN_AREA_FRACTION:
-        return NoCellFound(
-            f"strongest stained object is a speck ({area_fraction:.4f} of the image "
-            f"< {MIN_AREA_FRACTION:g})"
-        )
-    # back to input pixels: each analysed pixel covers 1/scale input pixels (the numpy
-    # integers make numpy floats, as the pixel indices of np.nonzero did)
-    x0, x1, y0, y1 = (value / scale for value in box)
-    return CellLocation(
-        cx=(x0 + x1) / 2,
-        cy=(y0 + y1) / 2,
-        extent=max(x1 - x0, y1 - y0),
-        contrast=contrast,
-    )
 
 
 def reference_extent(extents: list[float] | np.ndarray) -> float:

@@ -4,9 +4,12 @@ write a manifest row for every source file or crop, accepted or quarantined."""
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,36 +39,10 @@ from hemaflow.data.geometry import (
     yolo_square_box,
 )
 from hemaflow.data.layouts import ListingOptions, SourceItem, list_dataset
+from hemaflow.data.manifest import MANIFEST_COLUMNS, manifest_from_columns
 from hemaflow.dedup.phash import phash
 
 log = logging.getLogger(__name__)
-
-MANIFEST_COLUMNS = [
-    "record_id",
-    "image_id",
-    "sha256",
-    "dataset",
-    "domain",
-    "source_path",
-    "source_path_base",
-    "link_target",
-    "source_label",
-    "fine_label",
-    "source_group",
-    "box_x0",
-    "box_y0",
-    "box_x1",
-    "box_y1",
-    "width",
-    "height",
-    "format",
-    "mode",
-    "status",
-    "reason_code",
-    "reason",
-    "cache_index",
-    "phash",
-]
 
 
 @dataclass(frozen=True)
@@ -165,7 +142,7 @@ def _decode_item(
     """The decoded file, or its quarantined row when it cannot be used."""
     if item.rejection is not None:
         return [(_quarantine(_row(item, options), *item.rejection), None)]
-    path = str(Path(options.root) / item.rel_path)
+    path = os.path.join(options.root, item.rel_path)
     try:
         data = read_bytes(path, timeout_s=options.read_timeout_s)
         sha = content_hash(data)
@@ -269,54 +246,105 @@ def _draft_request(item: SourceItem, options: IngestOptions):
     return request
 
 
-# Work is shipped to worker processes in batches whose images come back as one array:
-# one pickle per batch instead of one per image keeps the parent process nearly idle.
+# Work is shipped to worker processes in batches of items. Their images go straight into
+# one array shared with the parent, a slot for every image an item can give (known from
+# the listing), and their rows come back as columns: nothing per image or per row is
+# pickled, and the parent, which shares the machine with the workers, stays nearly idle.
 _BATCH = 64
-_worker_options: IngestOptions | None = None
 
 
-def _init_worker(options: IngestOptions) -> None:
-    global _worker_options
-    _worker_options = options
+@dataclass
+class _WorkerState:
+    options: IngestOptions | None = None
+    images: np.ndarray | None = None  # (slots, S, S, 3) uint8, shared with the parent
 
 
-def _process_batch(batch: list[SourceItem]) -> tuple[list[list[dict[str, Any]]], np.ndarray | None]:
-    assert _worker_options is not None
-    return _pack(process_items(batch, _worker_options))
+_worker = _WorkerState()
 
 
-def _pack(results: list[list[tuple[dict[str, Any], np.ndarray | None]]]):
-    """Rows per item, with ``_image`` numbering the item's images in one stacked array."""
-    rows, images = [], []
-    for item_results in results:
-        item_rows = []
-        for row, image in item_results:
-            row["_image"] = -1 if image is None else len(images)
-            if image is not None:
-                images.append(image)
-            item_rows.append(row)
-        rows.append(item_rows)
-    return rows, (np.stack(images) if images else None)
+def _init_worker(options: IngestOptions | None, images: np.ndarray | None = None) -> None:
+    _worker.options = options
+    _worker.images = images
+
+
+def _image_slots(item: SourceItem) -> int:
+    """The most images ``item`` can give: one per box, else one."""
+    return 1 if item.boxes is None else max(1, len(item.boxes))
+
+
+def _image_array(slots: int, size: int, shared: bool) -> np.ndarray:
+    """An uninitialised (slots, size, size, 3) uint8 array; ``shared``: in memory that
+    forked workers write to and the parent reads."""
+    shape = (slots, size, size, 3)
+    if not shared:
+        return np.empty(shape, np.uint8)
+    nbytes = slots * size * size * 3
+    return np.frombuffer(mmap.mmap(-1, max(1, nbytes)), np.uint8, nbytes).reshape(shape)
+
+
+# the manifest columns a worker fills in (the parent numbers the cached images)
+_ROW_COLUMNS = [c for c in MANIFEST_COLUMNS if c != "cache_index"]
+
+
+def _process_batch(task: tuple[int, list[SourceItem]]) -> tuple[dict[str, list], np.ndarray]:
+    """The rows of a batch whose images start at slot ``first``, as columns, and each
+    row's image slot (-1: none); the images are written to the shared array."""
+    first, batch = task
+    options, images = _worker.options, _worker.images
+    assert options is not None and images is not None
+    rows: list[dict[str, Any]] = []
+    slots: list[int] = []
+    for item, results in zip(batch, process_items(batch, options)):
+        for number, (row, image) in enumerate(results):
+            rows.append(row)
+            if image is None:
+                slots.append(-1)
+            else:
+                images[first + number] = image
+                slots.append(first + number)
+        first += _image_slots(item)
+    return {c: [row[c] for row in rows] for c in _ROW_COLUMNS}, np.array(slots, np.int64)
+
+
+def _batches(items: list[SourceItem], size: int) -> list[list[SourceItem]]:
+    return [items[k : k + size] for k in range(0, len(items), size)]
 
 
 def _map_batches(
-    function, items: list[SourceItem], size: int, options: IngestOptions, workers: int
+    function, tasks: list, options: IngestOptions, workers: int, images: np.ndarray | None = None
 ) -> Iterator:
-    """``function`` of each batch of ``size`` items, in order: in this process with one
-    worker, else in a pool of forked workers that hold ``options``."""
-    batches = [items[k : k + size] for k in range(0, len(items), size)]
+    """``function`` of each task, in order: in this process with one worker, else in a
+    pool of forked workers that hold ``options`` and the shared ``images``."""
     if workers <= 1:
-        _init_worker(options)
-        yield from (function(batch) for batch in batches)
+        _init_worker(options, images)
+        try:
+            yield from (function(task) for task in tasks)
+        finally:
+            _init_worker(None)  # the images are the caller's from here on
         return
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-        yield from pool.imap(function, batches)
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(options, images),
+    )
+    try:
+        yield from pool.map(function, tasks)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
-def _iterate(items: list[SourceItem], options: IngestOptions, workers: int) -> Iterator:
-    """Yields (rows of one item..., stacked images of a batch) in listing order."""
-    return _map_batches(_process_batch, items, _BATCH, options, workers)
+def _place_images(images: np.ndarray, slots: np.ndarray, cached: int) -> np.ndarray:
+    """The cache indices of a batch's rows (-1: no image), numbered from ``cached``; the
+    batch's images are moved from their slots to those places. Slots only grow, so the
+    places lie before any slot still being written."""
+    has_image = slots >= 0
+    used = slots[has_image]
+    indices = np.full(len(slots), -1, np.int64)
+    indices[has_image] = np.arange(cached, cached + len(used))
+    if len(used) and (used[0] != cached or used[-1] != cached + len(used) - 1):
+        images[cached : cached + len(used)] = images[used]
+    return indices
 
 
 def ingest_dataset(
@@ -326,23 +354,23 @@ def ingest_dataset(
     whose row k is the image of the manifest row with ``cache_index == k``."""
     if options.crop == "cell" and options.cell_reference is None:
         options = _with_cell_reference(items, options, workers)
-    rows: list[dict[str, Any]] = []
-    image_batches: list[np.ndarray] = []
-    cached = 0
-    done = 0
+    batches = _batches(items, _BATCH)
+    firsts = np.cumsum([0] + [sum(map(_image_slots, batch)) for batch in batches])
+    images = _image_array(int(firsts[-1]), options.image_size, shared=workers > 1)
+    tasks = [(int(first), batch) for first, batch in zip(firsts, batches)]
+    columns: dict[str, list] = {c: [] for c in _ROW_COLUMNS}
+    cache_indices: list[np.ndarray] = []
+    cached = done = 0
     start = time.monotonic()
     report_every = max(500, len(items) // 20)
     next_report = report_every
-    for batch_rows, batch_images in _iterate(items, options, workers):
-        for item_rows in batch_rows:
-            for row in item_rows:
-                local = row.pop("_image")
-                row["cache_index"] = -1 if local < 0 else cached + local
-                rows.append(row)
-        if batch_images is not None:
-            image_batches.append(batch_images)
-            cached += len(batch_images)
-        done += len(batch_rows)
+    results = _map_batches(_process_batch, tasks, options, workers, images)
+    for batch, (batch_columns, slots) in zip(batches, results):
+        for name, values in batch_columns.items():
+            columns[name].extend(values)
+        cache_indices.append(_place_images(images, slots, cached))
+        cached += int(np.count_nonzero(slots >= 0))
+        done += len(batch)
         if done >= next_report or done == len(items):
             next_report += report_every
             elapsed = time.monotonic() - start
@@ -356,40 +384,8 @@ def ingest_dataset(
                 cached,
                 (len(items) - done) / rate if rate else 0,
             )
-    size = options.image_size
-    if image_batches:
-        cache = np.concatenate(image_batches)
-    else:
-        cache = np.zeros((0, size, size, 3), np.uint8)
-    return manifest_frame(rows), cache
-
-
-def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    # Built apart: pandas would store 64-bit hashes mixed with None as float64 (53 bits).
-    hashes = pd.array([row.get("phash") for row in rows], dtype="UInt64")
-    frame = pd.DataFrame(
-        [{k: v for k, v in row.items() if k != "phash"} for row in rows],
-        columns=[c for c in MANIFEST_COLUMNS if c != "phash"],
-    )
-    frame["phash"] = hashes
-    for column in ("box_x0", "box_y0", "box_x1", "box_y1", "width", "height"):
-        frame[column] = frame[column].astype("Int64")
-    frame["cache_index"] = frame["cache_index"].astype("int64")
-    for column in (
-        "image_id",
-        "sha256",
-        "source_path_base",
-        "link_target",
-        "source_label",
-        "fine_label",
-        "source_group",
-        "format",
-        "mode",
-        "reason_code",
-        "reason",
-    ):
-        frame[column] = frame[column].astype("string")
-    return frame
+    columns["cache_index"] = np.concatenate(cache_indices) if cache_indices else []
+    return manifest_from_columns(columns), images[:cached]
 
 
 # Up to this many images, evenly spaced over the listing, set a dataset's cell scale.
@@ -399,7 +395,7 @@ CELL_REFERENCE_SAMPLE = 200
 def _sample_extents(batch: list[SourceItem]) -> list[float | None]:
     """The nucleus extent (stored pixels) of each sampled item, None where it has none;
     their cells found a stack at a time (:func:`find_cells`)."""
-    options = _worker_options
+    options = _worker.options
     assert options is not None
     found: list[float | None] = [None] * len(batch)
     pending: list[tuple[int, DecodedImage]] = []
@@ -415,7 +411,7 @@ def _sample_extents(batch: list[SourceItem]) -> list[float | None]:
     for index, item in enumerate(batch):
         try:
             data = read_bytes(
-                str(Path(options.root) / item.rel_path), timeout_s=options.read_timeout_s
+                os.path.join(options.root, item.rel_path), timeout_s=options.read_timeout_s
             )
             decoded = decode_image(data, max_pixels=options.max_pixels, formats=options.formats)
         except RejectedImage:
@@ -448,7 +444,7 @@ def measure_cell_reference(
         size = _SAMPLE_CHUNK
     found = [
         extent
-        for chunk in _map_batches(_sample_extents, candidates, size, options, workers)
+        for chunk in _map_batches(_sample_extents, _batches(candidates, size), options, workers)
         for extent in chunk
     ]
     extents = [extent for extent in found if extent is not None]
