@@ -699,11 +699,16 @@ def test_rerun_behaviour(workflow_run):
         assert jobs.get("normalization_metrics", 0) >= 1
     finally:
         write_config(workdir, data_root)
-    # the fallback changes: the decisions and what follows them, no CycleGAN retrained
+    # the fallback changes: the decisions and what follows them, no CycleGAN retrained;
+    # only the unlabelled raabin, which had the fallback instead, now gets one of its own
     write_config(workdir, data_root, **{"normalization.fallback": "none"})
     try:
-        jobs = planned_jobs(snakemake(workdir, "-n"))
-        assert "train_cyclegan" not in jobs and "ingest" not in jobs
+        result = snakemake(workdir, "-n")
+        jobs = planned_jobs(result)
+        assert "ingest" not in jobs and jobs.get("train_cyclegan") == 1
+        target = json.loads((workdir / "results" / "normalization" / "plan.json").read_text())
+        trained = {w for rule, w in dry_run_jobs(result) if rule == "train_cyclegan"}
+        assert trained == {f"source=raabin, target={target['target']}"}, trained
         assert jobs.get("normalization_decision", 0) == 3 and jobs.get("normalize_domain", 0) >= 3
     finally:
         write_config(workdir, data_root)
