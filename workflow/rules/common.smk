@@ -12,7 +12,8 @@ from hemaflow.config import (
     resolve_data_root,
     validate_config,
 )
-from hemaflow.data.layouts import ListingOptions, dataset_input_files
+from hemaflow.data.layouts import dataset_input_files
+from hemaflow.data.listing import ListingOptions
 
 # Our own check first: its messages name the key; then the schema via Snakemake.
 validate_config(config)
