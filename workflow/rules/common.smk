@@ -600,8 +600,8 @@ def rare_study_run_inputs(wildcards):
 
 
 def rare_study_settings(wildcards):
-    """hemaflow.synth.rare_study.RareStudySettings of the config, as a plain dict."""
-    from hemaflow.synth.rare_study import settings_from_config
+    """hemaflow.synth.rare_study_plan.RareStudySettings of the config, as a plain dict."""
+    from hemaflow.synth.rare_study_plan import settings_from_config
 
     return json.loads(canonical_json(settings_from_config(config).as_dict()))
 
