@@ -32,7 +32,8 @@ import torch
 from cli import parse_overrides
 
 from hemaflow.logs import setup_logging
-from hemaflow.synth.rare_study import ARMS, QUICK, RareStudySettings, run_study
+from hemaflow.synth.rare_study import run_study
+from hemaflow.synth.rare_study_plan import ARMS, QUICK, RareStudySettings
 
 SECTIONS = ("classifier", "real_classifier", "cwgan", "fewshot", "quality_gate")
 

@@ -24,14 +24,12 @@ from hemaflow.config import validate_config
 from hemaflow.data.decode import RejectedImage, decode_image, read_bytes
 from hemaflow.data.ingest import IngestOptions, ingest_dataset
 from hemaflow.data.layouts import (
-    LayoutError,
-    ListingOptions,
     dataset_input_files,
     list_dataset,
     read_label_table,
     resolve_in_images_dir,
-    walk_entries,
 )
+from hemaflow.data.listing import LayoutError, ListingOptions, walk_entries
 from hemaflow.errors import ConfigError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")

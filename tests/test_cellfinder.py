@@ -13,7 +13,8 @@ from PIL import Image
 
 from hemaflow.data.cellfinder import NoCellFound, find_cell, reference_extent
 from hemaflow.data.ingest import IngestOptions, ingest_dataset, run_ingest
-from hemaflow.data.layouts import SourceItem, list_dataset, parse_yolo_labels
+from hemaflow.data.layouts import list_dataset, parse_yolo_labels
+from hemaflow.data.listing import SourceItem
 
 from .realdata import require_shared_datasets
 

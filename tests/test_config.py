@@ -149,7 +149,7 @@ def test_rare_study_defaults_and_checks(raw_config):
     """The rare-class study's section: defaults, and its domain and classes checked when
     the default target builds it (else when the target is asked for)."""
     from hemaflow.config import check_rare_study
-    from hemaflow.synth.rare_study import settings_from_config
+    from hemaflow.synth.rare_study_plan import settings_from_config
 
     config = validate_config(copy.deepcopy(raw_config))
     study = config["rare_study"]

@@ -530,7 +530,7 @@ def test_quality_curve_stage_of_the_cwgan(trained, tmp_path):
     and held-out rows of each class (never the test rows)."""
     import pandas as pd
 
-    from hemaflow.synth.stages import quality_curve_stage
+    from hemaflow.synth.metric_stages import quality_curve_stage
     from tests.realdata import pbc_cells
 
     images, names = pbc_cells(11, 64, classes=ROUTED, offset=20)

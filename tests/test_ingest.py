@@ -37,7 +37,8 @@ from hemaflow.data.ingest import (
     run_ingest,
     write_outputs,
 )
-from hemaflow.data.layouts import SourceItem, list_dataset
+from hemaflow.data.layouts import list_dataset
+from hemaflow.data.listing import SourceItem
 from hemaflow.data.manifest import manifest_frame
 from hemaflow.dedup.phash import hamming, phash
 

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hemaflow.data.layouts import (
-    LayoutError,
-    SourceItem,
-    dataset_input_files,
-    list_dataset,
-    parse_yolo_labels,
-)
+from hemaflow.data.layouts import dataset_input_files, list_dataset, parse_yolo_labels
+from hemaflow.data.listing import LayoutError, SourceItem
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

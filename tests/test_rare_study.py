@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 
 from hemaflow.errors import ConfigError
-from hemaflow.synth.rare_study import (
+from hemaflow.synth.rare_study import pending_arms, run_study
+from hemaflow.synth.rare_study_plan import (
     ARMS,
     QUICK,
     RareStudySettings,
     cut_pool,
-    pending_arms,
     result_path,
-    run_study,
     shares,
     study_dir_of,
 )

@@ -18,12 +18,12 @@ from hemaflow import smoke
 from hemaflow.errors import ConfigError
 from hemaflow.summary import headline
 from hemaflow.synth.balance import build_balanced, oversampled_picks
+from hemaflow.synth.metric_stages import validation_metrics_stage
 from hemaflow.synth.quality import GateSettings, real_acceptance
 from hemaflow.synth.stages import (
     balanced_stage,
     gate_real_acceptance_stage,
     train_gate_classifier_stage,
-    validation_metrics_stage,
 )
 from hemaflow.synth.targets import (
     QualityTargets,

@@ -19,7 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hemaflow.data.layouts import LayoutError, format_filename
+from hemaflow.data.layouts import format_filename
+from hemaflow.data.listing import LayoutError
 from hemaflow.errors import ConfigError
 
 SCHEMA_PATH = Path(str(resources.files("hemaflow") / "schemas" / "config.schema.yaml"))

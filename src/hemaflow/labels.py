@@ -60,7 +60,8 @@ def labels_missing_from_class_map(
     """dataset -> sorted labels of listed files that the class map misses, found from
     the listings alone (folder names, label columns, file-name fine labels; nothing is
     decoded), so that a run can stop before any job instead of after ingest and dedup."""
-    from hemaflow.data.layouts import ListingOptions, list_dataset
+    from hemaflow.data.layouts import list_dataset
+    from hemaflow.data.listing import ListingOptions
 
     options = ListingOptions.from_config(dict(config), data_root)
     extensions = tuple(config["ingest"]["extensions"])

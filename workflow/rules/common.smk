@@ -12,7 +12,8 @@ from hemaflow.config import (
     resolve_data_root,
     validate_config,
 )
-from hemaflow.data.layouts import ListingOptions, dataset_input_files
+from hemaflow.data.layouts import dataset_input_files
+from hemaflow.data.listing import ListingOptions
 
 # Our own check first: its messages name the key; then the schema via Snakemake.
 validate_config(config)
@@ -599,8 +600,8 @@ def rare_study_run_inputs(wildcards):
 
 
 def rare_study_settings(wildcards):
-    """hemaflow.synth.rare_study.RareStudySettings of the config, as a plain dict."""
-    from hemaflow.synth.rare_study import settings_from_config
+    """hemaflow.synth.rare_study_plan.RareStudySettings of the config, as a plain dict."""
+    from hemaflow.synth.rare_study_plan import settings_from_config
 
     return json.loads(canonical_json(settings_from_config(config).as_dict()))
 

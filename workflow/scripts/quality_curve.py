@@ -1,5 +1,5 @@
 from hemaflow.jobs import start_job
-from hemaflow.synth.stages import quality_curve_stage
+from hemaflow.synth.metric_stages import quality_curve_stage
 
 start_job(snakemake)
 quality_curve_stage(

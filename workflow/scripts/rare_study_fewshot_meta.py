@@ -1,5 +1,6 @@
 from hemaflow.jobs import start_job
-from hemaflow.synth.rare_study import RareStudySettings, train_study_meta
+from hemaflow.synth.rare_study import train_study_meta
+from hemaflow.synth.rare_study_plan import RareStudySettings
 from hemaflow.synth.stages import read_pool
 
 start_job(snakemake)

@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from hemaflow.jobs import start_job
-from hemaflow.synth.rare_study import RareStudySettings
+from hemaflow.synth.rare_study_plan import RareStudySettings
 from hemaflow.synth.rare_study_report import write_report
 
 start_job(snakemake)

@@ -1,10 +1,7 @@
 from hemaflow.jobs import start_job
 from hemaflow.json_file import write_json
-from hemaflow.synth.rare_study import (
-    RareStudySettings,
-    run_level_seed,
-    study_dir_of,
-)
+from hemaflow.synth.rare_study import run_level_seed
+from hemaflow.synth.rare_study_plan import RareStudySettings, study_dir_of
 from hemaflow.synth.stages import read_pool
 
 start_job(snakemake)

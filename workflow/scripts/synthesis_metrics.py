@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from hemaflow.jobs import start_job
-from hemaflow.synth.stages import metrics_stage
+from hemaflow.synth.metric_stages import metrics_stage
 
 start_job(snakemake)
 samples = {

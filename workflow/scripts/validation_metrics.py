@@ -1,5 +1,5 @@
 from hemaflow.jobs import start_job
-from hemaflow.synth.stages import validation_metrics_stage
+from hemaflow.synth.metric_stages import validation_metrics_stage
 
 start_job(snakemake)
 validation_metrics_stage(

@@ -38,7 +38,8 @@ from hemaflow.data.geometry import (
     scale_box,
     yolo_square_box,
 )
-from hemaflow.data.layouts import ListingOptions, SourceItem, list_dataset
+from hemaflow.data.layouts import list_dataset
+from hemaflow.data.listing import ListingOptions, SourceItem
 from hemaflow.data.manifest import MANIFEST_COLUMNS, manifest_from_columns
 from hemaflow.dedup.phash import phash
 

@@ -29,269 +29,44 @@ the cut leaves whole). Each (arm, level, seed) run writes its result JSON (test-
 sensitivity of every cut class and balanced accuracy, with stratified bootstrap 95 %
 intervals) and is skipped when that JSON exists with the same settings key. The seed
 changes the cut, every generator's and classifier's seed and the generation seed; a
-seed's cuts are nested (its 20 images are among its 50). Tables, chart and the verdict:
-``hemaflow.synth.rare_study_report``."""
+seed's cuts are nested (its 20 images are among its 50). The arms, settings, paths, cut
+and run keys: ``hemaflow.synth.rare_study_plan``; tables, chart and the verdict:
+``hemaflow.synth.rare_study_report``. This module holds the runs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from hemaflow import smoke
 from hemaflow.errors import ConfigError
 from hemaflow.json_file import write_json
 from hemaflow.synth.balance import build_balanced, synthetic_rows
 from hemaflow.synth.generate import gate_summary
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
 from hemaflow.synth.quality import GateSettings
+from hemaflow.synth.rare_study_plan import (
+    ARM_GENERATORS,
+    RareStudySettings,
+    cut_pool,
+    meta_model_path,
+    models_dir,
+    padding_target,
+    pool_digest,
+    read_result,
+    result_path,
+    run_key,
+    seeded,
+    shares,
+)
 from hemaflow.synth.stages import generate_class, pool_state_dir, read_pool
 
 log = logging.getLogger(__name__)
-
-ARMS = ("none", "cwgan", "fewshot", "both")
-# the generators whose images an arm adds, in the order its share is split
-ARM_GENERATORS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "cwgan": ("cwgan",),
-    "fewshot": ("fewshot",),
-    "both": ("cwgan", "fewshot"),
-}
-ARM_LABELS = {
-    "none": "no synthesis",
-    "cwgan": "C-WGAN-GP",
-    "fewshot": "few-shot GAN",
-    "both": "both (half each)",
-}
-_SEQUENCES = ("classes", "levels", "seeds", "arms")
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class RareStudySettings:
-    """What the study is. ``classes``: the classes cut; ``levels``: training images left
-    to each; ``target``: training images of a cut class after padding (``largest``: the
-    largest class's count, the workflow's ``synthesis.target``; or a number);
-    ``large_min``: the few-shot GAN meta-trains on the classes with more training images
-    than this. The option sections are ``{"preset": ..., **overrides}`` of the classifier
-    (``hemaflow.classify``), the real-data classifier (the C-WGAN-GP's third player), the
-    C-WGAN-GP and the few-shot GAN; their ``seed`` is replaced by the run's seed."""
-
-    classes: tuple[str, ...] = ("basophil", "monocyte")
-    levels: tuple[int, ...] = (50, 20)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = ARMS
-    target: int | str = "largest"
-    large_min: int = 1000
-    classifier: dict = field(default_factory=lambda: {"preset": "small"})
-    real_classifier: dict = field(default_factory=lambda: {"preset": "cpu"})
-    cwgan: dict = field(default_factory=lambda: {"preset": "cpu"})
-    fewshot: dict = field(default_factory=lambda: {"preset": "cpu"})
-    quality_gate: dict = field(default_factory=dict)
-    max_candidates_factor: float = 3.0
-    n_boot: int = 1000
-    bootstrap_seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in _SEQUENCES:
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ConfigError(
-                "rare_study.classes", f"expected distinct classes, got {self.classes}"
-            )
-        for name in ("levels", "seeds"):
-            values = getattr(self, name)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise ConfigError(f"rare_study.{name}", f"expected a list of ints, got {values}")
-        if min(self.levels) < 1:
-            raise ConfigError("rare_study.levels", f"every level must be >= 1, got {self.levels}")
-        unknown = [arm for arm in self.arms if arm not in ARMS]
-        if not self.arms or unknown:
-            raise ConfigError("rare_study.arms", f"expected some of {ARMS}, got {self.arms}")
-        if self.target != "largest" and not (
-            isinstance(self.target, int) and not isinstance(self.target, bool) and self.target > 0
-        ):
-            raise ConfigError(
-                "rare_study.target", f"expected 'largest' or a positive count, got {self.target!r}"
-            )
-        GateSettings.from_config(self.quality_gate)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RareStudySettings:
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"rare_study.{key}", f"unknown setting (known: {sorted(known)})")
-        return cls(**dict(values))
-
-    def as_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        for name in _SEQUENCES:
-            values[name] = list(values[name])
-        return values
-
-    def with_changes(self, **changes: Any) -> RareStudySettings:
-        return RareStudySettings.from_dict({**self.as_dict(), **changes})
-
-
-def settings_from_config(config: Mapping[str, Any]) -> RareStudySettings:
-    """The study of a validated workflow config: its ``rare_study`` section with the
-    options of ``synthesis`` (generators, real-data classifier, gate, ``large_min``),
-    ``classifier`` and the bootstrap of ``evaluation``."""
-    study, synthesis = config["rare_study"], config["synthesis"]
-    return RareStudySettings(
-        classes=tuple(study["classes"]),
-        levels=tuple(study["levels"]),
-        seeds=tuple(study["seeds"]),
-        arms=tuple(study["arms"]),
-        target=study["target"],
-        large_min=synthesis["large_min"],
-        classifier=dict(config["classifier"]),
-        real_classifier=dict(synthesis["classifier"]),
-        cwgan=dict(synthesis["cwgan"]),
-        fewshot=dict(synthesis["fewshot"]),
-        quality_gate=dict(synthesis["quality_gate"]),
-        max_candidates_factor=float(synthesis["max_candidates_factor"]),
-        n_boot=config["evaluation"]["n_boot"],
-        bootstrap_seed=config["evaluation"]["seed"],
-    )
-
-
-# A smoke run (hemaflow.smoke): networks and schedules far too small to learn anything,
-# every step of every arm in seconds; the gate lets every candidate through (none would
-# pass).
-QUICK: dict[str, Any] = {
-    "classifier": smoke.CLASSIFIER,
-    "real_classifier": smoke.REAL_CLASSIFIER,
-    "cwgan": smoke.CWGAN,
-    "fewshot": smoke.FEWSHOT,
-    "quality_gate": {"min_confidence": 0.0},
-    "n_boot": 50,
-}
-
-
-# ------------------------------------------------------------------------ where things go
-
-
-def result_path(out_dir: str | Path, arm: str, level: int, seed: int) -> Path:
-    return Path(out_dir) / "runs" / f"level{level}" / f"seed{seed}" / f"{arm}.json"
-
-
-def models_dir(out_dir: str | Path, level: int, seed: int) -> Path:
-    return Path(out_dir) / "models" / f"level{level}" / f"seed{seed}"
-
-
-def meta_model_path(out_dir: str | Path, seed: int) -> Path:
-    return Path(out_dir) / "models" / f"seed{seed}" / "fewshot_meta.pt"
-
-
-def study_dir_of(level_seed_file: str | Path) -> Path:
-    """The study's folder from a file of one (level, seed):
-    ``{out_dir}/runs/level{L}/seed{S}/{file}``."""
-    path = Path(level_seed_file)
-    if path.parent.parent.parent.name != "runs":
-        raise ValueError(f"{path}: not in a study's runs/level*/seed*/ folder")
-    return path.parents[3]
-
-
-# -------------------------------------------------------------------------- data, keys
-
-
-def cut_pool(
-    images: np.ndarray,
-    index: pd.DataFrame,
-    domain: str,
-    classes: Sequence[str],
-    level: int,
-    seed: int,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """The domain's labelled images with each of ``classes`` cut to ``level`` training
-    images (``synthesis.pool.build_pool``; the rest of their training rows ``held_out``)."""
-    have = index.loc[index["split"] == "train", "canonical_class"].value_counts()
-    for name in classes:
-        count = int(have.get(name, 0))
-        if count == 0:
-            raise ConfigError("rare_study.classes", f"{name!r} has no training images in {domain}")
-        if level >= count:
-            raise ConfigError(
-                "rare_study.levels",
-                f"{level} is not below the {count} training images of {name} in {domain}: "
-                "nothing would be cut",
-            )
-    return build_pool({domain: (images, index)}, {name: level for name in classes}, seed)
-
-
-def pool_digest(pool: pd.DataFrame) -> str:
-    """Which images are in which split: part of every run's key."""
-    rows = sorted(
-        f"{r}\t{c}\t{s}"
-        for r, c, s in zip(pool["record_id"], pool["canonical_class"], pool["split"], strict=True)
-    )
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
-
-
-def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest: str) -> str:
-    """What a run's result depends on: changing anything else (another arm's generator,
-    the list of seeds) does not rerun it."""
-    from hemaflow.config import canonical_json
-
-    parts: dict[str, Any] = {
-        "arm": arm,
-        "level": level,
-        "seed": seed,
-        "data": digest,
-        "classes": sorted(settings.classes),
-        "classifier": settings.classifier,
-        "n_boot": settings.n_boot,
-        "bootstrap_seed": settings.bootstrap_seed,
-    }
-    generators = ARM_GENERATORS[arm]
-    if generators:
-        parts |= {
-            "target": settings.target,
-            "quality_gate": settings.quality_gate,
-            "max_candidates_factor": settings.max_candidates_factor,
-        }
-    if "cwgan" in generators:
-        parts |= {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
-    if "fewshot" in generators:
-        parts |= {"fewshot": settings.fewshot, "large_min": settings.large_min}
-    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
-
-
-def read_result(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def seeded(section: Mapping[str, Any], seed: int) -> dict:
-    return {**section, "seed": seed}
-
-
-def padding_target(settings: RareStudySettings, pool: pd.DataFrame) -> int:
-    if settings.target == "largest":
-        return max(train_counts(pool).values())
-    return int(settings.target)
-
-
-def shares(n: int, parts: int) -> list[int]:
-    """``n`` split into ``parts`` near-equal shares, the larger first."""
-    if parts == 0:
-        return []
-    base, extra = divmod(n, parts)
-    return [base + (1 if k < extra else 0) for k in range(parts)]
 
 
 # --------------------------------------------------------------------------- generators

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.synth.rare_study import ARM_LABELS, RareStudySettings
+from hemaflow.synth.rare_study_plan import ARM_LABELS, RareStudySettings
 
 ALL = "all"  # the class of a balanced-accuracy row
 REPORT_FILES = ("runs.csv", "summary.csv", "lift.csv", "summary.md", "chart.png")
