@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hemaflow.json_file import write_json
 from hemaflow.normalize.evaluate import sample_split
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,29 @@ def _kid(features: Transform, real: np.ndarray, fake: np.ndarray, seed: int) -> 
     from hemaflow.metrics import compute_metrics
 
     return compute_metrics("kid", real_features=real, fake_features=features(fake), seed=seed)
+
+
+def _record(
+    method: str, fallback: str, split: str | None, source_images: int, target_images: int
+) -> dict[str, Any]:
+    """A decision's fields, the KIDs not yet measured."""
+    return {
+        "method": method,
+        "fallback": fallback,
+        "split": split,
+        "source_images": source_images,
+        "target_images": target_images,
+        "kid_cyclegan": None,
+        "kid_std_cyclegan": None,
+        "kid_fallback": None,
+        "kid_std_fallback": None,
+    }
+
+
+def _write(decision: dict[str, Any], out_json: str) -> None:
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    write_json(decision, out_json)
+    log.info("%s: %s", decision["pair"], decision["rule"])
 
 
 def decide_pair(
@@ -55,17 +79,9 @@ def decide_pair(
     appearance; ``features``: images -> feature vectors (default: Inception-v3, as FID)."""
     if fallback not in FALLBACKS:
         raise ValueError(f"normalization.fallback: {fallback!r} not in {FALLBACKS}")
-    decision: dict[str, Any] = {
-        "method": "cyclegan",
-        "fallback": fallback,
-        "split": "+".join(DECISION_SPLITS),
-        "source_images": len(source_val),
-        "target_images": len(target_val),
-        "kid_cyclegan": None,
-        "kid_std_cyclegan": None,
-        "kid_fallback": None,
-        "kid_std_fallback": None,
-    }
+    decision = _record(
+        "cyclegan", fallback, "+".join(DECISION_SPLITS), len(source_val), len(target_val)
+    )
     if fallback == "none":
         decision["rule"] = "normalization.fallback is none: the CycleGAN, always"
         return decision
@@ -154,10 +170,7 @@ def decide_pair_files(
             source_val, target_val, cyclegan, fallback, fallback_transform, features, seed
         ),
     }
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    with open(out_json, "w") as handle:
-        json.dump(decision, handle, indent=2)
-    log.info("%s: %s", decision["pair"], decision["rule"])
+    _write(decision, out_json)
     return decision
 
 
@@ -174,24 +187,13 @@ def decide_without_cyclegan(source: str, target: str, fallback: str, out_json: s
         "pair": f"{source}_to_{target}",
         "source": source,
         "target": target,
-        "method": fallback,
-        "fallback": fallback,
-        "split": None,
-        "source_images": 0,
-        "target_images": 0,
-        "kid_cyclegan": None,
-        "kid_std_cyclegan": None,
-        "kid_fallback": None,
-        "kid_std_fallback": None,
+        **_record(fallback, fallback, None, 0, 0),
         "rule": (
             f"{source} has no cell-type labels and normalization.unlabelled is fallback: "
             f"no CycleGAN trained, its images get {fallback}"
         ),
     }
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    with open(out_json, "w") as handle:
-        json.dump(decision, handle, indent=2)
-    log.info("%s: %s", decision["pair"], decision["rule"])
+    _write(decision, out_json)
     return decision
 
 
