@@ -57,6 +57,10 @@ TRAIN_TINY = dict(
     stem_width=8,
     stem_stride=2,
     color_jitter=True,
+    # every augmentation on, so that the bit-identical resume covers their draws
+    stain_augment=0.5,
+    scale_augment=0.3,
+    grayscale_augment=0.3,
     batch_size=6,
     iterations=4,
     warmup_iterations=1,

@@ -14,6 +14,11 @@ At ``strength`` s (1 is the default level, 0 the identity):
   saturation x U(1 - 0.5 s, 1 + 0.5 s), hue rotated by up to 0.08 s of a turn;
 - **focus**: a Gaussian blur of sigma U(0, 1.2 s) pixels (at 64 px), half the images.
 
+``scale_augment`` (a separate option, strength z) zooms each image by a factor drawn
+log-uniformly from [1 / (1 + z), 1 + z] about its centre and shifts it by up to 0.05 z of
+its side, with reflected borders: what another lab's magnification, camera and cell crop
+do to a cell's size in pixels.
+
 Draws come from a numpy Generator, so a seeded run is reproducible (and resumes bit for
 bit with the checkpointed generator).
 """
@@ -145,6 +150,48 @@ def stain_augment(batch: torch.Tensor, rng: np.random.Generator, strength: float
     sigmas = np.where(blur_on, BLUR_SIGMA * s * blur_u, 0.0)
     x = _blur(x, sigmas)
     return (x * 2.0 - 1.0).to(dtype)
+
+
+SCALE_SHIFT = 0.05
+
+
+def scale_augment(batch: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """Random zoom (log-uniform in [1 / (1 + strength), 1 + strength]) and a shift of up to
+    ``SCALE_SHIFT * strength`` of the side per image of an NCHW batch, bilinear, reflected
+    borders. ``strength`` 0 returns the batch itself; the draws always consume the same
+    number of values from ``rng`` for a given batch size."""
+    n = batch.shape[0]
+    draws = rng.uniform(-1.0, 1.0, size=(3, n))
+    if strength <= 0.0:
+        return batch
+    s = float(strength)
+    zoom = np.exp(draws[0] * math.log1p(s))
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+    # affine_grid's coordinates span [-1, 1]: a shift of f of the side is 2 f
+    theta[:, :, 2] = 2.0 * SCALE_SHIFT * s * draws[1:3].T
+    grid = F.affine_grid(
+        torch.from_numpy(theta).to(batch.device), list(batch.shape), align_corners=False
+    )
+    out = F.grid_sample(
+        batch.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    return out.to(batch.dtype)
+
+
+def grayscale_augment(
+    batch: torch.Tensor, rng: np.random.Generator, probability: float
+) -> torch.Tensor:
+    """Each image of an NCHW batch replaced by its luma (in all three channels) with
+    ``probability``: the classifier must then tell the classes apart by shape and
+    texture as well as by colour. Always draws one value per image."""
+    chosen = rng.random(batch.shape[0]) < probability
+    if not chosen.any():
+        return batch
+    weights = torch.tensor(_LUMA, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    luma = (batch * weights).sum(dim=1, keepdim=True).expand_as(batch)
+    mask = torch.from_numpy(chosen).to(batch.device).view(-1, 1, 1, 1)
+    return torch.where(mask, luma, batch)
 
 
 def color_jitter(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

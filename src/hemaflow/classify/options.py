@@ -69,6 +69,8 @@ class ClassifierOptions(TrainingOptions):
     early_stopping_patience: int = 20
     color_jitter: bool = False
     stain_augment: float = 0.0
+    scale_augment: float = 0.0
+    grayscale_augment: float = 0.0
     class_balanced: bool = True
     checkpoint_every: int = 2_560
     log_every: int = 100
@@ -98,9 +100,11 @@ class ClassifierOptions(TrainingOptions):
         }
     )
     NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"lr", "weight_decay", "warmup_iterations", "early_stopping_patience", "stain_augment"}
+        {"lr", "weight_decay", "warmup_iterations", "early_stopping_patience", "stain_augment", "scale_augment"}
     )
-    FRACTIONS: ClassVar[frozenset[str]] = frozenset({"dropout", "label_smoothing", "momentum"})
+    FRACTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"dropout", "label_smoothing", "momentum", "grayscale_augment"}
+    )
 
     def __post_init__(self) -> None:
         # YAML gives lists: stored as tuples (hashable, equal to a checkpoint's)

@@ -32,7 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hemaflow.classify.augment import color_jitter, stain_augment
+from hemaflow.classify.augment import (
+    color_jitter,
+    grayscale_augment,
+    scale_augment,
+    stain_augment,
+)
 from hemaflow.classify.metrics import summary_metrics
 from hemaflow.classify.options import FILE_KIND, ClassifierOptions, build_network
 from hemaflow.classify.predict import class_probabilities
@@ -197,6 +202,10 @@ class ClassifierModel(MixedPrecision):
             images = color_jitter(images, self.rng)
         if o.stain_augment > 0:
             images = stain_augment(images, self.rng, o.stain_augment)
+        if o.scale_augment > 0:
+            images = scale_augment(images, self.rng, o.scale_augment)
+        if o.grayscale_augment > 0:
+            images = grayscale_augment(images, self.rng, o.grayscale_augment)
         targets = torch.from_numpy(np.asarray(classes, np.int64)).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
