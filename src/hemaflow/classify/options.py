@@ -100,7 +100,14 @@ class ClassifierOptions(TrainingOptions):
         }
     )
     NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"lr", "weight_decay", "warmup_iterations", "early_stopping_patience", "stain_augment", "scale_augment"}
+        {
+            "lr",
+            "weight_decay",
+            "warmup_iterations",
+            "early_stopping_patience",
+            "stain_augment",
+            "scale_augment",
+        }
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset(
         {"dropout", "label_smoothing", "momentum", "grayscale_augment"}
