@@ -12,6 +12,8 @@ mean and spread over seeds. ``--results`` picks the domain caches, so that centr
     python bench/bench_cross_lab.py --results results_cell --arm cell-aug \\
         --set stain_augment=1.0 --seeds 0 1 2
     python bench/bench_cross_lab.py --table          # every arm run so far, one table
+    python bench/bench_cross_lab.py --results results --in-lab bccd zheng_tecom \\
+        --set iterations=1000 eval_every=50 warmup_iterations=50   # what a lab's own labels reach
 
 Writes ``{out}/{arm}/seed{k}.json``; ``--table`` reads them all back.
 """
@@ -172,6 +174,41 @@ def run_lolo(args) -> None:
             )
 
 
+def run_in_lab(args) -> None:
+    """``--in-lab LAB ...``: each lab's own yardstick, 5-fold cross-validation over all its
+    kept labelled images (``in_lab_cross_validation``), one process per lab if run side by
+    side."""
+    from hemaflow.classify.leave_one_out import in_lab_cross_validation
+
+    torch.set_num_threads(args.threads)
+    cache = args.results / "cache"
+    options = {"preset": "small", **parse_overrides(args.set)}
+    for lab in args.in_lab:
+        files = {lab: (str(cache / lab / "images.npy"), str(cache / lab / "index.parquet"))}
+        for seed in args.seeds:
+            out = args.out / f"in-lab-{args.arm}" / lab / f"seed{seed}"
+            start = time.perf_counter()
+            result = in_lab_cross_validation(
+                files,
+                lab,
+                {**options, "seed": seed},
+                str(args.out / "state"),
+                str(out),
+                folds=args.folds,
+                n_boot=args.n_boot,
+                seed=seed,
+            )
+            print(
+                f"in-lab {lab} {args.arm} seed {seed}: {args.folds}-fold, "
+                f"{time.perf_counter() - start:.0f} s, n={result['n_images']} balanced "
+                f"accuracy {result['balanced_accuracy']:.3f} "
+                f"[{result['balanced_accuracy_low']:.3f}, "
+                f"{result['balanced_accuracy_high']:.3f}]  sensitivity "
+                f"{ {k: round(v, 3) for k, v in result['sensitivity'].items()} }",
+                flush=True,
+            )
+
+
 def print_table(out: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(out.glob("*/seed*.json")):
@@ -228,6 +265,14 @@ def main(argv=None) -> int:
         help="evaluate the arm's models again (e.g. with --cyclegan-dir), no training",
     )
     parser.add_argument("--held-out", nargs="*", default=[], help="--lolo: only these labs")
+    parser.add_argument(
+        "--in-lab",
+        nargs="+",
+        default=[],
+        metavar="LAB",
+        help="instead: cross-validate a classifier inside each of these labs (its yardstick)",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="--in-lab: folds (5)")
     parser.add_argument("--method", default="none", choices=["none", "reinhard", "macenko"])
     parser.add_argument(
         "--cyclegan-dir",
@@ -239,7 +284,9 @@ def main(argv=None) -> int:
     if args.table:
         print_table(args.out)
         return 0
-    if args.lolo:
+    if args.in_lab:
+        run_in_lab(args)
+    elif args.lolo:
         run_lolo(args)
     else:
         run_arm(args)

@@ -35,7 +35,10 @@ KILLABLE_CYCLEGAN = {
 }
 GPU_RULES = {
     "train_cyclegan",
-    "normalization_decision",  # translates with the CycleGAN (with a fallback configured)
+    # translates with the CycleGAN (with a fallback configured); the decision of an
+    # unlabelled lab without a CycleGAN (normalization.unlabelled: fallback) measures
+    # nothing and asks for no GPU
+    "normalization_decision",
     "normalize_domain",
     "normalization_metrics",
     "train_real_classifier",
@@ -132,7 +135,9 @@ def test_whole_pipeline_through_a_cluster_executor(tmp_path, data_root):
         submitted.setdefault(rule, set()).add(int(gpus))
     assert {"ingest", "train_cyclegan", "train_classifier", "train_cwgan"} <= set(submitted)
     for rule, gpus in submitted.items():
-        if rule in GPU_RULES and rule != "normalize_domain":
+        if rule == "normalization_decision":
+            assert 1 in gpus and gpus <= {0, 1}, (rule, gpus)
+        elif rule in GPU_RULES and rule != "normalize_domain":
             assert gpus == {1}, (rule, gpus)
         elif rule not in GPU_RULES:
             assert gpus == {0}, (rule, gpus)

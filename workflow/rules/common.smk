@@ -214,6 +214,15 @@ def labelled_first(wildcards):
     return 1 if domain in LABELLED_DOMAINS else 0
 
 
+def decision_gpu(wildcards):
+    """A decision measures KIDs (a GPU job) only where it compares a CycleGAN with the
+    fallback; otherwise it writes what the config says."""
+    compares = NORMALIZATION["fallback"] != "none" and has_cyclegan(
+        wildcards.source, wildcards.target
+    )
+    return 1 if compares else 0
+
+
 def normalization_metrics_inputs(wildcards):
     inputs = {
         "source_images": f"{RESULTS}/cache/{wildcards.source}/images.npy",

@@ -77,7 +77,7 @@ rule normalization_decision:
         "../envs/hemaflow.yaml"
     threads: 2
     resources:
-        gpu=0 if NORMALIZATION["fallback"] == "none" else 1,
+        gpu=decision_gpu,
     params:
         fallback=NORMALIZATION["fallback"],
         max_images=NORMALIZATION["metrics_max_images"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -118,6 +119,85 @@ def leave_one_lab_out(
         result.get("balanced_accuracy", float("nan")),
         result["n_images"],
     )
+    return result
+
+
+def stratified_folds(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """A fold number per row: each class's rows shuffled (seeded) and dealt round-robin,
+    so every fold holds about 1 / ``folds`` of every class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(labels), dtype=np.int64)
+    for name in sorted(set(labels.tolist())):
+        rows = rng.permutation(np.flatnonzero(labels == name))
+        fold[rows] = np.arange(len(rows)) % folds
+    return fold
+
+
+def in_lab_cross_validation(
+    files: DomainFiles,
+    domain: str,
+    options_section: Mapping[str, Any],
+    state_root: str,
+    out_dir: str,
+    folds: int = 5,
+    val_fraction: float = 0.15,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """What a lab's own labels support: a classifier trained on ``folds - 1`` folds of all
+    the lab's kept labelled images (early stopping on ``val_fraction`` of them, drawn at
+    random) predicts the remaining fold; the out-of-fold predictions of every image,
+    pooled, give balanced accuracy, per-class sensitivity and the confusion matrix with
+    their intervals. The yardstick for a cross-lab goal on that lab: a classifier that
+    never saw one of its labels is not expected to beat one trained on them."""
+    from hemaflow.classify.metrics import evaluation_report
+    from hemaflow.classify.predict import load_classifier, predict_proba
+
+    if folds < 2:
+        raise ValueError(f"in-lab cross-validation needs at least 2 folds, got {folds}")
+    images, rows = labelled_rows(*files[domain], ALL_SPLITS)
+    labels = rows["canonical_class"].to_numpy()
+    classes = sorted(set(labels.tolist()))
+    fold = stratified_folds(labels, folds, seed)
+    rng = np.random.default_rng(seed + 1)
+    predicted = np.full(len(rows), -1, dtype=np.int64)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(folds):
+        train = np.flatnonzero(fold != k)
+        val_mask = rng.random(len(train)) < val_fraction
+        if not val_mask.any():  # a tiny lab: early stopping still needs one image
+            val_mask[rng.integers(len(train))] = True
+        fit, val = train[~val_mask], train[val_mask]
+        train_on_rows(
+            images[fit],
+            rows.iloc[fit].reset_index(drop=True),
+            images[val],
+            rows.iloc[val].reset_index(drop=True),
+            options_section,
+            state_root,
+            f"in-lab-{domain}-fold{k}of{folds}-seed{seed}",
+            str(out / f"model-fold{k}.pt"),
+            None,
+        )
+        net, model_classes, _ = load_classifier(out / f"model-fold{k}.pt")
+        test = np.flatnonzero(fold == k)
+        best = predict_proba(net, images[test]).argmax(axis=1)
+        predicted[test] = [classes.index(model_classes[j]) for j in best]
+        log.info("in-lab %s: fold %d of %d done", domain, k + 1, folds)
+    y_true = np.array([classes.index(name) for name in labels])
+    summary, per_class, confusion = evaluation_report(y_true, predicted, classes, n_boot, seed)
+    result: dict[str, Any] = {"domain": domain, "folds": folds, "n_images": len(rows)}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        for suffix in ("", "_low", "_high"):
+            result[name + suffix] = float(summary[name + suffix])
+    result["classes"] = classes
+    result["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
+    result["confusion"] = np.asarray(confusion).tolist()
+    result["fold"] = fold.tolist()
+    result["predicted"] = [classes[j] for j in predicted]
+    write_json(result, str(out / "result.json"), default=float)
     return result
 
 

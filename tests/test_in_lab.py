@@ -1,0 +1,95 @@
+"""In-lab cross-validation, the yardstick of a cross-lab goal: stratified folds, every
+image predicted once by a model that never trained on it, pooled metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hemaflow.classify import leave_one_out
+from hemaflow.classify.leave_one_out import in_lab_cross_validation, stratified_folds
+
+from .realdata import pbc_cells
+from .test_classifier import TRAIN_TINY
+
+CLASSES = ["eosinophil", "lymphocyte", "neutrophil"]
+
+
+def test_stratified_folds_deal_every_class_evenly():
+    labels = ["a"] * 11 + ["b"] * 5 + ["c"] * 1
+    fold = stratified_folds(labels, 5, seed=0)
+    assert fold.shape == (17,) and set(fold.tolist()) <= set(range(5))
+    for name in "abc":
+        counts = np.bincount(fold[np.array(labels) == name], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert np.array_equal(fold, stratified_folds(labels, 5, seed=0))
+    assert not np.array_equal(fold, stratified_folds(labels, 5, seed=1))
+
+
+@pytest.fixture(scope="module")
+def lab_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in_lab") / "cache"
+    folder.mkdir()
+    images, names = pbc_cells(8, 32, classes=CLASSES)
+    index = pd.DataFrame(
+        {
+            "record_id": [f"lab:{k}" for k in range(len(names))],
+            "domain_index": np.arange(len(names)),
+            "canonical_class": names.astype(str),
+            # every split counts: the whole lab is cross-validated
+            "split": (["train", "val", "test", "train"] * len(names))[: len(names)],
+        }
+    )
+    np.save(folder / "images.npy", images)
+    index.to_parquet(folder / "index.parquet", index=False)
+    return {"lab": (str(folder / "images.npy"), str(folder / "index.parquet"))}
+
+
+def test_every_image_is_predicted_by_a_model_that_never_trained_on_it(
+    lab_cache, tmp_path, monkeypatch
+):
+    seen = []
+    real_train = leave_one_out.train_on_rows
+
+    def spy(train_images, train_rows, val_images, val_rows, *args):
+        seen.append((set(train_rows["record_id"]), set(val_rows["record_id"])))
+        return real_train(train_images, train_rows, val_images, val_rows, *args)
+
+    monkeypatch.setattr(leave_one_out, "train_on_rows", spy)
+    options = {"preset": "small", **TRAIN_TINY, "iterations": 2}
+    result = in_lab_cross_validation(
+        lab_cache,
+        "lab",
+        options,
+        str(tmp_path / "state"),
+        str(tmp_path / "out"),
+        folds=3,
+        n_boot=50,
+    )
+    n = 8 * len(CLASSES)
+    assert result["n_images"] == n and len(result["predicted"]) == n
+    assert set(result["predicted"]) <= set(CLASSES)
+    assert np.asarray(result["confusion"]).sum() == n
+    assert 0.0 <= result["balanced_accuracy_low"] <= result["balanced_accuracy_high"] <= 1.0
+    fold = np.asarray(result["fold"])
+    assert len(seen) == 3
+    for k, (train_ids, val_ids) in enumerate(seen):
+        held = {f"lab:{j}" for j in np.flatnonzero(fold == k)}
+        assert not (train_ids | val_ids) & held
+        assert (train_ids | val_ids) == {f"lab:{j}" for j in range(n)} - held
+        assert not train_ids & val_ids
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert written["balanced_accuracy"] == pytest.approx(result["balanced_accuracy"])
+    assert sorted(p.name for p in (tmp_path / "out").glob("model-fold*.pt")) == [
+        f"model-fold{k}.pt" for k in range(3)
+    ]
+
+
+def test_one_fold_is_refused(lab_cache, tmp_path):
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        in_lab_cross_validation(
+            lab_cache, "lab", {"preset": "small"}, str(tmp_path), str(tmp_path), folds=1
+        )
