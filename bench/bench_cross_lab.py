@@ -117,6 +117,16 @@ def run_arm(args) -> None:
             )
 
 
+def result_line(result: dict) -> str:
+    """n, balanced accuracy with its interval and per-class sensitivity, one line."""
+    sensitivity = {k: round(v, 3) for k, v in result["sensitivity"].items()}
+    return (
+        f"n={result['n_images']} balanced accuracy {result['balanced_accuracy']:.3f} "
+        f"[{result['balanced_accuracy_low']:.3f}, {result['balanced_accuracy_high']:.3f}]"
+        f"  sensitivity {sensitivity}"
+    )
+
+
 def run_lolo(args) -> None:
     """Leave-one-lab-out over every labelled lab (``--lolo``): each lab's images are
     first normalized to the training domain (``--method``, fitted on its training
@@ -165,11 +175,7 @@ def run_lolo(args) -> None:
             )
             print(
                 f"lolo {args.arm} {args.method} seed {seed}: {held_out} held out, "
-                f"{time.perf_counter() - start:.0f} s, n={result['n_images']} balanced "
-                f"accuracy {result['balanced_accuracy']:.3f} "
-                f"[{result['balanced_accuracy_low']:.3f}, "
-                f"{result['balanced_accuracy_high']:.3f}]  sensitivity "
-                f"{ {k: round(v, 3) for k, v in result['sensitivity'].items()} }",
+                f"{time.perf_counter() - start:.0f} s, {result_line(result)}",
                 flush=True,
             )
 
@@ -200,11 +206,7 @@ def run_in_lab(args) -> None:
             )
             print(
                 f"in-lab {lab} {args.arm} seed {seed}: {args.folds}-fold, "
-                f"{time.perf_counter() - start:.0f} s, n={result['n_images']} balanced "
-                f"accuracy {result['balanced_accuracy']:.3f} "
-                f"[{result['balanced_accuracy_low']:.3f}, "
-                f"{result['balanced_accuracy_high']:.3f}]  sensitivity "
-                f"{ {k: round(v, 3) for k, v in result['sensitivity'].items()} }",
+                f"{time.perf_counter() - start:.0f} s, {result_line(result)}",
                 flush=True,
             )
 
