@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from hemaflow.classify.stages import (  # noqa: E402
     lab_evaluation,
     labelled_rows,
+    report_fields,
     train_on_rows,
 )
 from hemaflow.json_file import write_json  # noqa: E402
@@ -187,16 +188,16 @@ def in_lab_cross_validation(
         predicted[test] = [classes.index(model_classes[j]) for j in best]
         log.info("in-lab %s: fold %d of %d done", domain, k + 1, folds)
     y_true = np.array([classes.index(name) for name in labels])
-    summary, per_class, confusion = evaluation_report(y_true, predicted, classes, n_boot, seed)
-    result: dict[str, Any] = {"domain": domain, "folds": folds, "n_images": len(rows)}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        for suffix in ("", "_low", "_high"):
-            result[name + suffix] = float(summary[name + suffix])
-    result["classes"] = classes
-    result["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
-    result["confusion"] = np.asarray(confusion).tolist()
-    result["fold"] = fold.tolist()
-    result["predicted"] = [classes[j] for j in predicted]
+    report = evaluation_report(y_true, predicted, classes, n_boot, seed)
+    result: dict[str, Any] = {
+        "domain": domain,
+        "folds": folds,
+        "n_images": len(rows),
+        "classes": classes,
+        **report_fields(*report),
+        "fold": fold.tolist(),
+        "predicted": [classes[j] for j in predicted],
+    }
     write_json(result, str(out / "result.json"), default=float)
     return result
 

@@ -251,8 +251,15 @@ def lab_evaluation(
     y_true, y_pred, classes = restrict_to_shared_classes(
         rows.loc[keep, "canonical_class"].tolist(), probabilities, list(model_classes), shared
     )
-    summary, per_class, confusion = evaluation_report(y_true, y_pred, classes, n_boot, seed)
-    out: dict[str, Any] = {"n_images": int(keep.sum()), "classes": list(classes)}
+    report = evaluation_report(y_true, y_pred, classes, n_boot, seed)
+    return {"n_images": int(keep.sum()), "classes": list(classes), **report_fields(*report)}
+
+
+def report_fields(summary: Mapping, per_class: pd.DataFrame, confusion: Any) -> dict[str, Any]:
+    """``evaluation_report``'s results as JSON-ready fields: accuracy, balanced accuracy
+    and macro-F1 with their intervals, per-class sensitivity with its interval
+    (``sensitivity_low`` / ``sensitivity_high``) and the confusion matrix."""
+    out: dict[str, Any] = {}
     for name in ("accuracy", "balanced_accuracy", "macro_f1"):
         for suffix in ("", "_low", "_high"):
             out[name + suffix] = float(summary[name + suffix])
