@@ -78,11 +78,12 @@ def run_arm(args) -> None:
             "train_seconds": seconds,
             "iterations": summary["iterations"],
             "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
+            "tta": args.tta,
             "labs": {},
         }
         test_images, test_rows = labelled_rows(*files(args.train_domain), ("test",))
         record["labs"][f"{args.train_domain} (test split)"] = lab_evaluation(
-            net, classes, test_images, test_rows, args.n_boot, seed
+            net, classes, test_images, test_rows, args.n_boot, seed, args.tta
         )
         target_train = labelled_rows(*files(args.train_domain), ("train",))[0]
         reinhard = ReinhardNormalizer().fit(target_train)
@@ -103,7 +104,7 @@ def run_arm(args) -> None:
                 variants.append(("cyclegan", translate(generator, images)))
             for method, batch in variants:
                 record["labs"][f"{domain} {method}"] = lab_evaluation(
-                    net, classes, batch, rows, args.n_boot, seed
+                    net, classes, batch, rows, args.n_boot, seed, args.tta
                 )
         with open(out / f"seed{seed}.json", "w") as handle:
             json.dump(record, handle, indent=1, default=float)
@@ -172,6 +173,7 @@ def run_lolo(args) -> None:
                 n_boot=args.n_boot,
                 seed=seed,
                 method=args.method,
+                tta=args.tta,
             )
             print(
                 f"lolo {args.arm} {args.method} seed {seed}: {held_out} held out, "
@@ -203,6 +205,7 @@ def run_in_lab(args) -> None:
                 folds=args.folds,
                 n_boot=args.n_boot,
                 seed=seed,
+                tta=args.tta,
             )
             print(
                 f"in-lab {lab} {args.arm} seed {seed}: {args.folds}-fold, "
@@ -261,6 +264,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="print the table of all runs")
     parser.add_argument("--lolo", action="store_true", help="leave-one-lab-out instead")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="predict as the mean over the 8 symmetries of the square (the workflow's "
+        "cross_lab.tta default); --no-tta for single predictions",
+    )
     parser.add_argument(
         "--evaluate-only",
         action="store_true",

@@ -93,3 +93,49 @@ def test_one_fold_is_refused(lab_cache, tmp_path):
         in_lab_cross_validation(
             lab_cache, "lab", {"preset": "small"}, str(tmp_path), str(tmp_path), folds=1
         )
+
+
+def test_tta_reaches_every_cross_lab_evaluation(lab_cache, tmp_path, monkeypatch):
+    """``tta`` is passed down to the prediction by the leave-one-lab-out, in-lab and
+    cross-lab evaluations, and a test-time-augmented evaluation is invariant to turning
+    every image by a quarter (which a single prediction of a random network is not)."""
+    from hemaflow.classify import predict
+    from hemaflow.classify.predict import load_classifier
+    from hemaflow.classify.stages import lab_evaluation
+
+    options = {"preset": "small", **TRAIN_TINY, "iterations": 2}
+    result = in_lab_cross_validation(
+        lab_cache, "lab", options, str(tmp_path / "state"), str(tmp_path / "out"), folds=2
+    )
+    assert result["tta"] is False
+    net, classes, _ = load_classifier(tmp_path / "out" / "model-fold0.pt")
+    images, rows = leave_one_out.labelled_rows(*lab_cache["lab"], leave_one_out.ALL_SPLITS)
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    plain = predict.predict_proba(net, images)
+    assert not np.allclose(plain, predict.predict_proba(net, turned), atol=1e-4)
+    averaged = lab_evaluation(net, classes, images, rows, 20, 0, tta=True)
+    assert (
+        averaged["confusion"]
+        == lab_evaluation(net, classes, turned, rows, 20, 0, tta=True)["confusion"]
+    )
+
+    calls = []
+    real = predict.predict_proba
+
+    def spy(net, images, batch_size=256, tta=False):
+        calls.append(tta)
+        return real(net, images, batch_size, tta)
+
+    monkeypatch.setattr(predict, "predict_proba", spy)
+    lab_evaluation(net, classes, images, rows, 20, 0, tta=True)
+    in_lab_cross_validation(
+        lab_cache,
+        "lab",
+        options,
+        str(tmp_path / "state"),
+        str(tmp_path / "out2"),
+        folds=2,
+        n_boot=20,
+        tta=True,
+    )
+    assert calls == [True, True, True]

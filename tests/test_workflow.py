@@ -579,6 +579,7 @@ def test_leave_one_lab_out_target(workflow_run):
         assert row.n_images > kept["split"].eq("test").sum()
         matrix = np.asarray(result["confusion"])
         assert matrix.sum() == row.n_images
+        assert result["tta"] is True  # cross_lab.tta's default reaches the evaluation
         assert row.balanced_accuracy_low <= row.balanced_accuracy <= row.balanced_accuracy_high
     assert (results / "balanced_accuracy.png").stat().st_size > 5_000
 

@@ -128,6 +128,7 @@ rule cross_lab_table:
         domains=LABELLED_DOMAINS,
         n_boot=config["evaluation"]["n_boot"],
         seed=config["evaluation"]["seed"],
+        tta=CROSS_LAB["tta"],
     script:
         "../scripts/cross_lab_table.py"
 
@@ -239,6 +240,7 @@ rule train_lolo_classifier:
         domains=LABELLED_DOMAINS,
         n_boot=config["evaluation"]["n_boot"],
         seed=config["evaluation"]["seed"],
+        tta=CROSS_LAB["tta"],
     script:
         "../scripts/leave_one_lab_out.py"
 

@@ -20,4 +20,5 @@ cross_lab_stage(
     snakemake.params.seed,
     out_csv=snakemake.output.table,
     out_png=snakemake.output.chart,
+    tta=snakemake.params.tta,
 )

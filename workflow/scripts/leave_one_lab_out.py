@@ -18,4 +18,5 @@ leave_one_lab_out(
     n_boot=snakemake.params.n_boot,
     seed=snakemake.params.seed,
     method=snakemake.wildcards.method,
+    tta=snakemake.params.tta,
 )

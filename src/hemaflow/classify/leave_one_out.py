@@ -94,8 +94,10 @@ def leave_one_lab_out(
     n_boot: int = 1000,
     seed: int = 0,
     method: str = "",
+    tta: bool = False,
 ) -> dict:
-    """Train on every labelled domain but ``held_out``, test on all of ``held_out``."""
+    """Train on every labelled domain but ``held_out``, test on all of ``held_out``
+    (``tta``: predictions averaged over the 8 symmetries of the square)."""
     from hemaflow.classify.predict import load_classifier
 
     train_domains = [d for d in labelled_domains if d != held_out]
@@ -110,7 +112,8 @@ def leave_one_lab_out(
         "train_domains": train_domains,
         "iterations": summary.get("iterations"),
         "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
-        **lab_evaluation(net, list(classes), images, rows, n_boot, seed),
+        "tta": tta,
+        **lab_evaluation(net, list(classes), images, rows, n_boot, seed, tta),
     }
     write_json(result, out_json, default=float)
     log.info(
@@ -145,6 +148,7 @@ def in_lab_cross_validation(
     val_fraction: float = 0.15,
     n_boot: int = 1000,
     seed: int = 0,
+    tta: bool = False,
 ) -> dict:
     """What a lab's own labels support: a classifier trained on ``folds - 1`` folds of all
     the lab's kept labelled images (early stopping on ``val_fraction`` of them, drawn at
@@ -184,7 +188,7 @@ def in_lab_cross_validation(
         )
         net, model_classes, _ = load_classifier(out / f"model-fold{k}.pt")
         test = np.flatnonzero(fold == k)
-        best = predict_proba(net, images[test]).argmax(axis=1)
+        best = predict_proba(net, images[test], tta=tta).argmax(axis=1)
         predicted[test] = [classes.index(model_classes[j]) for j in best]
         log.info("in-lab %s: fold %d of %d done", domain, k + 1, folds)
     y_true = np.array([classes.index(name) for name in labels])
@@ -192,6 +196,7 @@ def in_lab_cross_validation(
     result: dict[str, Any] = {
         "domain": domain,
         "folds": folds,
+        "tta": tta,
         "n_images": len(rows),
         "classes": classes,
         **report_fields(*report),

@@ -236,10 +236,12 @@ def lab_evaluation(
     rows: pd.DataFrame,
     n_boot: int,
     seed: int,
+    tta: bool = False,
 ) -> dict:
     """A model on a lab's images over the classes both have: accuracy, balanced accuracy
     and macro-F1 with their intervals, per-class sensitivity (``sensitivity``, with its
-    interval in ``sensitivity_low`` / ``sensitivity_high``) and the confusion matrix."""
+    interval in ``sensitivity_low`` / ``sensitivity_high``) and the confusion matrix.
+    ``tta``: predict with the mean over the 8 symmetries of the square."""
     from hemaflow.classify.metrics import restrict_to_shared_classes
     from hemaflow.classify.predict import predict_proba
 
@@ -247,7 +249,7 @@ def lab_evaluation(
     keep = rows["canonical_class"].isin(shared).to_numpy()
     if not keep.any():
         return {"n_images": 0, "classes": [], "sensitivity": {}, "confusion": []}
-    probabilities = predict_proba(net, images[keep])
+    probabilities = predict_proba(net, images[keep], tta=tta)
     y_true, y_pred, classes = restrict_to_shared_classes(
         rows.loc[keep, "canonical_class"].tolist(), probabilities, list(model_classes), shared
     )
@@ -278,10 +280,11 @@ def cross_lab_row(
     rows: pd.DataFrame,
     n_boot: int,
     seed: int,
+    tta: bool = False,
 ) -> dict:
     """Metrics of a model on another lab's images over the classes both have (a row of
     the cross-lab table)."""
-    metrics = lab_evaluation(net, model_classes, images, rows, n_boot, seed)
+    metrics = lab_evaluation(net, model_classes, images, rows, n_boot, seed, tta)
     out = {"n_images": metrics["n_images"], "shared_classes": " ".join(metrics["classes"])}
     for name in ("accuracy", "balanced_accuracy", "macro_f1"):
         for suffix in ("", "_low", "_high"):
@@ -298,11 +301,13 @@ def cross_lab_stage(
     seed: int,
     out_csv: str,
     out_png: str,
+    tta: bool = False,
 ) -> pd.DataFrame:
     """``test_sets``: method -> domain -> (images.npy, index.parquet) of the (normalized)
     caches. Each domain is tested on its validation and test images (never seen by the
     classifier, nor by a CycleGAN, which trains on train splits only). The training
-    domain's own held-out images are the reference row."""
+    domain's own held-out images are the reference row. ``tta``: predictions averaged
+    over the 8 symmetries of the square."""
     from hemaflow.classify.predict import load_classifier
 
     net, classes, _ = load_classifier(model_path)
@@ -312,7 +317,7 @@ def cross_lab_stage(
     for method in sorted(test_sets):
         for domain in sorted(test_sets[method]):
             images, index = labelled_rows(*test_sets[method][domain], CROSS_LAB_SPLITS)
-            metrics = cross_lab_row(net, list(classes), images, index, n_boot, seed)
+            metrics = cross_lab_row(net, list(classes), images, index, n_boot, seed, tta)
             rows.append(
                 {"train_domain": train_domain, "test_domain": domain, "method": method, **metrics}
             )
