@@ -49,6 +49,7 @@ def study_settings(args: argparse.Namespace) -> RareStudySettings:
         "arms": args.arms,
         "target": target,
         "large_min": args.large_min,
+        "synthetic_share": args.synthetic_share,
     }
     if args.n_boot is not None:
         changes["n_boot"] = args.n_boot
@@ -68,6 +69,13 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--target", default="largest", help="'largest' or a count")
     parser.add_argument("--large-min", type=int, default=1000)
+    parser.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=1.0,
+        help="most of a cut class's padded rows that may be synthetic; the rest repeat "
+        "its real images (synthesis.max_synthetic_share)",
+    )
     parser.add_argument("--n-boot", type=int, default=None)
     for section in SECTIONS:
         flag = "--" + section.replace("_", "-")

@@ -3,6 +3,7 @@ four classes, 20 images each (12 train, 4 val, 4 test), basophil and monocyte cu
 and to 3 training images, two seeds, every arm, networks far too small to learn (the
 QUICK settings): the plumbing, the table, the intervals and the resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -253,10 +254,32 @@ def test_the_bench_quick_run(study, tmp_path):
     command += ["--results", str(base / "results"), "--out", str(tmp_path / "bench")]
     command += ["--levels", "6", "--seeds", "0", "--arms", "none", "fewshot"]
     command += ["--large-min", "8", "--threads", "1", "--classifier", "iterations=3"]
+    command += ["--synthetic-share", "0.25"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "# Rare-class study" in result.stdout and "Not judged: one seed" in result.stdout
     for name in REPORT_FILES:
         assert (tmp_path / "bench" / name).is_file(), name
+    # at most a quarter of a cut class's 12 rows synthetic (3); the other 3 of its
+    # padding repeat its 6 real images
+    run = json.loads(result_path(tmp_path / "bench", "fewshot", 6, 0).read_text())
+    for name in CUT:
+        counts = run["training_images"][name]
+        assert counts["synthetic_fewshot"] == 3 and counts["oversampled"] == 3
+        assert counts["real"] == 6
     fewshot = (tmp_path / "bench" / "runs" / "level6" / "seed0" / "fewshot.json").read_text()
     assert '"iterations": 3' in fewshot
+
+
+def test_a_synthetic_share_reruns_only_the_synthesis_arms(study):
+    _, cache, settings, out, _ = study
+    images, index = read_pool(*cache)
+    _, pool = cut_pool(images, index, "pbc", CUT, 6, 0)
+    todo, done = pending_arms(settings.with_changes(synthetic_share=0.5), pool, 6, 0, out)
+    assert set(todo) == {"cwgan", "fewshot", "both"} and set(done) == {"none"}
+    # 1.0, the default, keeps the keys of runs made before the option existed
+    todo, _ = pending_arms(settings.with_changes(synthetic_share=1.0), pool, 6, 0, out)
+    assert todo == {}
+    for bad in (0, 1.5, True, "half"):
+        with pytest.raises(ConfigError, match=r"rare_study\.synthetic_share"):
+            tiny_settings(synthetic_share=bad)

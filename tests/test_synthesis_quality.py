@@ -17,7 +17,7 @@ import torch
 from hemaflow import smoke
 from hemaflow.errors import ConfigError
 from hemaflow.summary import headline
-from hemaflow.synth.balance import build_balanced, oversampled_picks
+from hemaflow.synth.balance import build_balanced, oversampled_picks, synthetic_cap
 from hemaflow.synth.metric_stages import validation_metrics_stage
 from hemaflow.synth.quality import GateSettings, real_acceptance
 from hemaflow.synth.stages import (
@@ -345,7 +345,7 @@ def balanced_inputs(pool_files, tmp_path):
     }
 
 
-def _run_balanced(pool_files, inputs, out, require_quality):
+def _run_balanced(pool_files, inputs, out, require_quality, share=1.0):
     out.mkdir()
     root = pool_files["root"]
     manifest = balanced_stage(
@@ -362,6 +362,7 @@ def _run_balanced(pool_files, inputs, out, require_quality):
         out_gate=str(out / "gate.csv"),
         out_balancing=str(out / "balancing.csv"),
         seed=1,
+        max_synthetic_share=share,
     )
     return manifest, pd.read_csv(out / "balancing.csv", keep_default_na=False)
 
@@ -411,6 +412,40 @@ def test_require_quality_false_pads_every_generated_class(pool_files, balanced_i
     table = table.set_index("canonical_class")
     assert table.loc["eosinophil", "balanced_by"] == "synthetic"
     assert table.loc["eosinophil", "targets_met"] == "False"  # still reported as missed
+
+
+def test_a_synthetic_share_fills_the_rest_of_the_padding_with_real_repeats(
+    pool_files, balanced_inputs, tmp_path
+):
+    """max_synthetic_share 0.3: basophil (4 real, 3 to make, 7 rows) takes 2 synthetic
+    images and repeats 1 real one; eosinophil (4 real, 5 to make, 9 rows) 2 and 3; the
+    synthetic images kept are the first ones the gate used."""
+    manifest, table = _run_balanced(
+        pool_files, balanced_inputs, tmp_path / "out", require_quality=False, share=0.3
+    )
+    origin = manifest.groupby(["canonical_class", "origin"]).size().to_dict()
+    table = table.set_index("canonical_class")
+    for name, synthetic, repeated in (("basophil", 2, 1), ("eosinophil", 2, 3)):
+        assert origin[(name, "synthetic")] == synthetic
+        assert origin[(name, "oversampled")] == repeated
+        assert table.loc[name, "synthetic_used"] == synthetic
+        assert table.loc[name, "oversampled"] == repeated
+        assert table.loc[name, "balanced_by"] == "synthetic"
+        rows = manifest[(manifest["canonical_class"] == name) & (manifest["origin"] == "synthetic")]
+        assert list(rows["offset"]) == list(range(synthetic))
+        share = synthetic / (manifest["canonical_class"] == name).sum()
+        assert share <= 0.3
+    balanced = np.load(tmp_path / "out" / "images.npy")
+    assert len(balanced) == len(manifest)
+
+
+def test_synthetic_cap():
+    assert synthetic_cap(2306, 2326, 0.5) == 1163
+    assert synthetic_cap(2306, 2326, 1.0) == 2306
+    assert synthetic_cap(10, 2326, 0.5) == 10
+    assert synthetic_cap(5, 10, 0.0) == 0
+    with pytest.raises(ValueError, match="share"):
+        synthetic_cap(5, 10, 1.5)
 
 
 def test_balancing_table_needs_the_metrics_of_every_generated_class(balanced_inputs):

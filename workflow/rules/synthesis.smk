@@ -318,6 +318,7 @@ rule balanced_training_set:
         targets=SYNTHESIS["quality_targets"],
         require_quality=SYNTHESIS["require_quality"],
         seed=SYNTHESIS["seed"],
+        max_synthetic_share=SYNTHESIS["max_synthetic_share"],
     script:
         "../scripts/balanced_training_set.py"
 

@@ -25,4 +25,5 @@ balanced_stage(
     out_gate=snakemake.output.gate,
     out_balancing=snakemake.output.balancing,
     seed=snakemake.params.seed,
+    max_synthetic_share=snakemake.params.max_synthetic_share,
 )

@@ -58,6 +58,16 @@ def synthetic_rows(
     )
 
 
+def synthetic_cap(to_generate: int, target: int, share: float) -> int:
+    """How many of a padded class's ``to_generate`` extra training rows may be synthetic
+    when at most ``share`` of its ``target`` rows may be: min(to_generate, floor(share x
+    target)). The rest of its padding repeats its real images, so that a class with 20
+    real images is not learnt from the generator's look alone."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"synthetic share must be in [0, 1], got {share}")
+    return max(0, min(int(to_generate), int(np.floor(share * int(target) + 1e-9))))
+
+
 def oversampled_picks(n_real: int, n_extra: int, rng: np.random.Generator) -> np.ndarray:
     """Which of ``n_real`` training images to repeat for ``n_extra`` more rows: every
     image as often as it fits whole, then a random choice without replacement for the

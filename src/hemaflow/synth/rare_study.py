@@ -46,7 +46,7 @@ import pandas as pd
 
 from hemaflow.errors import ConfigError
 from hemaflow.json_file import write_json
-from hemaflow.synth.balance import build_balanced, synthetic_rows
+from hemaflow.synth.balance import build_balanced, synthetic_cap, synthetic_rows
 from hemaflow.synth.generate import gate_summary
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
 from hemaflow.synth.quality import GateSettings
@@ -239,11 +239,16 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
 # ------------------------------------------------------------------------ one (level, seed)
 
 
-def _train_arm(arm, images, pool, synthetic, settings, level, seed, folder, state_root):
-    """The arm's classifier on the real training rows plus ``synthetic``."""
+def _train_arm(
+    arm, images, pool, synthetic, settings, level, seed, folder, state_root, oversample=None
+):
+    """The arm's classifier on the real training rows plus ``synthetic`` and the
+    ``oversample`` repeated real rows (class -> count)."""
     from hemaflow.classify.stages import train_on_rows
 
-    train_images, manifest = build_balanced(images, pool, synthetic)
+    train_images, manifest = build_balanced(
+        images, pool, synthetic, oversample=oversample, seed=seed
+    )
     val = pool[pool["split"] == "val"].reset_index(drop=True)
     model = folder / arm / "model.pt"
     model.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +291,7 @@ def _training_counts(manifest: pd.DataFrame, classes: Sequence[str]) -> dict:
         rows = manifest[manifest["canonical_class"] == name]
         counts[name] = {
             "real": int((rows["origin"] == "real").sum()),
+            "oversampled": int((rows["origin"] == "oversampled").sum()),
             **{f"synthetic_{g}": int((rows["generator"] == g).sum()) for g in ("cwgan", "fewshot")},
         }
     return counts
@@ -334,7 +340,13 @@ def run_level_seed(
     folder = models_dir(out_dir, level, seed)
     folder.mkdir(parents=True, exist_ok=True)
     target = padding_target(settings, pool)
-    needs = {name: max(0, target - level) for name in settings.classes}
+    padding = {name: max(0, target - level) for name in settings.classes}
+    # at most synthetic_share of a cut class's rows are synthetic; the rest repeat its
+    # real images (none at the default 1.0)
+    needs = {
+        name: synthetic_cap(n, target, settings.synthetic_share) for name, n in padding.items()
+    }
+    repeats = {name: padding[name] - needs[name] for name in settings.classes}
     timings: dict[str, float] = {}
 
     def timed(what: str, run: Callable[[], Any]) -> Any:
@@ -378,10 +390,20 @@ def run_level_seed(
     for arm in todo:
         if arm not in trained:
             synthetic = generated.arm_set(arm, needs)
+            oversample = {name: n for name, n in repeats.items() if n > 0}
             trained[arm] = timed(
                 f"classifier {arm}",
-                lambda arm=arm, synthetic=synthetic: _train_arm(
-                    arm, cut_images, pool, synthetic, settings, level, seed, folder, state_root
+                lambda arm=arm, synthetic=synthetic, oversample=oversample: _train_arm(
+                    arm,
+                    cut_images,
+                    pool,
+                    synthetic,
+                    settings,
+                    level,
+                    seed,
+                    folder,
+                    state_root,
+                    oversample,
                 ),
             )
     write_json({"gate": generated.summaries, "seconds": timings}, folder / "generators.json")

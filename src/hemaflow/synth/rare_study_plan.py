@@ -67,6 +67,7 @@ class RareStudySettings:
     fewshot: dict = field(default_factory=lambda: {"preset": "cpu"})
     quality_gate: dict = field(default_factory=dict)
     max_candidates_factor: float = 3.0
+    synthetic_share: float = 1.0
     n_boot: int = 1000
     bootstrap_seed: int = 0
 
@@ -91,6 +92,11 @@ class RareStudySettings:
         ):
             raise ConfigError(
                 "rare_study.target", f"expected 'largest' or a positive count, got {self.target!r}"
+            )
+        share = self.synthetic_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise ConfigError(
+                "rare_study.synthetic_share", f"expected a number in (0, 1], got {share!r}"
             )
         GateSettings.from_config(self.quality_gate)
 
@@ -130,6 +136,7 @@ def settings_from_config(config: Mapping[str, Any]) -> RareStudySettings:
         fewshot=dict(synthesis["fewshot"]),
         quality_gate=dict(synthesis["quality_gate"]),
         max_candidates_factor=float(synthesis["max_candidates_factor"]),
+        synthetic_share=float(synthesis["max_synthetic_share"]),
         n_boot=config["evaluation"]["n_boot"],
         bootstrap_seed=config["evaluation"]["seed"],
     )
@@ -230,6 +237,8 @@ def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest
             "quality_gate": settings.quality_gate,
             "max_candidates_factor": settings.max_candidates_factor,
         }
+        if settings.synthetic_share != 1.0:  # keeps the keys of runs made before the option
+            parts["synthetic_share"] = settings.synthetic_share
     if "cwgan" in generators:
         parts |= {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
     if "fewshot" in generators:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.json_file import write_json
-from hemaflow.synth.balance import build_balanced, synthetic_rows
+from hemaflow.synth.balance import build_balanced, synthetic_cap, synthetic_rows
 from hemaflow.synth.evaluate import VALIDATION_SPLITS
 from hemaflow.synth.generate import gate_summary, generate_gated
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
@@ -431,14 +431,16 @@ def balanced_stage(
     out_gate: str,
     out_balancing: str,
     seed: int = 0,
+    max_synthetic_share: float = 1.0,
 ) -> pd.DataFrame:
     """``samples``: class -> (images.npy, candidates.parquet, model path,
     validation_metrics.json). A class whose generator met its route's quality targets
     (or every generated class, without ``require_quality``) is padded with its used
-    synthetic images; a class that missed them gets ``to_generate`` repeated real
-    training rows instead. The decision per class is written to ``out_balancing``, with
-    the gate judge's verdict on the class's real images (``judge_csv``, from
-    ``gate_real_acceptance_stage``)."""
+    synthetic images, at most ``max_synthetic_share`` of its rows after balancing (the
+    rest of its padding repeats its real training images); a class that missed them gets
+    ``to_generate`` repeated real training rows instead. The decision per class is
+    written to ``out_balancing``, with the gate judge's verdict on the class's real
+    images (``judge_csv``, from ``gate_real_acceptance_stage``)."""
     images, pool = read_pool(pool_images, pool_index)
     routes = read_routes(routes_csv)
     quality = {}
@@ -457,7 +459,12 @@ def balanced_stage(
         if decided.loc[name, "balanced_by"] == SYNTHETIC:
             candidates = pd.read_parquet(candidates_path)
             rows = synthetic_rows(name, route_of[name], model_path, candidates)
-            synthetic[name] = (np.load(images_path), rows)
+            to_generate = int(decided.loc[name, "to_generate"])
+            target = int(decided.loc[name, "count"]) + to_generate
+            cap = synthetic_cap(to_generate, target, max_synthetic_share)
+            synthetic[name] = (np.load(images_path)[:cap], rows.iloc[:cap])
+            if to_generate > cap:
+                oversample[name] = to_generate - cap
         elif decided.loc[name, "balanced_by"] == SAMPLING:
             oversample[name] = int(decided.loc[name, "to_generate"])
     balanced, manifest = build_balanced(images, pool, synthetic, oversample=oversample, seed=seed)
@@ -479,11 +486,12 @@ def balanced_stage(
             )
         elif row.balanced_by == SYNTHETIC:
             log.info(
-                "%s (%s): %s, %d synthetic images used",
+                "%s (%s): %s, %d synthetic images used, %d real training images repeated",
                 row.canonical_class,
                 row.route,
                 row.reason,
                 row.synthetic_used,
+                row.oversampled,
             )
         if row.judge_verdict == JUDGE_TOO_STRICT:
             log.warning("%s: %s", row.canonical_class, row.reason)
