@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -375,3 +376,29 @@ def test_inception_instances_share_one_store_per_folder(tmp_path):
     assert one.feature_store() is two.feature_store() is one.feature_store()
     assert other.feature_store() is not one.feature_store()
     assert one.feature_store().folder.parent == (tmp_path / "store").absolute()
+
+
+def test_compaction_removes_the_temporary_files_of_killed_writers_only(tmp_path):
+    """A temporary shard more than an hour old was left by a writer that died: compact
+    removes it and says so; a fresh one (a writer at work) and the shards are kept."""
+    images = _images(4)
+    network = RandomNetwork(images)
+    store = FeatureStore(tmp_path, "net")
+    store.features(images[:2], network.compute(images[:2]))
+    store.features(images[2:], network.compute(images[2:]))
+    stale = store.folder / ".123-dead.tmp.npz"
+    stale.write_bytes(b"x" * 1000)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    fresh = store.folder / ".456-busy.tmp.npz"
+    fresh.write_bytes(b"y" * 10)
+    assert store.stale_temporaries() == [stale]
+    summary = store.compact()
+    assert not stale.exists() and fresh.exists()
+    assert summary.stale_removed == (stale.name,) and summary.stale_bytes == 1000
+    assert "removed 1 temporary files left by killed jobs" in str(summary)
+    assert (summary.shards_before, summary.shards_after, summary.features) == (2, 1, 4)
+    np.testing.assert_array_equal(store.features(images, _never), network.expected(images))
+    # nothing stale: nothing said
+    again = store.compact()
+    assert again.stale_removed == () and "temporary" not in str(again)

@@ -24,8 +24,9 @@ Shards accumulate, one per job that computed something, run after run.
 :meth:`FeatureStore.compact` (or :func:`compact_all` for every namespace, on the command
 line ``hemaflow features compact``) merges a namespace's readable shards into one, keys
 deduplicated, written atomically like any shard, then removes the merged ones; unreadable
-shards are left where they are and reported. Run it when no workflow job is running: it
-is safe beside one (a lookup that finds a shard gone looks for the merged one, and at
+shards are left where they are and reported, and temporary files more than an hour old (a
+killed job's, which would never become a shard) are removed. Run it when no workflow job
+is running: it is safe beside one (a lookup that finds a shard gone looks for the merged one, and at
 worst computes those features again), but never useful while jobs still add shards.
 
 Workflow jobs use the store under the state folder (``$HEMAFLOW_STATE_DIR/features``,
@@ -38,6 +39,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
@@ -53,6 +55,9 @@ KEY_BYTES = 16
 _DISABLED = ("", "off", "none", "0")
 # what reading a damaged shard raises (FileNotFoundError, an OSError, is handled first)
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+# a shard is written in seconds: a temporary file this old was left by a writer that died
+# (a killed job) and will never be renamed into a shard
+STALE_TEMPORARY_SECONDS = 3600.0
 
 
 def image_key(image: np.ndarray) -> bytes:
@@ -95,6 +100,8 @@ class CompactSummary:
     bytes_before: int
     bytes_after: int
     unreadable: tuple[str, ...] = ()  # shard names left as they were
+    stale_removed: tuple[str, ...] = ()  # temporary files of dead writers, removed
+    stale_bytes: int = 0
 
     def __str__(self) -> str:
         text = (
@@ -104,6 +111,11 @@ class CompactSummary:
         )
         if self.unreadable:
             text += f"; left unreadable: {', '.join(self.unreadable)}"
+        if self.stale_removed:
+            text += (
+                f"; removed {len(self.stale_removed)} temporary files left by killed jobs "
+                f"({format_bytes(self.stale_bytes)})"
+            )
         return text
 
 
@@ -294,12 +306,43 @@ class FeatureStore:
             distinct.update(entry.rows)
         return StoreSize(self.folder.name, len(shards), len(distinct), total, tuple(unreadable))
 
-    def compact(self) -> CompactSummary:
+    def stale_temporaries(self, older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+        """Temporary shard files (``.*.tmp.npz``) not modified for ``older_than`` seconds:
+        left by a writer that was killed between writing and renaming. A live writer's
+        file is seconds old and is not listed."""
+        if not self.folder.is_dir():
+            return []
+        now = time.time()
+        stale = []
+        for path in sorted(self.folder.glob(".*.tmp.npz")):
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    stale.append(path)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                continue
+        return stale
+
+    def compact(self, stale_after: float = STALE_TEMPORARY_SECONDS) -> CompactSummary:
         """Merge every readable shard into one new shard (keys deduplicated, the first
         shard by name wins; values are copied bit for bit), then remove the merged ones.
         Unreadable shards, and shards of another row width or type than the first, are
         left and reported; nothing is rewritten when fewer than two shards can be merged.
-        Safe beside running jobs, but meant for when none runs (see the module's text)."""
+        Temporary files older than ``stale_after`` seconds (a killed writer's, never to
+        become a shard) are removed and reported. Safe beside running jobs, but meant for
+        when none runs (see the module's text)."""
+        stale_removed: list[str] = []
+        stale_bytes = 0
+        for path in self.stale_temporaries(stale_after):
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                log.warning("feature store: could not remove %s (%s)", path, error)
+                continue
+            stale_removed.append(path.name)
+            stale_bytes += size
         before = self.shards()
         bytes_before = 0
         merged: list[Path] = []
@@ -361,6 +404,8 @@ class FeatureStore:
             bytes_before,
             bytes_after,
             tuple(unreadable),
+            tuple(stale_removed),
+            stale_bytes,
         )
 
     def features(
