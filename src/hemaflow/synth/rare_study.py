@@ -10,8 +10,9 @@ classifier (``classifier`` options, early stopping on the validation split) on:
 - ``none``: the real training images only: the baseline;
 - ``cwgan``: plus gated C-WGAN-GP images of each cut class, up to ``target`` images in
   all (at most ``synthetic_share`` of them synthetic, the rest of the padding the class's
-  real images repeated; 1.0 by default: synthetic only); the C-WGAN-GP is trained over every class, the cut classes at their cut counts,
-  guided by its real-data classifier (third player) trained on the same images;
+  real images repeated; 1.0 by default: synthetic only); the C-WGAN-GP is trained over
+  every class, the cut classes at their cut counts, guided by its real-data classifier
+  (third player) trained on the same images;
 - ``fewshot``: plus gated images of the few-shot GAN, meta-trained on the large classes
   (not cut, more than ``large_min`` training images: the same images at every level, so
   meta-trained once per seed) and adapted to each cut class's training images;
