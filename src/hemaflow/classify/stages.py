@@ -257,14 +257,19 @@ def lab_evaluation(
     return {"n_images": int(keep.sum()), "classes": list(classes), **report_fields(*report)}
 
 
+# the summary metrics with their bootstrap interval, as report fields and table columns
+SUMMARY_FIELDS = tuple(
+    name + suffix
+    for name in ("accuracy", "balanced_accuracy", "macro_f1")
+    for suffix in ("", "_low", "_high")
+)
+
+
 def report_fields(summary: Mapping, per_class: pd.DataFrame, confusion: Any) -> dict[str, Any]:
     """``evaluation_report``'s results as JSON-ready fields: accuracy, balanced accuracy
     and macro-F1 with their intervals, per-class sensitivity with its interval
     (``sensitivity_low`` / ``sensitivity_high``) and the confusion matrix."""
-    out: dict[str, Any] = {}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        for suffix in ("", "_low", "_high"):
-            out[name + suffix] = float(summary[name + suffix])
+    out: dict[str, Any] = {name: float(summary[name]) for name in SUMMARY_FIELDS}
     out["sensitivity"] = {k: float(v) for k, v in per_class["sensitivity"].items()}
     for bound in ("low", "high"):
         column = per_class[f"sensitivity_{bound}"]
@@ -286,10 +291,7 @@ def cross_lab_row(
     the cross-lab table)."""
     metrics = lab_evaluation(net, model_classes, images, rows, n_boot, seed, tta)
     out = {"n_images": metrics["n_images"], "shared_classes": " ".join(metrics["classes"])}
-    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        for suffix in ("", "_low", "_high"):
-            if name + suffix in metrics:
-                out[name + suffix] = metrics[name + suffix]
+    out |= {name: metrics[name] for name in SUMMARY_FIELDS if name in metrics}
     return out
 
 

@@ -348,7 +348,9 @@ def run_level_seed(
     needs = {
         name: synthetic_cap(n, target, settings.synthetic_share) for name, n in padding.items()
     }
-    repeats = {name: padding[name] - needs[name] for name in settings.classes}
+    oversample = {
+        name: padding[name] - needs[name] for name in padding if padding[name] > needs[name]
+    }
     timings: dict[str, float] = {}
 
     def timed(what: str, run: Callable[[], Any]) -> Any:
@@ -392,10 +394,9 @@ def run_level_seed(
     for arm in todo:
         if arm not in trained:
             synthetic = generated.arm_set(arm, needs)
-            oversample = {name: n for name, n in repeats.items() if n > 0}
             trained[arm] = timed(
                 f"classifier {arm}",
-                lambda arm=arm, synthetic=synthetic, oversample=oversample: _train_arm(
+                lambda arm=arm, synthetic=synthetic: _train_arm(
                     arm,
                     cut_images,
                     pool,
