@@ -25,6 +25,9 @@ def test_stratified_folds_deal_every_class_evenly():
     for name in "abc":
         counts = np.bincount(fold[np.array(labels) == name], minlength=5)
         assert counts.max() - counts.min() <= 1
+    # the classes' remainders (1, 0 and 1 rows over 5 folds) land in different folds
+    sizes = np.bincount(fold, minlength=5)
+    assert sizes.max() - sizes.min() <= 1
     assert np.array_equal(fold, stratified_folds(labels, 5, seed=0))
     assert not np.array_equal(fold, stratified_folds(labels, 5, seed=1))
 

@@ -128,13 +128,17 @@ def leave_one_lab_out(
 
 def stratified_folds(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
     """A fold number per row: each class's rows shuffled (seeded) and dealt round-robin,
-    so every fold holds about 1 / ``folds`` of every class."""
+    so every fold holds about 1 / ``folds`` of every class. Each class's deal starts at the
+    fold after the one where the previous class's stopped, so the classes' remainders go
+    to different folds and the folds' sizes differ by at most one row."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     fold = np.zeros(len(labels), dtype=np.int64)
+    start = 0
     for name in sorted(set(labels.tolist())):
         rows = rng.permutation(np.flatnonzero(labels == name))
-        fold[rows] = np.arange(len(rows)) % folds
+        fold[rows] = (start + np.arange(len(rows))) % folds
+        start = (start + len(rows)) % folds
     return fold
 
 
