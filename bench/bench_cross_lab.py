@@ -174,6 +174,7 @@ def run_lolo(args) -> None:
                 seed=seed,
                 method=args.method,
                 tta=args.tta,
+                balance=args.balance_labs,
             )
             print(
                 f"lolo {args.arm} {args.method} seed {seed}: {held_out} held out, "
@@ -277,6 +278,13 @@ def main(argv=None) -> int:
         help="evaluate the arm's models again (e.g. with --cyclegan-dir), no training",
     )
     parser.add_argument("--held-out", nargs="*", default=[], help="--lolo: only these labs")
+    parser.add_argument(
+        "--balance-labs",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="--lolo: weight the training labs alike within each class (the workflow's "
+        "cross_lab.balance_labs)",
+    )
     parser.add_argument(
         "--in-lab",
         nargs="+",

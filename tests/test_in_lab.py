@@ -142,3 +142,94 @@ def test_tta_reaches_every_cross_lab_evaluation(lab_cache, tmp_path, monkeypatch
         tta=True,
     )
     assert calls == [True, True, True]
+
+
+def test_balance_labs_weighs_labs_alike_within_each_class():
+    """Within each class every lab that has it reaches the largest lab's count (its own
+    rows repeated in order); a lab without the class gets none; the originals come first."""
+    from hemaflow.classify.leave_one_out import balance_labs
+
+    rows = pd.DataFrame(
+        {
+            "domain": ["big"] * 9 + ["small"] * 3 + ["tiny"],
+            "canonical_class": ["a"] * 6 + ["b"] * 3 + ["a", "a", "b", "b"],
+            "record_id": [f"r{k}" for k in range(13)],
+        }
+    )
+    images = np.arange(13) * 10  # stands for the images: which row each one is
+    out_images, out_rows = balance_labs(images, rows)
+    assert list(out_rows["record_id"][:13]) == list(rows["record_id"])
+    assert np.array_equal(out_images, out_rows["record_id"].str[1:].astype(int) * 10)
+    counts = out_rows.groupby(["canonical_class", "domain"]).size().to_dict()
+    assert counts == {
+        ("a", "big"): 6,
+        ("a", "small"): 6,
+        ("b", "big"): 3,
+        ("b", "small"): 3,
+        ("b", "tiny"): 3,
+    }
+    # small's two 'a' rows are cycled: r9, r10, r9, r10, r9, r10
+    small_a = out_rows[(out_rows["domain"] == "small") & (out_rows["canonical_class"] == "a")]
+    assert list(small_a["record_id"]) == ["r9", "r10"] * 3
+    half = balance_labs(images, rows, cap=0.5)[1]
+    assert half.groupby(["canonical_class", "domain"]).size()[("a", "small")] == 3
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="cap must be in"):
+            balance_labs(images, rows, cap=bad)
+
+
+def test_leave_one_lab_out_balances_the_training_labs_when_told(tmp_path, monkeypatch):
+    """``balance=True`` trains on the lab-balanced rows (validation rows untouched) and the
+    result says so; the default trains on the pooled rows as they are."""
+    folders = {}
+    for lab, per_class, offset in (("big", 6, 0), ("small", 2, 6), ("held", 3, 8)):
+        images, names = pbc_cells(per_class, 32, classes=CLASSES, offset=offset)
+        folder = tmp_path / lab
+        folder.mkdir()
+        split = (["train", "train", "val"] if per_class > 2 else ["train", "val"]) * len(names)
+        index = pd.DataFrame(
+            {
+                "record_id": [f"{lab}:{k}" for k in range(len(names))],
+                "domain_index": np.arange(len(names)),
+                "canonical_class": names.astype(str),
+                "split": split[: len(names)],
+            }
+        )
+        np.save(folder / "images.npy", images)
+        index.to_parquet(folder / "index.parquet", index=False)
+        folders[lab] = (str(folder / "images.npy"), str(folder / "index.parquet"))
+    seen = []
+    real_train = leave_one_out.train_on_rows
+
+    def spy(train_images, train_rows, val_images, val_rows, *args):
+        seen.append((train_rows.copy(), len(val_rows)))
+        return real_train(train_images, train_rows, val_images, val_rows, *args)
+
+    monkeypatch.setattr(leave_one_out, "train_on_rows", spy)
+    options = {"preset": "small", **TRAIN_TINY, "iterations": 2}
+    labs = ["big", "small", "held"]
+    results = {}
+    for balance in (False, True):
+        results[balance] = leave_one_out.leave_one_lab_out(
+            folders,
+            "held",
+            labs,
+            options,
+            str(tmp_path / "state"),
+            str(tmp_path / f"model-{balance}.pt"),
+            str(tmp_path / f"result-{balance}.json"),
+            n_boot=20,
+            balance=balance,
+        )
+    (plain, plain_val), (balanced, balanced_val) = seen
+    per_lab = {
+        name: rows.groupby(["canonical_class", "domain"]).size().unstack()
+        for name, rows in (("plain", plain), ("balanced", balanced))
+    }
+    # big: 4 training images a class, small: 1; balanced, small's one is repeated to 4
+    assert (per_lab["plain"]["big"] == 4).all() and (per_lab["plain"]["small"] == 1).all()
+    assert (per_lab["balanced"]["small"] == per_lab["balanced"]["big"]).all()
+    assert plain_val == balanced_val
+    assert results[False]["balance_labs"] is False and results[True]["balance_labs"] is True
+    assert json.loads((tmp_path / "result-True.json").read_text())["balance_labs"] is True
+    assert results[True]["n_images"] == 3 * len(CLASSES)

@@ -580,6 +580,7 @@ def test_leave_one_lab_out_target(workflow_run):
         matrix = np.asarray(result["confusion"])
         assert matrix.sum() == row.n_images
         assert result["tta"] is True  # cross_lab.tta's default reaches the evaluation
+        assert result["balance_labs"] is False  # cross_lab.balance_labs default
         assert row.balanced_accuracy_low <= row.balanced_accuracy <= row.balanced_accuracy_high
     assert (results / "balanced_accuracy.png").stat().st_size > 5_000
 

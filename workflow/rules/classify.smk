@@ -241,6 +241,7 @@ rule train_lolo_classifier:
         n_boot=config["evaluation"]["n_boot"],
         seed=config["evaluation"]["seed"],
         tta=CROSS_LAB["tta"],
+        balance_labs=CROSS_LAB["balance_labs"],
     script:
         "../scripts/leave_one_lab_out.py"
 

@@ -19,4 +19,5 @@ leave_one_lab_out(
     seed=snakemake.params.seed,
     method=snakemake.wildcards.method,
     tta=snakemake.params.tta,
+    balance=snakemake.params.balance_labs,
 )

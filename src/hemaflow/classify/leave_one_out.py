@@ -41,11 +41,40 @@ DomainFiles = Mapping[str, tuple[str, str]]  # domain -> (images.npy, index.parq
 def pooled_split(
     files: DomainFiles, domains: Sequence[str], split: str
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """One split of several domains' caches, stacked (rows keep their ``domain``)."""
+    """One split of several domains' caches, stacked; a ``domain`` column says which
+    domain each row came from."""
     parts = [labelled_rows(*files[domain], (split,)) for domain in domains]
     images = np.concatenate([images for images, _ in parts])
-    rows = pd.concat([rows for _, rows in parts], ignore_index=True)
+    rows = pd.concat(
+        [rows.assign(domain=domain) for domain, (_, rows) in zip(domains, parts)],
+        ignore_index=True,
+    )
     return images, rows
+
+
+def balance_labs(
+    images: np.ndarray, rows: pd.DataFrame, cap: float = 1.0
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Pooled training rows with every lab weighted alike within each class: in each class,
+    a lab with fewer rows than the class's largest lab has its rows repeated (cycling
+    through them in order) up to ``cap`` times that count. A lab without the class gets
+    none (nothing to repeat). With class-balanced batches, a class's draws then come from
+    its labs about equally, so a small lab's stain and framing are not drowned by a large
+    lab's (the per-domain batches of DomainBed's ERM, Gulrajani and Lopez-Paz 2021).
+    The original rows come first, in their order; ``cap`` is in (0, 1]."""
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"balance_labs: cap must be in (0, 1], got {cap}")
+    domain = rows["domain"].astype(str).to_numpy()
+    label = rows["canonical_class"].astype(str).to_numpy()
+    picks = [np.arange(len(rows))]
+    for name in sorted(set(label.tolist())):
+        members = {d: np.flatnonzero((domain == d) & (label == name)) for d in sorted(set(domain))}
+        wanted = int(np.ceil(cap * max(len(m) for m in members.values())))
+        for lab_rows in members.values():
+            if 0 < len(lab_rows) < wanted:
+                picks.append(np.resize(lab_rows, wanted - len(lab_rows)))
+    chosen = np.concatenate(picks)
+    return images[chosen], rows.iloc[chosen].reset_index(drop=True)
 
 
 def train_pooled_classifier(
@@ -55,11 +84,21 @@ def train_pooled_classifier(
     state_root: str,
     out_model: str,
     out_losses: str | None = None,
+    balance: bool = False,
 ) -> dict:
     """A classifier on the training images of ``train_domains`` pooled, early stopping on
-    their validation images; classes: every class with training images."""
+    their validation images; classes: every class with training images. ``balance``: the
+    labs weighted alike within each class (:func:`balance_labs`)."""
 
     train_images, train_rows = pooled_split(files, train_domains, "train")
+    if balance:
+        original = len(train_rows)
+        train_images, train_rows = balance_labs(train_images, train_rows)
+        log.info(
+            "labs balanced within each class: %d training rows, %d of them repeats",
+            len(train_rows),
+            len(train_rows) - original,
+        )
     val_images, val_rows = pooled_split(files, train_domains, "val")
     log.info(
         "classifier on %s pooled: %d training images",
@@ -95,15 +134,19 @@ def leave_one_lab_out(
     seed: int = 0,
     method: str = "",
     tta: bool = False,
+    balance: bool = False,
 ) -> dict:
     """Train on every labelled domain but ``held_out``, test on all of ``held_out``
-    (``tta``: predictions averaged over the 8 symmetries of the square)."""
+    (``tta``: predictions averaged over the 8 symmetries of the square; ``balance``: the
+    training labs weighted alike within each class, :func:`balance_labs`)."""
     from hemaflow.classify.predict import load_classifier
 
     train_domains = [d for d in labelled_domains if d != held_out]
     if not train_domains:
         raise ValueError(f"leave-one-lab-out needs a second labelled lab besides {held_out!r}")
-    summary = train_pooled_classifier(files, train_domains, options_section, state_root, out_model)
+    summary = train_pooled_classifier(
+        files, train_domains, options_section, state_root, out_model, balance=balance
+    )
     net, classes, _ = load_classifier(out_model)
     images, rows = labelled_rows(*files[held_out], ALL_SPLITS)
     result = {
@@ -113,6 +156,7 @@ def leave_one_lab_out(
         "iterations": summary.get("iterations"),
         "val_balanced_accuracy": summary.get("best_val_balanced_accuracy"),
         "tta": tta,
+        "balance_labs": balance,
         **lab_evaluation(net, list(classes), images, rows, n_boot, seed, tta),
     }
     write_json(result, out_json, default=float)
