@@ -66,9 +66,10 @@ def balance_labs(
         raise ValueError(f"balance_labs: cap must be in (0, 1], got {cap}")
     domain = rows["domain"].astype(str).to_numpy()
     label = rows["canonical_class"].astype(str).to_numpy()
+    labs = sorted(set(domain.tolist()))
     picks = [np.arange(len(rows))]
     for name in sorted(set(label.tolist())):
-        members = {d: np.flatnonzero((domain == d) & (label == name)) for d in sorted(set(domain))}
+        members = {lab: np.flatnonzero((domain == lab) & (label == name)) for lab in labs}
         wanted = int(np.ceil(cap * max(len(m) for m in members.values())))
         for lab_rows in members.values():
             if 0 < len(lab_rows) < wanted:
