@@ -22,8 +22,11 @@ mode-seeking and L1 terms).
 
 Each round times ``--steps`` steps of ours and of the reference, the order alternating
 between rounds; printed: the median seconds per step of each and 'ratio ours/reference'.
+With ``--cpu-bf16`` ours runs with the option of that name (bfloat16 autocast on the CPU)
+and the reference stays in float32, so the ratio is what the option buys on this processor.
 
     python bench/bench_gan_step.py --rounds 7 --steps 5
+    python bench/bench_gan_step.py --rounds 7 --steps 5 --cpu-bf16
     python bench/bench_gan_step.py --profile   # where our C-WGAN-GP step spends its time
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import statistics
 import sys
 import time
@@ -323,6 +327,7 @@ def cwgan_options(args: argparse.Namespace) -> CWGANOptions:
         n_critic=1,
         diffaugment="color,translation,cutout",
         amp=False,
+        cpu_bf16=args.cpu_bf16,
     )
 
 
@@ -347,7 +352,9 @@ def cwgan_pair(
     ours.sampler = ImageSampler(images, torch.device("cpu"))
     ours.balanced = BalancedRows(labels, N_CLASSES)
     classifier = build_classifier(classifier_options, N_CLASSES)
-    reference = ReferenceCWGAN(options, classifier, images, conditioning)
+    reference = ReferenceCWGAN(
+        replace(options, cpu_bf16=False), classifier, images, conditioning
+    )
     return ours, reference
 
 
@@ -549,7 +556,8 @@ def fewshot_pair(args: argparse.Namespace) -> tuple[OursFewShot, ReferenceFewSho
     size = options.image_size
     support = torch.rand(options.shots, 3, size, size) * 2 - 1
     real = torch.rand(options.batch_size, 3, size, size) * 2 - 1
-    return OursFewShot(options, support, real), ReferenceFewShot(options, support, real)
+    ours = OursFewShot(replace(options, cpu_bf16=args.cpu_bf16), support, real)
+    return ours, ReferenceFewShot(options, support, real)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -622,12 +630,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fewshot", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile our C-WGAN-GP step")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes")
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="ours with bfloat16 autocast on the CPU"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.steps, args.warmup = 2, 1, 1
         args.image_size, args.width, args.batch_size = 32, 4, 4
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (", ours with cpu_bf16" if args.cpu_bf16 else "")
+    )
     if args.profile:
         profile_ours(lambda: cwgan_pair(args), args.steps, 25)
         return 0

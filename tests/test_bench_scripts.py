@@ -55,8 +55,10 @@ def test_gpu_preset_bench_quick_runs_without_data_or_workflow_packages(tmp_path)
     )
 
 
-def test_gan_step_bench_quick_prints_the_ratios():
-    out = run_bench("bench_gan_step.py", "--quick")
+@pytest.mark.parametrize("flags", [(), ("--cpu-bf16",)])
+def test_gan_step_bench_quick_prints_the_ratios(flags):
+    out = run_bench("bench_gan_step.py", "--quick", *flags)
+    assert ("ours with cpu_bf16" in out.splitlines()[0]) == bool(flags), out
     ratios = [line for line in out.splitlines() if "ratio ours/reference" in line]
     assert len(ratios) == 3, out
     assert ratios[0].startswith("C-WGAN-GP dcgan") and ratios[1].startswith("C-WGAN-GP, the")

@@ -613,3 +613,40 @@ def test_minibatch_std_critic_trains_and_resumes_bit_identically(pbc32, classifi
     a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
     b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(pbc32, classifier_file, tmp_path):
+    from hemaflow.train.amp import MixedPrecision
+
+    trainer = MixedPrecision()
+    trainer.init_amp(torch.device("cpu"), amp=True, cpu_bf16=True)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with trainer.autocast():
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.bfloat16
+    trainer.init_amp(torch.device("cpu"), amp=True)  # float16 amp is CUDA-only
+    with trainer.autocast():
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.float32
+    assert trainer.scaler_G is None
+
+    options = tiny_gan(**FAST, cpu_bf16=True)
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    summary = train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    assert summary["completed"] and summary["cpu_bf16"] and not summary["amp"]
+    with open(tmp_path / "a.csv") as handle:
+        losses = [float(row["loss_D"]) for row in csv.DictReader(handle)]
+    assert losses and np.isfinite(losses).all()
+    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the model is kept in float32 and is not the float32 run's
+    assert all(v.dtype != torch.bfloat16 for v in a.values())
+    fp32 = (*args[:-1], tiny_gan(**FAST))
+    train_cwgan(*fp32, tmp_path / "c", tmp_path / "c.pt")
+    c = torch.load(tmp_path / "c.pt", weights_only=True)["G_ema"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # a checkpoint of the float32 run is not resumed as a bfloat16 one
+    train_cwgan(*fp32, tmp_path / "d", tmp_path / "d.pt", max_iterations_this_run=3)
+    with pytest.raises(ValueError, match="'cpu_bf16'"):
+        train_cwgan(*args, tmp_path / "d", tmp_path / "d.pt")

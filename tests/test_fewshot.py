@@ -619,3 +619,24 @@ def test_projected_critic_options_are_checked():
         tiny(critic="vgg")
     with pytest.raises(ValueError, match="'projected_taps'"):
         tiny(critic="projected", projected_taps=0)
+
+
+def test_cpu_bf16_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_path):
+    options = tiny(architecture="dcgan", width=8, cpu_bf16=True)
+    images, labels, names = meta_cells
+    args = (images, labels, names, options)
+    straight = train_fewshot_meta(*args, tmp_path / "a", tmp_path / "a.pt")
+    assert straight["completed"] and straight["cpu_bf16"]
+    train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    for name in ("encoder", "generator", "discriminator"):
+        assert _same_state(a[name], b[name]), name
+    assert all(v.dtype != torch.bfloat16 for v in a["generator"].values())
+    adapted = adapt_fewshot(
+        tmp_path / "a.pt", rare_cells, options, tmp_path / "d", tmp_path / "d.pt"
+    )
+    assert adapted["cpu_bf16"]
+    generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
+    out = generate_fewshot(generator, code, 3, seed=1)
+    assert out.shape == (3, 32, 32, 3) and out.std() > 0

@@ -91,7 +91,8 @@ class CWGANOptions(TrainingOptions):
     ``paper`` preset's scale (64 px): WGAN-GP with lambda 10, 5 critic steps per generator
     step, Adam 1e-4 with betas (0, 0.9), generator blocks (2, 4), critic blocks (2, 4, 4),
     width 64. ``iterations`` counts generator steps. ``amp`` (float16 autocast +
-    GradScaler) is used only on CUDA; the gradient penalty stays in float32. ``snapshots``:
+    GradScaler) is used only on CUDA; the gradient penalty stays in float32. ``cpu_bf16``:
+    bfloat16 autocast on the CPU (``hemaflow.train.amp``), the losses in float32. ``snapshots``:
     how many copies of G_ema to keep, at evenly spaced generator steps up to the last
     (0 = none). ``minibatch_std``: a group size (>= 2) for ProGAN's minibatch standard
     deviation in the ``dcgan`` critic (0 = off). ``critic="projected"``: the critic is
@@ -135,6 +136,7 @@ class CWGANOptions(TrainingOptions):
     snapshots: int = 0
     seed: int = 0
     amp: bool = True
+    cpu_bf16: bool = False
 
     KIND: ClassVar[str] = "cwgan"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -311,7 +313,7 @@ class CWGANModel(MixedPrecision):
     ):
         self.options = options
         self.n_classes = n_classes
-        self.init_amp(device, options.amp)
+        self.init_amp(device, options.amp, options.cpu_bf16)
         self.rng = rng
         self.sampler: ImageSampler | None = None  # set before training
         self.balanced: BalancedRows | None = None

@@ -108,7 +108,8 @@ class FewShotOptions(TrainingOptions):
     (each meta-training class needs at least that many); ``lambda_rec``: the study's L1
     encoder loss between the task's images and the generated ones; ``projection``: the
     discriminator sees the task code by projection. ``amp`` (float16 autocast + gradient
-    scaling) is used only on CUDA. ``snapshots``: how many copies of the adapted generator
+    scaling) is used only on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU
+    (``hemaflow.train.amp``). ``snapshots``: how many copies of the adapted generator
     (with its task code) the adaptation keeps, at evenly spaced iterations up to the last
     (0 = none; ``hemaflow.train.snapshots``). ``critic="projected"``: the discriminator
     is ``hemaflow.models.projected.CodeProjectedCritic`` (frozen ImageNet AlexNet taps,
@@ -143,6 +144,7 @@ class FewShotOptions(TrainingOptions):
     snapshots: int = 0
     seed: int = 0
     amp: bool = True
+    cpu_bf16: bool = False
 
     KIND: ClassVar[str] = "fewshot"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -326,7 +328,7 @@ class GANSteps(MixedPrecision):
 
     def __init__(self, options: FewShotOptions, device: torch.device, rng: np.random.Generator):
         self.options = options
-        self.init_amp(device, options.amp)
+        self.init_amp(device, options.amp, options.cpu_bf16)
         self.rng = rng
 
     def _adam(self, modules: Sequence[nn.Module], lr: float) -> torch.optim.Adam:

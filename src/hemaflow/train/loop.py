@@ -548,7 +548,7 @@ def train_and_save(
     ``run_options``: what a checkpoint must match to be resumed (default:
     ``asdict(options)``). ``summary_extra()``: more entries for the summary, added
     whether or not the run completed. Returns ``run_training``'s summary with ``amp``
-    (the trainer's ``use_amp``) and the extra entries."""
+    (the trainer's ``use_amp``), ``cpu_bf16`` (its ``use_bf16``) and the extra entries."""
     summary = run_training(
         trainer,
         kind=kind,
@@ -567,6 +567,7 @@ def train_and_save(
         resumable_changes=resumable_changes,
     )
     summary["amp"] = bool(getattr(trainer, "use_amp", False))
+    summary["cpu_bf16"] = bool(getattr(trainer, "use_bf16", False))
     if summary_extra is not None:
         summary.update(summary_extra())
     if not summary["completed"]:
