@@ -650,3 +650,48 @@ def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(pbc32, classifi
     train_cwgan(*fp32, tmp_path / "d", tmp_path / "d.pt", max_iterations_this_run=3)
     with pytest.raises(ValueError, match="'cpu_bf16'"):
         train_cwgan(*args, tmp_path / "d", tmp_path / "d.pt")
+
+
+def test_mode_seeking_pairs_classes_logs_its_term_and_resumes(pbc32, classifier_file, tmp_path):
+    with pytest.raises(ValueError, match="'lambda_ms'"):
+        tiny_gan(**FAST, lambda_ms=-1.0)
+    options = tiny_gan(**FAST, lambda_ms=1.0)
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    with open(tmp_path / "a.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(float(row["loss_G_ms"]) > 0 for row in rows)
+    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # off, the term is not logged and the run is not the mode-seeking one
+    off = (*args[:-1], tiny_gan(**FAST))
+    train_cwgan(*off, tmp_path / "c", tmp_path / "c.pt", tmp_path / "c.csv")
+    with open(tmp_path / "c.csv") as handle:
+        assert all(row["loss_G_ms"] == "nan" for row in csv.DictReader(handle))
+    c = torch.load(tmp_path / "c.pt", weights_only=True)["G_ema"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_mode_seeking_draws_pairs_of_one_class(pbc32, classifier_file):
+    from hemaflow.synth.cwgan import CWGANModel
+    from hemaflow.synth.real_classifier import load_real_classifier
+    from hemaflow.train.loop import ImageSampler, seed_everything
+
+    images, labels = routed(pbc32)
+    options = tiny_gan(**FAST, lambda_ms=1.0, batch_size=16)
+    classifier, names, _ = load_real_classifier(classifier_file["path"], "cpu")
+    class_map = torch.tensor([names.index(name) for name in ROUTED])
+    model = CWGANModel(
+        options, len(ROUTED), classifier, class_map, torch.device("cpu"), seed_everything(0)
+    )
+    model.sampler = ImageSampler(images, torch.device("cpu"))
+    model.balanced = BalancedRows(labels, len(ROUTED))
+    seen = []
+    generator_forward = model.G.forward
+    model.G.forward = lambda z, y: seen.append(y.clone()) or generator_forward(z, y)
+    model.train_iteration()
+    y = seen[-1]  # the generator step's batch (the critic step's is drawn first)
+    assert torch.equal(y[:8], y[8:]) and len(y) == 16 and len(set(y.tolist())) > 1

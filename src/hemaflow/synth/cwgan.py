@@ -56,6 +56,7 @@ from hemaflow.train.loop import (
 from hemaflow.train.losses import (
     gradient_penalty,
     hinge_critic_loss,
+    mode_seeking_loss,
     r1_penalty,
     wgan_generator_loss,
     wgan_gp_critic_loss,
@@ -69,6 +70,7 @@ CWGAN_LOSS_COLUMNS = (
     "loss_G",
     "loss_G_adv",
     "loss_G_class",
+    "loss_G_ms",
     "loss_D",
     "gp",
     "wasserstein",
@@ -92,7 +94,10 @@ class CWGANOptions(TrainingOptions):
     step, Adam 1e-4 with betas (0, 0.9), generator blocks (2, 4), critic blocks (2, 4, 4),
     width 64. ``iterations`` counts generator steps. ``amp`` (float16 autocast +
     GradScaler) is used only on CUDA; the gradient penalty stays in float32. ``cpu_bf16``:
-    bfloat16 autocast on the CPU (``hemaflow.train.amp``), the losses in float32. ``snapshots``:
+    bfloat16 autocast on the CPU (``hemaflow.train.amp``), the losses in float32.
+    ``lambda_ms``: weight of MSGAN's mode-seeking term in the generator's loss (0 = off):
+    the generator's batch is drawn as pairs of one class and two noise vectors, and the
+    term charges a pair for images closer together than their noise. ``snapshots``:
     how many copies of G_ema to keep, at evenly spaced generator steps up to the last
     (0 = none). ``minibatch_std``: a group size (>= 2) for ProGAN's minibatch standard
     deviation in the ``dcgan`` critic (0 = off). ``critic="projected"``: the critic is
@@ -124,6 +129,7 @@ class CWGANOptions(TrainingOptions):
     n_critic: int = 5
     lambda_class: float = 1.0
     class_every: int = 1
+    lambda_ms: float = 0.0
     lr: float = 1e-4
     beta1: float = 0.0
     beta2: float = 0.9
@@ -173,6 +179,7 @@ class CWGANOptions(TrainingOptions):
             "lambda_gp",
             "r1_gamma",
             "lambda_class",
+            "lambda_ms",
             "lr_critic",
             "snapshots",
         }
@@ -382,11 +389,14 @@ class CWGANModel(MixedPrecision):
             totals["wasserstein"] = totals["wasserstein"] + wasserstein.detach() / o.n_critic
 
         y = torch.from_numpy(self.rng.integers(0, self.n_classes, size=o.batch_size))
+        half = o.batch_size // 2 if o.lambda_ms > 0 else 0
+        y[half : 2 * half] = y[:half].clone()  # mode seeking: rows k and k + half pair up
         y = y.to(self.device)
+        z = self._z(o.batch_size)
         set_requires_grad([self.D], False)
         self.optimizer_G.zero_grad(set_to_none=True)
         with amp:
-            fake = self.G(self._z(o.batch_size), y)
+            fake = self.G(z, y)
             loss_adv = wgan_generator_loss(self.critic(fake, y))
             if class_now:
                 size = self.classifier.image_size
@@ -399,6 +409,12 @@ class CWGANModel(MixedPrecision):
             accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
         else:  # not this step: the log shows nan
             loss_class = accuracy = torch.full((), float("nan"), device=self.device)
+        if half:
+            pair = slice(half, 2 * half)
+            loss_ms = mode_seeking_loss(fake[:half], fake[pair], z[:half], z[pair])
+            loss_G = loss_G + o.lambda_ms * loss_ms
+        else:
+            loss_ms = torch.full((), float("nan"), device=self.device)
         self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
         self.ema.update()
@@ -408,6 +424,7 @@ class CWGANModel(MixedPrecision):
             "loss_G": loss_G.detach(),
             "loss_G_adv": loss_adv.detach(),
             "loss_G_class": loss_class.detach(),
+            "loss_G_ms": loss_ms.detach(),
             **totals,
             "class_acc_fake": accuracy,
         }

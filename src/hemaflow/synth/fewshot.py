@@ -54,7 +54,11 @@ from hemaflow.train.loop import (
     train_and_save,
     training_device,
 )
-from hemaflow.train.losses import lsgan_critic_loss, lsgan_generator_loss
+from hemaflow.train.losses import (
+    lsgan_critic_loss,
+    lsgan_generator_loss,
+    mode_seeking_loss,
+)
 from hemaflow.train.options import TrainingOptions
 
 LOSSES = ("hinge", "lsgan")
@@ -91,7 +95,6 @@ ARCHITECTURE = (
 # options of the other stage: changing them does not change this stage's run
 META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
 ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support", "snapshots"})
-_MS_EPS = 1e-5  # MSGAN's epsilon in 1 / (lz + eps)
 
 
 # ------------------------------------------------------------------------------- options
@@ -311,15 +314,6 @@ def generator_loss(loss: str, fake: torch.Tensor) -> torch.Tensor:
     if loss == "lsgan":
         return lsgan_generator_loss(fake)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-
-
-def mode_seeking_loss(
-    fake_1: torch.Tensor, fake_2: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor
-) -> torch.Tensor:
-    """MSGAN (Mao et al. 2019): 1 / (lz + eps), lz = mean|G(c,z1) - G(c,z2)| /
-    mean|z1 - z2|; minimising it maximises the images' distance per unit of noise."""
-    lz = (fake_1.float() - fake_2.float()).abs().mean() / (z_1 - z_2).abs().mean()
-    return 1.0 / (lz + _MS_EPS)
 
 
 class GANSteps(MixedPrecision):

@@ -40,6 +40,19 @@ def r1_penalty(scores_real: torch.Tensor, real: torch.Tensor, gamma: float) -> t
     return 0.5 * gamma * gradients.reshape(gradients.shape[0], -1).pow(2).sum(dim=1).mean()
 
 
+_MS_EPS = 1e-5  # MSGAN's epsilon in 1 / (lz + eps)
+
+
+def mode_seeking_loss(
+    fake_1: torch.Tensor, fake_2: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor
+) -> torch.Tensor:
+    """MSGAN (Mao et al. 2019): 1 / (lz + eps), lz = mean|G(c,z1) - G(c,z2)| /
+    mean|z1 - z2|; minimising it maximises the images' distance per unit of noise, against
+    a conditional generator that draws one image per condition whatever its noise."""
+    lz = (fake_1.float() - fake_2.float()).abs().mean() / (z_1.float() - z_2.float()).abs().mean()
+    return 1.0 / (lz + _MS_EPS)
+
+
 def wgan_generator_loss(scores_fake: torch.Tensor) -> torch.Tensor:
     """-E[D(fake)]."""
     return -scores_fake.float().mean()
