@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import replace
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -352,9 +352,7 @@ def cwgan_pair(
     ours.sampler = ImageSampler(images, torch.device("cpu"))
     ours.balanced = BalancedRows(labels, N_CLASSES)
     classifier = build_classifier(classifier_options, N_CLASSES)
-    reference = ReferenceCWGAN(
-        replace(options, cpu_bf16=False), classifier, images, conditioning
-    )
+    reference = ReferenceCWGAN(replace(options, cpu_bf16=False), classifier, images, conditioning)
     return ours, reference
 
 

@@ -283,3 +283,26 @@ def test_a_synthetic_share_reruns_only_the_synthesis_arms(study):
     for bad in (0, 1.5, True, "half"):
         with pytest.raises(ConfigError, match=r"rare_study\.synthetic_share"):
             tiny_settings(synthetic_share=bad)
+
+
+def test_the_cwgan_curve_bench_quick_run(study, tmp_path):
+    """bench/bench_cwgan_curve.py --quick on the tiny cache: trains, measures every
+    snapshot on validation images, prints the table and the targets, writes its files."""
+    base, *_ = study
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "bench" / "bench_cwgan_curve.py"), "--quick"]
+    command += ["--results", str(base / "results"), "--out", str(tmp_path / "curve")]
+    command += ["--iterations", "4", "--snapshots", "2", "--curve-images", "4"]
+    command += ["--curve-real", "4", "--minutes", "1e-9"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "4 steps" in out and "cpu_bf16 True" in out, out
+    assert "per class at 2 steps" in out, out  # nothing within the budget: the first one
+    assert f"classes meeting every target: 0 of {len(CLASSES)}" in out, out
+    curve = pd.read_csv(tmp_path / "curve" / "curve.csv")
+    assert sorted(curve["iteration"].unique()) == [2, 4]
+    assert set(curve["canonical_class"]) == set(CLASSES)
+    assert (curve["real_images"] == 4).all() and (curve["fake_images"] == 4).all()
+    for name in ("curve.png", "grid.png", "cwgan.pt", "classifier.pt"):
+        assert (tmp_path / "curve" / name).is_file(), name

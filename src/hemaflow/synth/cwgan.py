@@ -213,10 +213,12 @@ CWGAN_PRESETS: dict[str, CWGANOptions] = {
     # 64 px on a 2-core CPU: the DCGAN-shaped networks (hemaflow.models.dcgan, width 32:
     # 1.0 M generator and 0.7 M critic parameters), hinge loss with one critic step per
     # generator step, a lazy R1 penalty and a lazy classifier term (every 4th step, weighted
-    # up by 4), DiffAugment colour and translation, Adam 2e-4 (0.5, 0.999). About 0.5 s per
-    # step at one thread, so 1,200 steps take about 10 minutes; the residual networks of
-    # the paper at width 16 with 5 critic steps took 0.7-2 s per step and drew blobs after
-    # 300 (docs/synthesis.md has the measurements and the curve of quality against time).
+    # up by 4), DiffAugment colour and translation, Adam 2e-4 (0.5, 0.999), bfloat16 autocast
+    # (0.32 s per step at one thread beside another run, against 0.48 in float32, with the
+    # same quality per step), so 1,200 steps take about 6-7 minutes; 60 minutes buy about
+    # 11,000 steps and KID 0.12 (docs/synthesis.md: the curve of quality against time).
+    # The residual networks of the paper at width 16 with 5 critic steps took 0.7-2 s per
+    # step and drew blobs after 300.
     "cpu": CWGANOptions(
         image_size=64,
         architecture="dcgan",
@@ -238,6 +240,7 @@ CWGAN_PRESETS: dict[str, CWGANOptions] = {
         checkpoint_every=200,
         log_every=20,
         snapshots=5,
+        cpu_bf16=True,
     ),
     # the paper's networks at 64 px: width 64, blocks (2, 4) / (2, 4, 4), 100k generator
     # steps of 64 images; GPU
