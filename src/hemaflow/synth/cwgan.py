@@ -416,8 +416,8 @@ class CWGANModel(MixedPrecision):
             pair = slice(half, 2 * half)
             loss_ms = mode_seeking_loss(fake[:half], fake[pair], z[:half], z[pair])
             loss_G = loss_G + o.lambda_ms * loss_ms
-        else:
-            loss_ms = torch.full((), float("nan"), device=self.device)
+        else:  # off: no term (0 in the log)
+            loss_ms = torch.zeros((), device=self.device)
         self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
         self.ema.update()
