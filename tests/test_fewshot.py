@@ -261,6 +261,8 @@ def test_presets():
         ({"preset": "cpu", "lambda_ms": -1.0}, "lambda_ms"),
         ({"preset": "cpu", "width": "wide"}, "width"),
         ({"preset": "cpu", "snapshots": -2}, "snapshots"),
+        ({"preset": "cpu", "inner_optimizer": "sgd"}, "inner_optimizer"),
+        ({"preset": "cpu", "adapt_ema_decay": 1.0}, "adapt_ema_decay"),
     ],
 )
 def test_option_errors_name_the_key(section, key):
@@ -640,3 +642,49 @@ def test_cpu_bf16_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_pat
     generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
     out = generate_fewshot(generator, code, 3, seed=1)
     assert out.shape == (3, 32, 32, 3) and out.std() > 0
+
+
+def test_kept_inner_optimizers_and_adaptation_average_resume_bit_identically(
+    meta_run, adapted, meta_cells, rare_cells, tmp_path
+):
+    images, labels, names = meta_cells
+    kept = tiny(inner_optimizer="kept")
+    args = (images, labels, names, kept)
+    straight = train_fewshot_meta(*args, tmp_path / "a", tmp_path / "a.pt")
+    assert straight["completed"]
+    train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    assert train_fewshot_meta(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    fresh = torch.load(meta_run["root"] / "meta.pt", weights_only=True)
+    for name in ("encoder", "generator", "discriminator"):
+        assert _same_state(a[name], b[name]), name
+    # the kept moments change the run: it is not the published Reptile's
+    assert not _same_state(a["generator"], fresh["generator"])
+    # a meta checkpoint of fresh optimizers is not resumed as a kept-optimizer run
+    train_fewshot_meta(
+        images, labels, names, tiny(), tmp_path / "c", tmp_path / "c.pt", max_iterations_this_run=2
+    )
+    with pytest.raises(ValueError, match="inner_optimizer"):
+        train_fewshot_meta(*args, tmp_path / "c", tmp_path / "c.pt")
+
+    # the adaptation's moving average: resumed bit for bit, generation from the average
+    meta = meta_run["root"] / "meta.pt"
+    averaged = tiny(adapt_ema_decay=0.5)
+    adapt_fewshot(meta, rare_cells, averaged, tmp_path / "d", tmp_path / "d.pt")
+    adapt_fewshot(
+        meta, rare_cells, averaged, tmp_path / "e", tmp_path / "e.pt", max_iterations_this_run=2
+    )
+    assert (
+        adapt_fewshot(meta, rare_cells, averaged, tmp_path / "e", tmp_path / "e.pt")["resumed_from"]
+        == 2
+    )
+    d, e = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "de")
+    plain = torch.load(adapted["root"] / "adapted.pt", weights_only=True)
+    assert _same_state(d["generator"], e["generator"]) and torch.equal(d["code"], e["code"])
+    for x, y in zip(d["snapshots"], e["snapshots"], strict=True):
+        assert _same_state(x["state"]["generator"], y["state"]["generator"])
+    # same training (the average does not feed back), other weights to generate with
+    assert _same_state(d["discriminator"], plain["discriminator"])
+    assert not _same_state(d["generator"], plain["generator"])
+    generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
+    assert generate_fewshot(generator, code, 2, seed=1).std() > 0

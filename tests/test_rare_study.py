@@ -300,6 +300,8 @@ def test_the_cwgan_curve_bench_quick_run(study, tmp_path):
     assert "4 steps" in out and "cpu_bf16 True" in out, out
     assert "per class at 2 steps" in out, out  # nothing within the budget: the first one
     assert f"classes meeting every target: 0 of {len(CLASSES)}" in out, out
+    # judged by the schema's default targets, each miss named with its value
+    assert "'kid': 0.15" in out and ("> 0.15" in out or "kid not measured" in out), out
     curve = pd.read_csv(tmp_path / "curve" / "curve.csv")
     assert sorted(curve["iteration"].unique()) == [2, 4]
     assert set(curve["canonical_class"]) == set(CLASSES)

@@ -178,6 +178,13 @@ def test_gate_judge_on_real_validation_images(pool_files, judge, tmp_path, caplo
 # --------------------------------------------------------------------------- the decision
 
 
+def test_default_targets_are_the_schemas_issue_16_bar():
+    for route in ("cwgan", "fewshot"):
+        assert QualityTargets.defaults(route) == QualityTargets.from_config(ISSUE_16_TARGETS, route)
+    with pytest.raises(ValueError, match="classifier"):
+        QualityTargets.defaults("classifier")
+
+
 def test_targets_met_pad_with_synthetic_images():
     targets = QualityTargets.from_config(ISSUE_16_TARGETS, "cwgan")
     measures = {"precision": 0.62, "recall": 0.31, "kid": 0.08, "acceptance": 0.9}

@@ -62,6 +62,9 @@ from hemaflow.train.losses import (
 from hemaflow.train.options import TrainingOptions
 
 LOSSES = ("hinge", "lsgan")
+# fresh: new Adam optimizers for every task (Reptile as published); kept: the fast
+# networks' Adam optimizers carry their moments from task to task
+INNER_OPTIMIZERS = ("fresh", "kept")
 # fastgan: the study's FastGAN generator and spectral-norm discriminator; dcgan: the small
 # DCGAN-shaped networks of hemaflow.models.dcgan (a fraction of the cost on a CPU)
 ARCHITECTURES = ("fastgan", "dcgan")
@@ -93,8 +96,15 @@ ARCHITECTURE = (
     "projected_input",
 )
 # options of the other stage: changing them does not change this stage's run
-META_ONLY = frozenset({"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr"})
-ADAPT_ONLY = frozenset({"adapt_iterations", "adapt_lr", "adapt_support", "snapshots"})
+META_ONLY = frozenset(
+    {"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr", "inner_optimizer"}
+)
+ADAPT_ONLY = frozenset(
+    {"adapt_iterations", "adapt_lr", "adapt_support", "snapshots", "adapt_ema_decay"}
+)
+# the half-life of the adaptation's moving average is at most this share of the steps
+# taken (stylegan2-ada's ramp-up, the C-WGAN-GP's default)
+ADAPT_EMA_RAMPUP = 0.05
 
 
 # ------------------------------------------------------------------------------- options
@@ -112,7 +122,12 @@ class FewShotOptions(TrainingOptions):
     encoder loss between the task's images and the generated ones; ``projection``: the
     discriminator sees the task code by projection. ``amp`` (float16 autocast + gradient
     scaling) is used only on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU
-    (``hemaflow.train.amp``). ``snapshots``: how many copies of the adapted generator
+    (``hemaflow.train.amp``). ``inner_optimizer``: ``fresh`` Adam optimizers per task
+    (Reptile as published: with a few inner steps Adam's first, sign-like steps dominate)
+    or ``kept``, the fast networks' optimizers carrying their moments from task to task.
+    ``adapt_ema_decay``: the adaptation generates from a moving average of the encoder
+    and generator weights (``hemaflow.train.ema``, per-step decay; 0 = the trained
+    weights themselves). ``snapshots``: how many copies of the adapted generator
     (with its task code) the adaptation keeps, at evenly spaced iterations up to the last
     (0 = none; ``hemaflow.train.snapshots``). ``critic="projected"``: the discriminator
     is ``hemaflow.models.projected.CodeProjectedCritic`` (frozen ImageNet AlexNet taps,
@@ -136,6 +151,8 @@ class FewShotOptions(TrainingOptions):
     adapt_iterations: int = 2_000
     adapt_lr: float = 2e-4
     adapt_support: int = 100
+    inner_optimizer: str = "fresh"
+    adapt_ema_decay: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
     lambda_ms: float = 1.0
@@ -154,6 +171,7 @@ class FewShotOptions(TrainingOptions):
         "loss": LOSSES,
         "architecture": ARCHITECTURES,
         "critic": CRITICS,
+        "inner_optimizer": INNER_OPTIMIZERS,
     }
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
         {
@@ -183,6 +201,8 @@ class FewShotOptions(TrainingOptions):
             return "must be a power of two >= 32"
         if name == "meta_lr" and not 0.0 < value <= 1.0:
             return "must be in (0, 1]"
+        if name == "adapt_ema_decay" and not 0.0 <= value < 1.0:
+            return "must be in [0, 1)"
         if name == "diffaug":
             try:
                 parse_policy(value)
@@ -399,6 +419,15 @@ class MetaTrainer(GANSteps):
         self.samplers = list(samplers)
         self.encoder, self.generator, self.discriminator = build_networks(options, device)
         self.fast = build_networks(options, device)
+        self.kept: tuple[torch.optim.Adam, torch.optim.Adam] | None = None
+        if options.inner_optimizer == "kept":
+            # bound to the fast networks' parameters, which load_state_dict refills in place
+            self.kept = self._inner_optimizers()
+
+    def _inner_optimizers(self) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+        encoder, generator, discriminator = self.fast
+        inner_lr = self.options.inner_lr
+        return self._adam([encoder, generator], inner_lr), self._adam([discriminator], inner_lr)
 
     def modules(self) -> list[nn.Module]:
         return [self.encoder, self.generator, self.discriminator, *self.fast]
@@ -414,8 +443,7 @@ class MetaTrainer(GANSteps):
         for meta, fast in zip(self.meta, self.fast):
             fast.load_state_dict(meta.state_dict())
         encoder, generator, discriminator = self.fast
-        optimizer_G = self._adam([encoder, generator], o.inner_lr)
-        optimizer_D = self._adam([discriminator], o.inner_lr)
+        optimizer_G, optimizer_D = self.kept or self._inner_optimizers()
         totals: dict[str, torch.Tensor] = {}
         for _ in range(o.inner_steps):
             rows = self.rng.choice(len(sampler), size=o.shots, replace=False)
@@ -431,17 +459,28 @@ class MetaTrainer(GANSteps):
         return {"task": float(task), **totals}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "encoder": self.encoder.state_dict(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             **self.scaler_state(),
         }
+        if self.kept is not None:
+            state["inner_optimizers"] = [optimizer.state_dict() for optimizer in self.kept]
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name in ("encoder", "generator", "discriminator"):
             getattr(self, name).load_state_dict(state[name])
         self.load_scaler_state(state)
+        if self.kept is not None:
+            if "inner_optimizers" not in state:
+                raise ValueError(
+                    "few-shot meta-training checkpoint without inner optimizer states, "
+                    "but inner_optimizer is 'kept': remove its folder to start over"
+                )
+            for optimizer, saved in zip(self.kept, state["inner_optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
 
 
 def _check_labels(

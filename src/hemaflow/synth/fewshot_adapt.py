@@ -24,6 +24,7 @@ from torch import nn
 
 from hemaflow.models.fewshot import FewShotGenerator, TaskEncoder
 from hemaflow.synth.fewshot import (
+    ADAPT_EMA_RAMPUP,
     ADAPTED_FORMAT,
     ARCHITECTURE,
     LOSS_COLUMNS,
@@ -33,6 +34,7 @@ from hemaflow.synth.fewshot import (
     GANSteps,
     build_networks,
 )
+from hemaflow.train.ema import MovingAverage
 from hemaflow.train.loop import (
     RESUMABLE_CHANGES,
     ImageSampler,
@@ -75,6 +77,16 @@ class AdaptTrainer(GANSteps):
             getattr(self, name).load_state_dict(weights[name])
         self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
         self.optimizer_D = self._adam([self.discriminator], options.adapt_lr)
+        # what generation uses: the moving average of the encoder and generator (with
+        # adapt_ema_decay 0, the average is the trained networks themselves)
+        self.averages = (
+            [
+                MovingAverage(net, options.adapt_ema_decay, ADAPT_EMA_RAMPUP)
+                for net in (self.encoder, self.generator)
+            ]
+            if options.adapt_ema_decay > 0
+            else []
+        )
 
     def modules(self) -> list[nn.Module]:
         return [self.encoder, self.generator, self.discriminator]
@@ -97,6 +109,8 @@ class AdaptTrainer(GANSteps):
             support,
             real,
         )
+        for average in self.averages:
+            average.update()
         self.steps += 1
         if self.snapshots.due(self.steps):
             self.snapshots.add(self.steps, self.generation_state())
@@ -106,9 +120,14 @@ class AdaptTrainer(GANSteps):
         """What generation needs now: the task code of the class's images and the
         generator's weights with batch-norm statistics re-estimated for that code. Works
         on a copy: the training networks, their statistics and the RNGs are left as they
-        are."""
-        code = task_code(self.encoder, self.images, self.device)
-        generator = copy.deepcopy(self.generator)
+        are. With ``adapt_ema_decay`` > 0, the moving averages' weights."""
+        encoder, generator = (
+            [average.average for average in self.averages]
+            if self.averages
+            else [self.encoder, self.generator]
+        )
+        code = task_code(encoder, self.images, self.device)
+        generator = copy.deepcopy(generator)
         recalibrate_batch_norm(generator, code, seed=self.options.seed)
         return {"generator": module_copy(generator), "code": code.cpu()}
 
@@ -120,6 +139,7 @@ class AdaptTrainer(GANSteps):
             }
             | self.scaler_state()
             | {"steps": self.steps, "snapshots": self.snapshots.state_dict()}
+            | {"averages": [average.state_dict() for average in self.averages]}
         )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -133,6 +153,14 @@ class AdaptTrainer(GANSteps):
             )
         self.steps = int(state.get("steps", 0))
         self.snapshots.load_state_dict(state.get("snapshots", []), self.steps)
+        saved = state.get("averages", [])
+        if len(saved) != len(self.averages):
+            raise ValueError(
+                "few-shot adaptation checkpoint with a different moving average "
+                "(adapt_ema_decay): remove its folder to start over"
+            )
+        for average, average_state in zip(self.averages, saved):
+            average.load_state_dict(average_state)
 
 
 @torch.no_grad()

@@ -69,6 +69,19 @@ class QualityTargets:
                 raise ConfigError(where, f"a share: must be in [0, 1], got {value!r}")
         return cls(**{k: (None if v is None else float(v)) for k, v in values.items()})
 
+    @classmethod
+    def defaults(cls, route: str) -> QualityTargets:
+        """The targets of ``route`` that a config without ``synthesis.quality_targets``
+        gets: the schema's defaults (for benches, which judge by the workflow's bar)."""
+        from hemaflow.config import load_schema
+
+        synthesis = load_schema()["properties"]["synthesis"]["properties"]
+        routes = synthesis["quality_targets"]["properties"]
+        if route not in routes:
+            raise ValueError(f"route {route!r} has no quality targets (one of {TARGET_ROUTES})")
+        properties = routes[route]["properties"]
+        return cls.from_config({route: {k: v["default"] for k, v in properties.items()}}, route)
+
     def checked(self) -> dict[str, float]:
         return {
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
