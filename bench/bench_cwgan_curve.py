@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+from bench_synthesis_curve import domain_pool
 from cli import parse_overrides
 
 from hemaflow.synth.targets import QualityTargets, missed_targets
@@ -69,21 +69,14 @@ def main(argv=None) -> int:
     from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve
     from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
     from hemaflow.synth.evaluate import plot_samples
-    from hemaflow.synth.pool import build_pool, class_images, labelled_train
+    from hemaflow.synth.pool import class_images, labelled_train
     from hemaflow.synth.real_classifier import RealClassifierOptions, train_real_classifier
 
     cache = args.results / "cache" / args.domain
     if not (cache / "images.npy").is_file():
         print(f"{cache / 'images.npy'} missing: run the workflow up to the caches first")
         return 2
-    images, pool = build_pool(
-        {
-            args.domain: (
-                np.load(cache / "images.npy", mmap_mode="r"),
-                pd.read_parquet(cache / "index.parquet"),
-            )
-        }
-    )
+    images, pool = domain_pool(args.results, args.domain)
     classes = sorted(pool.loc[pool["split"] == "train", "canonical_class"].unique())
     x, y = labelled_train(images, pool, classes)
     out = args.out

@@ -30,20 +30,26 @@ from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve, fewsh
 from hemaflow.synth.pool import build_pool, class_images
 
 
-def rare_pool(results: Path, rare: str, rare_count: int, seed: int):
-    """The pbc domain cache as a synthesis pool, ``rare`` subsampled to ``rare_count``
-    training images (its others held out)."""
-    cache = results / "cache" / "pbc"
+def domain_pool(results: Path, domain: str, subsample: dict[str, int] | None = None, seed: int = 0):
+    """A domain cache of the workflow (``results/cache/<domain>``) as a synthesis pool,
+    the classes of ``subsample`` cut to that many training images (the others held out)."""
+    cache = results / "cache" / domain
     return build_pool(
         {
-            "pbc": (
+            domain: (
                 np.load(cache / "images.npy", mmap_mode="r"),
                 pd.read_parquet(cache / "index.parquet"),
             )
         },
-        subsample={rare: rare_count},
+        subsample=subsample,
         seed=seed,
     )
+
+
+def rare_pool(results: Path, rare: str, rare_count: int, seed: int):
+    """The pbc domain cache as a synthesis pool, ``rare`` subsampled to ``rare_count``
+    training images (its others held out)."""
+    return domain_pool(results, "pbc", {rare: rare_count}, seed)
 
 
 def bench_curves(
