@@ -308,3 +308,40 @@ def test_the_cwgan_curve_bench_quick_run(study, tmp_path):
     assert (curve["real_images"] == 4).all() and (curve["fake_images"] == 4).all()
     for name in ("curve.png", "grid.png", "cwgan.pt", "classifier.pt"):
         assert (tmp_path / "curve" / name).is_file(), name
+
+
+def test_the_fewshot_curve_bench_quick_run(study, tmp_path):
+    """bench/bench_fewshot_curve.py --quick on the tiny cache: cuts the classes, meta-trains
+    on the others, adapts, measures the curve and the final generators against the
+    few-shot route's targets on validation images, writes its files."""
+    base, *_ = study
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "bench" / "bench_fewshot_curve.py"), "--quick"]
+    command += ["--results", str(base / "results"), "--out", str(tmp_path / "fs")]
+    command += ["--rare", *CUT, "--rare-count", "5", "--large-min", "8"]
+    command += ["--meta-iterations", "3", "--adapt-iterations", "2", "--curve-images", "4"]
+    command += ["--curve-real", "4", "--final-images", "6", "--gate-images", "6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    large = sorted(set(CLASSES) - set(CUT))
+    assert f"meta-training on {large}" in out and "3 outer iterations" in out, out
+    assert "'kid': 0.25" in out and f"classes meeting every target: 0 of {len(CUT)}" in out
+    final = pd.read_csv(tmp_path / "fs" / "final.csv")
+    assert list(final["canonical_class"]) == CUT and (final["training_images"] == 5).all()
+    assert final["missed"].str.contains("kid").all()
+    assert final["acceptance"].between(0, 1).all()
+    curve = pd.read_csv(tmp_path / "fs" / "curve.csv")
+    assert set(curve["canonical_class"]) == set(CUT)
+    # the adaptation's minutes come after the whole meta-training's
+    assert (curve["seconds"] > final["meta_minutes"].min() * 60).all()
+    for name in ("curve.png", "grid.png", "judge.pt", "meta.pt", *(f"{c}.pt" for c in CUT)):
+        assert (tmp_path / "fs" / name).is_file(), name
+    refused = subprocess.run(
+        [*command[:2], "--results", str(base / "results"), "--rare", "myeloblast"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert refused.returncode == 2 and "myeloblast" in refused.stdout, refused.stdout
