@@ -87,6 +87,11 @@ TINY = dict(
     checkpoint_every=2,
     log_every=1,
     seed=5,
+    # Reptile as published, float32, generation from the trained weights (the cpu
+    # preset's kept optimizers, moving average and bfloat16 are tested on their own)
+    inner_optimizer="fresh",
+    adapt_ema_decay=0.0,
+    cpu_bf16=False,
 )
 
 
@@ -245,6 +250,10 @@ def test_presets():
     assert FewShotOptions.KIND == "fewshot"
     # the adaptation's snapshots: about 5 points on the quality curve
     assert cpu.snapshots == paper.snapshots == 5 and FewShotOptions().snapshots == 0
+    # 0.11.0's cpu route; the paper preset stays the study's Reptile in float32
+    assert cpu.inner_optimizer == "kept" and cpu.adapt_ema_decay > 0 and cpu.cpu_bf16
+    assert paper.inner_optimizer == "fresh" and paper.adapt_ema_decay == 0
+    assert not paper.cpu_bf16
 
 
 @pytest.mark.parametrize(

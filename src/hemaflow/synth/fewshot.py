@@ -217,9 +217,12 @@ PRESETS: dict[str, FewShotOptions] = {
     # 64 px on a 2-core CPU: the DCGAN-shaped generator and critic (width 32, the task
     # encoder at width 8), batch 16, no L1 term (against a random real image it pulls
     # every fake toward the mean cell: the blobs of 0.1.0-0.4.0), a light mode-seeking
-    # term. Measured at one thread beside another job: 1.5 s per outer iteration (4 GAN
-    # steps), so meta-training takes about 17 minutes; adaptation to 50 images about
-    # 3.7 minutes per class (docs/synthesis.md).
+    # term; bfloat16, inner optimizers kept across tasks, generation from the
+    # adaptation's moving average (0.11.0: KID 0.18-0.20 against 0.28-0.29 without the
+    # last two after 39 + 6 minutes). At one thread beside another job: about 1 s per
+    # outer iteration (4 GAN steps), so meta-training takes about 12 minutes and
+    # adaptation to 50 images about 2.5 minutes per class; 2,400 and 1,500 iterations
+    # (39 and 6 minutes) reach the route's KID target (docs/synthesis.md).
     "cpu": FewShotOptions(
         image_size=64,
         architecture="dcgan",
@@ -237,9 +240,12 @@ PRESETS: dict[str, FewShotOptions] = {
         adapt_iterations=600,
         adapt_lr=2e-4,
         adapt_support=10,
+        inner_optimizer="kept",
+        adapt_ema_decay=0.999,
         checkpoint_every=100,
         log_every=10,
         snapshots=5,
+        cpu_bf16=True,
     ),
     # the study's scale: 128 px, 20,000 episodes; GPU
     "paper": FewShotOptions(
