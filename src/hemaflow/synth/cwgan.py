@@ -39,7 +39,7 @@ from hemaflow.models.fewshot import diff_augment, parse_policy
 from hemaflow.models.projected import CRITICS, ProjectedCritic, check_projected_option
 from hemaflow.synth.real_classifier import check_image_size, load_real_classifier
 from hemaflow.train.amp import MixedPrecision
-from hemaflow.train.ema import MovingAverage
+from hemaflow.train.ema import RAMPUP, MovingAverage
 from hemaflow.train.labelled import BalancedRows, check_labelled
 from hemaflow.train.loop import (
     ImageSampler,
@@ -134,7 +134,7 @@ class CWGANOptions(TrainingOptions):
     beta1: float = 0.0
     beta2: float = 0.9
     ema_decay: float = 0.999
-    ema_rampup: float = 0.05
+    ema_rampup: float = RAMPUP
     batch_size: int = 64
     iterations: int = 100_000
     checkpoint_every: int = 2_500

@@ -102,9 +102,6 @@ META_ONLY = frozenset(
 ADAPT_ONLY = frozenset(
     {"adapt_iterations", "adapt_lr", "adapt_support", "snapshots", "adapt_ema_decay"}
 )
-# the half-life of the adaptation's moving average is at most this share of the steps
-# taken (stylegan2-ada's ramp-up, the C-WGAN-GP's default)
-ADAPT_EMA_RAMPUP = 0.05
 
 
 # ------------------------------------------------------------------------------- options

@@ -24,7 +24,6 @@ from torch import nn
 
 from hemaflow.models.fewshot import FewShotGenerator, TaskEncoder
 from hemaflow.synth.fewshot import (
-    ADAPT_EMA_RAMPUP,
     ADAPTED_FORMAT,
     ARCHITECTURE,
     LOSS_COLUMNS,
@@ -34,7 +33,7 @@ from hemaflow.synth.fewshot import (
     GANSteps,
     build_networks,
 )
-from hemaflow.train.ema import MovingAverage
+from hemaflow.train.ema import RAMPUP, MovingAverage
 from hemaflow.train.loop import (
     RESUMABLE_CHANGES,
     ImageSampler,
@@ -77,11 +76,11 @@ class AdaptTrainer(GANSteps):
             getattr(self, name).load_state_dict(weights[name])
         self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
         self.optimizer_D = self._adam([self.discriminator], options.adapt_lr)
-        # what generation uses: the moving average of the encoder and generator (with
-        # adapt_ema_decay 0, the average is the trained networks themselves)
+        # what generation uses: the moving averages of the encoder and generator, with
+        # stylegan2-ada's ramp-up (none with adapt_ema_decay 0: the trained networks)
         self.averages = (
             [
-                MovingAverage(net, options.adapt_ema_decay, ADAPT_EMA_RAMPUP)
+                MovingAverage(net, options.adapt_ema_decay, RAMPUP)
                 for net in (self.encoder, self.generator)
             ]
             if options.adapt_ema_decay > 0

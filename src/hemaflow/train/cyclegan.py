@@ -29,7 +29,7 @@ from hemaflow.models.cyclegan import (
     init_weights,
 )
 from hemaflow.train.amp import MixedPrecision
-from hemaflow.train.ema import MovingAverage
+from hemaflow.train.ema import RAMPUP, MovingAverage
 from hemaflow.train.image_pool import ImagePool
 from hemaflow.train.loop import (
     ImageSampler,
@@ -122,7 +122,7 @@ class CycleGANOptions(TrainingOptions):
     decay_iterations: int = 100_000
     pool_size: int = 50
     ema_decay: float = 0.0
-    ema_rampup: float = 0.05
+    ema_rampup: float = RAMPUP
     checkpoint_every: int = 2_500
     log_every: int = 100
     seed: int = 0

@@ -18,6 +18,9 @@ from torch import nn
 
 from hemaflow.train.loop import set_requires_grad
 
+#: stylegan2-ada's ramp-up: the average's half-life is at most this share of the steps so far
+RAMPUP = 0.05
+
 
 class MovingAverage:
     """``average``: a frozen copy of ``net`` in eval mode, updated by ``update()`` after
