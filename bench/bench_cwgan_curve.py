@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from bench_synthesis_curve import domain_pool
+from bench_synthesis_curve import domain_pool, real_classifier_for
 from cli import parse_overrides
 
 from hemaflow.synth.targets import QualityTargets, missed_targets
@@ -70,7 +69,6 @@ def main(argv=None) -> int:
     from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
     from hemaflow.synth.evaluate import plot_samples
     from hemaflow.synth.pool import class_images, labelled_train
-    from hemaflow.synth.real_classifier import RealClassifierOptions, train_real_classifier
 
     cache = args.results / "cache" / args.domain
     if not (cache / "images.npy").is_file():
@@ -84,19 +82,10 @@ def main(argv=None) -> int:
 
     classifier = args.classifier_model
     if classifier is None:
-        classifier = out / "classifier.pt"
-        overrides = {**(smoke.REAL_CLASSIFIER if args.quick else {})}
-        overrides |= parse_overrides(args.classifier)
-        start = time.perf_counter()
-        train_real_classifier(
-            x,
-            y,
-            classes,
-            RealClassifierOptions.from_config(overrides),
-            out / "state" / "classifier",
-            classifier,
+        classifier, seconds = real_classifier_for(
+            x, y, classes, out, "classifier", args.classifier, args.quick
         )
-        print(f"real classifier: {time.perf_counter() - start:.0f} s")
+        print(f"real classifier: {seconds:.0f} s")
 
     overrides = {**(smoke.CWGAN if args.quick else {}), **parse_overrides(args.cwgan)}
     options = CWGANOptions.from_config(

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from bench_synthesis_curve import domain_pool
+from bench_synthesis_curve import domain_pool, real_classifier_for
 from cli import parse_overrides
 
 from hemaflow.synth.targets import QualityTargets, missed_targets, quality_measures
@@ -71,12 +70,7 @@ def main(argv=None) -> int:
     from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
     from hemaflow.synth.pool import class_images, labelled_train, train_counts
     from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate, real_acceptance
-    from hemaflow.synth.real_classifier import (
-        RealClassifierOptions,
-        classify,
-        load_real_classifier,
-        train_real_classifier,
-    )
+    from hemaflow.synth.real_classifier import classify, load_real_classifier
 
     cache = args.results / "cache" / args.domain
     if not (cache / "images.npy").is_file():
@@ -103,22 +97,11 @@ def main(argv=None) -> int:
     judge_path = args.judge_model
     classes = sorted(c for c, n in counts.items() if n > 0)
     if judge_path is None:
-        judge_path = out / "judge.pt"
-        overrides = {**(smoke.REAL_CLASSIFIER if args.quick else {})}
-        overrides |= parse_overrides(args.classifier)
-        start = time.perf_counter()
         x, y = labelled_train(images, pool, classes)
-        train_real_classifier(
-            x,
-            y,
-            classes,
-            RealClassifierOptions.from_config(overrides),
-            out / "state" / "judge",
-            judge_path,
+        judge_path, seconds = real_classifier_for(
+            x, y, classes, out, "judge", args.classifier, args.quick
         )
-        print(
-            f"the gate's judge (real images of the cut pool): {time.perf_counter() - start:.0f} s"
-        )
+        print(f"the gate's judge (real images of the cut pool): {seconds:.0f} s")
 
     overrides = {**(smoke.FEWSHOT if args.quick else {}), **parse_overrides(args.fewshot)}
     options = FewShotOptions.from_config(

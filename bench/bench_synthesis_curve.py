@@ -46,6 +46,28 @@ def domain_pool(results: Path, domain: str, subsample: dict[str, int] | None = N
     )
 
 
+def real_classifier_for(
+    x, y, classes, out: Path, name: str, overrides: list[str], quick: bool
+) -> tuple[Path, float]:
+    """Train a real-data classifier (``hemaflow.synth.real_classifier``, the C-WGAN-GP's
+    guide and the gate's judge) on ``x, y`` into ``out/{name}.pt`` (checkpoints in
+    ``out/state/{name}``), its ``cpu`` preset with the command line's KEY=VALUE
+    ``overrides`` (the smoke run's tiny network first under ``quick``). Returns the model
+    and the seconds it took."""
+    from cli import parse_overrides
+
+    from hemaflow import smoke
+    from hemaflow.synth.real_classifier import RealClassifierOptions, train_real_classifier
+
+    options = {**(smoke.REAL_CLASSIFIER if quick else {}), **parse_overrides(overrides)}
+    model = out / f"{name}.pt"
+    start = time.perf_counter()
+    train_real_classifier(
+        x, y, classes, RealClassifierOptions.from_config(options), out / "state" / name, model
+    )
+    return model, time.perf_counter() - start
+
+
 def rare_pool(results: Path, rare: str, rare_count: int, seed: int):
     """The pbc domain cache as a synthesis pool, ``rare`` subsampled to ``rare_count``
     training images (its others held out)."""

@@ -124,7 +124,17 @@ def test_whole_pipeline_through_a_cluster_executor(tmp_path, data_root):
     """cluster-generic with the example submit command: every job is submitted, GPU rules
     with their GPU request, and the pipeline completes."""
     write_config(tmp_path, data_root)
-    run(tmp_path, *profile_args("cluster-generic"), "--jobs", "2", timeout=1500)
+    # the profile's 10 s between status checks is polite to a real scheduler; here it
+    # would only add up to 10 s of idle wait to each of the pipeline's short jobs
+    run(
+        tmp_path,
+        *profile_args("cluster-generic"),
+        "--jobs",
+        "2",
+        "--seconds-between-status-checks",
+        "1",
+        timeout=1500,
+    )
     assert (tmp_path / "results" / "summary.json").is_file()
     rows = [
         line.split("\t")
