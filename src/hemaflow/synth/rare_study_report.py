@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,7 @@ def plot_study(runs: pd.DataFrame, settings: RareStudySettings, title: str, out_
         1, len(levels), figsize=(2.2 + 1.6 * len(names) * len(levels), 4.2), squeeze=False
     )
     for axis, level in zip(axes[0], levels):
+        seeds = []
         for k, arm in enumerate(settings.arms):
             x0 = np.arange(len(names)) + (k - (len(settings.arms) - 1) / 2) * width
             means, lows, highs = [], [], []
@@ -252,16 +254,20 @@ def plot_study(runs: pd.DataFrame, settings: RareStudySettings, title: str, out_
                 means.append(np.nanmean(values))
                 lows.append(np.nanmean(values) - np.nanmin(values))
                 highs.append(np.nanmax(values) - np.nanmean(values))
-                axis.plot([x] * len(values), values, "k.", markersize=3)
+                seeds.append(([x] * len(values), values))
             axis.bar(
                 x0, means, width, yerr=[lows, highs], capsize=3, label=ARM_LABELS[arm], alpha=0.8
             )
+        # the seeds' dots over the bars, not hidden behind them
+        for xs, values in seeds:
+            axis.plot(xs, values, "k.", markersize=4, zorder=3)
         axis.set_xticks(np.arange(len(names)), [*settings.classes, "balanced\naccuracy"])
         axis.set_ylim(0, 1.05)
         axis.set_ylabel("test split: mean over seeds (bar),\nmin-max (whiskers), each seed (dot)")
         axis.set_title(f"{level} training images per cut class", fontsize=9)
     axes[0][0].legend(fontsize=7, loc="best", framealpha=0.9)
-    fig.suptitle(title, fontsize=8)
+    # the verdict, wrapped to the figure's width (one line of it was cut at both edges)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
