@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     classifier = args.classifier_model
     if classifier is None:
-        classifier, seconds = real_classifier_for(
+        classifier, seconds, _ = real_classifier_for(
             x, y, classes, out, "classifier", args.classifier, args.quick
         )
         print(f"real classifier: {seconds:.0f} s")

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     classes = sorted(c for c, n in counts.items() if n > 0)
     if judge_path is None:
         x, y = labelled_train(images, pool, classes)
-        judge_path, seconds = real_classifier_for(
+        judge_path, seconds, _ = real_classifier_for(
             x, y, classes, out, "judge", args.classifier, args.quick
         )
         print(f"the gate's judge (real images of the cut pool): {seconds:.0f} s")

@@ -15,7 +15,8 @@ workflow's `rare_class_study` target).
 Resumable: each (arm, level, seed) writes --out/runs/level{L}/seed{S}/{arm}.json and is
 skipped when it exists with the same settings; generators are trained once per (level,
 seed) (the few-shot meta-training once per seed) and shared by the arms; checkpoints in
---out/state. Reads the workflow's domain cache (`snakemake` up to the caches first).
+--out/state; the log in --out/bench-levels{L}-seeds{S}.log. Reads the workflow's domain
+cache (`snakemake` up to the caches first).
 
     python bench/bench_rare_classes.py --results results_cell --out results/bench/rare_classes
     python bench/bench_rare_classes.py --quick --levels 20 --seeds 0   # smoke run, minutes
@@ -59,6 +60,12 @@ def study_settings(args: argparse.Namespace) -> RareStudySettings:
     return base.with_changes(**changes)
 
 
+def log_name(levels: list[int], seeds: list[int]) -> str:
+    """The run's log file: one per (levels, seeds), so that runs of other seeds side by
+    side on one --out (the way to use more cores) keep their own logs."""
+    return f"bench-levels{'-'.join(map(str, levels))}-seeds{'-'.join(map(str, seeds))}.log"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="cache location")
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    setup_logging(str(args.out / "bench.log"))
+    setup_logging(str(args.out / log_name(args.levels, args.seeds)))
     settings = study_settings(args)
     cache = args.results / "cache" / args.domain
     start = time.perf_counter()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from bench_synthesis_curve import bench_curves, rare_pool
+from bench_synthesis_curve import bench_curves, rare_pool, real_classifier_for
 from cli import parse_overrides
 
 from hemaflow.metrics import InceptionFeatures, get_lpips
@@ -60,12 +60,7 @@ def main(argv=None) -> int:
     from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
     from hemaflow.synth.fewshot import FewShotOptions, train_fewshot_meta
     from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
-    from hemaflow.synth.real_classifier import (
-        RealClassifierOptions,
-        classify,
-        load_real_classifier,
-        train_real_classifier,
-    )
+    from hemaflow.synth.real_classifier import classify, load_real_classifier
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -75,20 +70,18 @@ def main(argv=None) -> int:
     classes = sorted(c for c, n in counts.items() if n > 0)
     times = {}
 
-    start = time.perf_counter()
     x, y = labelled_train(images, pool, classes)
-    classifier_options = RealClassifierOptions.from_config(parse_overrides(args.classifier))
-    summary = train_real_classifier(
+    model, times["classifier"], summary = real_classifier_for(
         x,
         y,
         classes,
-        classifier_options,
-        out / "state" / "classifier",
-        out / "classifier.pt",
+        out,
+        "classifier",
+        args.classifier,
+        quick=False,
         log_csv=out / "classifier_losses.csv",
     )
-    times["classifier"] = time.perf_counter() - start
-    net, net_classes, _ = load_real_classifier(out / "classifier.pt")
+    net, net_classes, _ = load_real_classifier(model)
     test_x, test_names = [], []
     for name in classes:
         held = class_images(images, pool, name, ["test"])

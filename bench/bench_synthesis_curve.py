@@ -47,13 +47,20 @@ def domain_pool(results: Path, domain: str, subsample: dict[str, int] | None = N
 
 
 def real_classifier_for(
-    x, y, classes, out: Path, name: str, overrides: list[str], quick: bool
-) -> tuple[Path, float]:
+    x,
+    y,
+    classes,
+    out: Path,
+    name: str,
+    overrides: list[str],
+    quick: bool,
+    log_csv: Path | None = None,
+) -> tuple[Path, float, dict]:
     """Train a real-data classifier (``hemaflow.synth.real_classifier``, the C-WGAN-GP's
     guide and the gate's judge) on ``x, y`` into ``out/{name}.pt`` (checkpoints in
-    ``out/state/{name}``), its ``cpu`` preset with the command line's KEY=VALUE
-    ``overrides`` (the smoke run's tiny network first under ``quick``). Returns the model
-    and the seconds it took."""
+    ``out/state/{name}``, losses to ``log_csv``), its ``cpu`` preset with the command
+    line's KEY=VALUE ``overrides`` (the smoke run's tiny network first under ``quick``).
+    Returns the model, the seconds it took and the training summary."""
     from cli import parse_overrides
 
     from hemaflow import smoke
@@ -62,10 +69,16 @@ def real_classifier_for(
     options = {**(smoke.REAL_CLASSIFIER if quick else {}), **parse_overrides(overrides)}
     model = out / f"{name}.pt"
     start = time.perf_counter()
-    train_real_classifier(
-        x, y, classes, RealClassifierOptions.from_config(options), out / "state" / name, model
+    summary = train_real_classifier(
+        x,
+        y,
+        classes,
+        RealClassifierOptions.from_config(options),
+        out / "state" / name,
+        model,
+        log_csv=log_csv,
     )
-    return model, time.perf_counter() - start
+    return model, time.perf_counter() - start, summary
 
 
 def rare_pool(results: Path, rare: str, rare_count: int, seed: int):

@@ -260,6 +260,9 @@ def test_the_bench_quick_run(study, tmp_path):
     assert "# Rare-class study" in result.stdout and "Not judged: one seed" in result.stdout
     for name in REPORT_FILES:
         assert (tmp_path / "bench" / name).is_file(), name
+    # the run's own log, named by its levels and seeds (runs side by side keep theirs)
+    log_file = tmp_path / "bench" / "bench-levels6-seeds0.log"
+    assert "arm none: classifier on" in log_file.read_text()
     # at most a quarter of a cut class's 12 rows synthetic (3); the other 3 of its
     # padding repeat its 6 real images
     run = json.loads(result_path(tmp_path / "bench", "fewshot", 6, 0).read_text())
@@ -345,3 +348,34 @@ def test_the_fewshot_curve_bench_quick_run(study, tmp_path):
         env=env,
     )
     assert refused.returncode == 2 and "myeloblast" in refused.stdout, refused.stdout
+
+
+def _overrides(options: dict) -> list[str]:
+    return [f"{key}={value}" for key, value in options.items()]
+
+
+def test_the_synthesis_bench_runs_with_tiny_networks(study, tmp_path):
+    """bench/bench_synthesis.py on the tiny cache with the smoke run's networks: the
+    real-data classifier (through the curve benches' helper, its losses logged), both
+    generators, the per-(route, class) table and the grids."""
+    from hemaflow import smoke
+
+    base, *_ = study
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "bench" / "bench_synthesis.py")]
+    command += ["--results", str(base / "results"), "--out", str(tmp_path / "syn")]
+    command += ["--rare-count", "5", "--large", "eosinophil", "neutrophil", "--large-min", "8"]
+    command += ["--generate", "6", "--curve-images", "0", "--threads", "1"]
+    command += ["--classifier", *_overrides({**smoke.REAL_CLASSIFIER, "iterations": 3})]
+    command += ["--cwgan", *_overrides({**smoke.CWGAN, "iterations": 2})]
+    fewshot = {**smoke.FEWSHOT, "meta_iterations": 2, "adapt_iterations": 2}
+    command += ["--fewshot", *_overrides(fewshot)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "real classifier: 3 iterations" in out, out
+    assert "adaptation to 5 basophil: 2 iterations" in out, out
+    losses = pd.read_csv(tmp_path / "syn" / "classifier_losses.csv")
+    assert losses["iteration"].max() == 3
+    for name in ("classifier.pt", "cwgan.pt", "fewshot_adapted.pt", "grid.png"):
+        assert (tmp_path / "syn" / name).is_file(), name
