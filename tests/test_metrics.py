@@ -300,6 +300,27 @@ def test_precision_recall_identical_and_disjoint():
         precision_recall(points[:3], points[:3], k=3)
 
 
+def test_realism_scores_agree_with_precision():
+    """A fake point's realism score is at least 1 exactly when it lies in the real
+    manifold, so the share of scores >= 1 is k-NN precision; a copy of a real point
+    scores highest, a far point near 0."""
+    from hemaflow.metrics.fid import knn_radii, realism_scores
+
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(60, 8))
+    fake = np.concatenate([rng.normal(size=(50, 8)) * 1.3, real[:3], real[:2] + 50.0])
+    radii = knn_radii(real, 3)
+    scores = realism_scores(real, radii, fake)
+    precision, _ = precision_recall(real, fake, k=3)
+    assert (scores >= 1).mean() == pytest.approx(precision)
+    assert 0 < precision < 1  # the test can tell the two apart
+    assert (scores[50:53] > 1e6).all() and (scores[53:] < 0.2).all()
+    with pytest.raises(ValueError, match="real_radii"):
+        realism_scores(real, radii[:-1], fake)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_radii(real[:3], 3)
+
+
 def test_precision_recall_real_features(feats):
     p, r = precision_recall(feats["small"], feats["noisy"][NOISE_SIGMAS[0]])
     assert 0.0 <= p <= 1.0 and 0.0 <= r <= 1.0

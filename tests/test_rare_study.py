@@ -379,3 +379,43 @@ def test_the_synthesis_bench_runs_with_tiny_networks(study, tmp_path):
     assert losses["iteration"].max() == 3
     for name in ("classifier.pt", "cwgan.pt", "fewshot_adapted.pt", "grid.png"):
         assert (tmp_path / "syn" / name).is_file(), name
+
+
+def test_generation_with_the_realism_gate(study):
+    """generate_class with min_realism: every candidate the judge passes is scored in
+    Inception features against the class's training images; accepted exactly when its
+    score reaches min_realism; the gate summary counts the realism rejections."""
+    from hemaflow.classify.predict import load_classifier
+    from hemaflow.synth.generate import gate_summary
+    from hemaflow.synth.pool import class_images
+    from hemaflow.synth.quality import GateSettings
+    from hemaflow.synth.rare_study_plan import models_dir
+    from hemaflow.synth.stages import generate_class
+
+    _, cache, _, out, _ = study
+    images, index = read_pool(*cache)
+    cut, pool = cut_pool(images, index, "pbc", CUT, LEVELS[0], 0)
+    folder = models_dir(out, LEVELS[0], 0)
+    net, classes, _ = load_classifier(folder / "none" / "model.pt")
+    train = class_images(cut, pool, "basophil", ["train"])
+    gate = GateSettings(min_confidence=0.0, min_realism=1.0, copy_min_correlation=1.01)
+    accepted, candidates = generate_class(
+        "basophil",
+        "fewshot",
+        str(folder / "fewshot_basophil.pt"),
+        net,
+        classes,
+        train,
+        gate,
+        6,
+        0,
+        2.0,
+        images.shape[1],
+    )
+    assert len(candidates) >= 6 and candidates["realism"].notna().all()
+    real_enough = candidates["realism"] >= 1.0
+    assert (candidates["accepted"] == real_enough).all()
+    assert (candidates.loc[~real_enough, "reject_reason"] == "low_realism").all()
+    assert len(accepted) == candidates["used"].sum()
+    summary = gate_summary("basophil", "fewshot", 6, candidates)
+    assert summary["rejected_low_realism"] == int((~real_enough).sum())

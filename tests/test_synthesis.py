@@ -11,7 +11,7 @@ from hemaflow.errors import ConfigError
 from hemaflow.synth.balance import BALANCED_COLUMNS, build_balanced, synthetic_rows
 from hemaflow.synth.generate import gate_summary, generate_gated
 from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_counts
-from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
+from hemaflow.synth.quality import CopyDetector, GateSettings, RealismScorer, quality_gate
 from hemaflow.synth.routing import (
     generating,
     meta_training_classes,
@@ -170,6 +170,63 @@ def test_quality_gate_rejects_a_copied_training_image(cells):
     assert gate.loc[0, "copy_correlation"] > 0.95 and gate.loc[3, "nearest_hamming"] == 0
     assert gate.loc[2, "copy_correlation"] < 0.95  # a different cell is not a copy
     assert gate.loc[1, "predicted_class"] == "eosinophil"
+
+
+def _colour_features(images: np.ndarray) -> np.ndarray:
+    """A cheap stand-in for Inception features in the gate's unit tests: the images'
+    mean colour on a 4 x 4 grid."""
+    x = np.asarray(images, dtype=np.float64)
+    n, h, w, c = x.shape
+    return x.reshape(n, 4, h // 4, 4, w // 4, c).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def test_quality_gate_realism_rejects_what_lies_off_the_training_manifold(cells):
+    images, names = cells
+    train = images[names == "basophil"]
+    realism = RealismScorer(train, _colour_features)
+    # a real basophil not in the training set, a training image shifted by one pixel (in
+    # a ball), a flat grey square (far from every cell), one the judge rejects
+    grey = np.full((1, *train.shape[1:]), 128, np.uint8)
+    other = images[names == "eosinophil"][:1]
+    candidates = np.concatenate([np.roll(train[:1], 1, axis=2), grey, other])
+    probabilities = np.tile([0.9, 0.05, 0.05], (len(candidates), 1))
+    probabilities[2] = [0.1, 0.8, 0.1]
+    settings = GateSettings(min_realism=1.0, copy_min_correlation=1.01)  # copies allowed
+    gate = quality_gate(
+        candidates,
+        0,
+        probabilities,
+        ["basophil", "eosinophil", "neutrophil"],
+        CopyDetector(train, 8),
+        settings,
+        realism,
+    )
+    assert gate["reject_reason"].tolist() == ["", "low_realism", "low_confidence"]
+    assert gate.loc[0, "realism"] >= 1.0 > gate.loc[1, "realism"]
+    assert np.isnan(gate.loc[2, "realism"])  # rejected by the judge: not scored
+    # off: the same candidates, realism not scored, the grey square accepted
+    off = quality_gate(
+        candidates,
+        0,
+        probabilities,
+        ["basophil", "eosinophil", "neutrophil"],
+        CopyDetector(train, 8),
+        GateSettings(copy_min_correlation=1.01),
+        realism,
+    )
+    assert off["accepted"].tolist() == [True, True, False] and off["realism"].isna().all()
+    with pytest.raises(ValueError, match="RealismScorer"):
+        quality_gate(
+            candidates,
+            0,
+            probabilities,
+            ["basophil", "eosinophil", "neutrophil"],
+            CopyDetector(train, 8),
+            settings,
+        )
+    # too few training images for k-NN balls: realism is left unjudged, not failed
+    few = RealismScorer(train[:3], _colour_features)
+    assert not few.usable and np.isnan(few.scores(candidates)).all()
 
 
 def test_gated_generation_fills_the_need_and_reports_rejections(cells):

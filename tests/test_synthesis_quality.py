@@ -124,6 +124,71 @@ def test_real_acceptance_verdicts():
         real_acceptance(probabilities, ["a"], ["a", "b"], GateSettings())
 
 
+def test_real_acceptance_with_realism_counts_the_whole_gate():
+    """With min_realism, a real image passes the gate only when the judge accepts it AND
+    its realism score is high enough; an unscored image (NaN) is not held against it."""
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.2, 0.8]])
+    realism = np.array([1.2, 0.7, np.nan, 1.5])
+    settings = GateSettings(min_confidence=0.5, min_real_acceptance=0.6, min_realism=1.0)
+    table = real_acceptance(probabilities, ["a", "a", "a", "b"], ["a", "b"], settings, realism)
+    table = table.set_index("canonical_class")
+    assert table.loc["a", "accepted"] == 2 and table.loc["a", "acceptance"] == pytest.approx(2 / 3)
+    assert table.loc["a", "realism_acceptance"] == pytest.approx(2 / 3)
+    assert table.loc["a", "verdict"] == "fair"
+    stricter = real_acceptance(
+        probabilities,
+        ["a", "a", "a", "b"],
+        ["a", "b"],
+        GateSettings(min_real_acceptance=0.6, min_realism=1.3),
+        realism,
+    ).set_index("canonical_class")
+    assert stricter.loc["a", "accepted"] == 1 and stricter.loc["a", "verdict"] == "too_strict"
+    assert stricter.loc["b", "verdict"] == "fair"
+    # off (0): the judge's own acceptance, no realism column
+    off = real_acceptance(probabilities, ["a", "a", "a", "b"], ["a", "b"], GateSettings(), realism)
+    assert off.loc[0, "accepted"] == 3 and math.isnan(off.loc[0, "realism_acceptance"])
+
+
+def test_min_realism_setting_is_checked():
+    assert GateSettings.from_config({"min_realism": 1.0}).min_realism == 1.0
+    assert GateSettings().min_realism == 0.0
+    with pytest.raises(ConfigError, match=r"quality_gate\.min_realism"):
+        GateSettings.from_config({"min_realism": -0.5})
+
+
+def test_gate_fairness_with_realism_scores_real_images_against_training_balls(
+    pool_files, judge, tmp_path
+):
+    """min_realism > 0: the fairness table says how many real validation images of each
+    class lie in its training images' Inception k-NN balls, the realism scores being
+    the metrics' own (hemaflow.metrics.fid.realism_scores)."""
+    from hemaflow.metrics import InceptionFeatures
+    from hemaflow.metrics.fid import knn_radii, realism_scores
+
+    root = pool_files["root"]
+    images, pool = pool_files["images"], pool_files["pool"]
+    table = gate_real_acceptance_stage(
+        str(judge),
+        str(root / "images.npy"),
+        str(root / "index.parquet"),
+        {"min_confidence": 0.0, "min_realism": 1.0},
+        str(tmp_path / "real_acceptance.csv"),
+    ).set_index("canonical_class")
+    inception = InceptionFeatures()
+    for name in ("basophil", "eosinophil"):
+        own = pool[(pool["canonical_class"] == name) & (pool["split"] == "train")]
+        held = pool[(pool["canonical_class"] == name) & pool["split"].isin(["val", "held_out"])]
+        train_f = inception.features(images[own["pool_index"].to_numpy()])
+        scores = realism_scores(
+            train_f, knn_radii(train_f, 3), inception.features(images[held["pool_index"]])
+        )
+        expected = float((scores >= 1.0).mean())
+        assert table.loc[name, "realism_acceptance"] == pytest.approx(expected)
+        # min_confidence 0: the judge passes all, so the gate's acceptance is realism's
+        assert table.loc[name, "acceptance"] == pytest.approx(expected)
+    assert math.isnan(table.loc["neutrophil", "realism_acceptance"])  # no validation images
+
+
 def test_min_real_acceptance_setting_is_checked():
     assert GateSettings.from_config({"min_real_acceptance": 0.8}).min_real_acceptance == 0.8
     assert GateSettings().min_real_acceptance == 0.9

@@ -194,6 +194,34 @@ def _coverage(queries: np.ndarray, support: np.ndarray, radii: np.ndarray, batch
     return float(inside.mean())
 
 
+def knn_radii(features: np.ndarray, k: int = 3, *, batch_size: int = 2048) -> np.ndarray:
+    """The k-NN radius of each point of a set (its distance to its k-th nearest other
+    point): the balls whose union is the set's manifold in ``precision_recall``."""
+    (features,) = _check_features(features, min_rows=1)
+    if not 1 <= k < len(features):
+        raise ValueError(f"k must be in 1..{len(features) - 1} for {len(features)} points, got {k}")
+    return _knn_radii(features, k, batch_size)
+
+
+def realism_scores(
+    real_f: np.ndarray, real_radii: np.ndarray, fake_f: np.ndarray, *, batch_size: int = 2048
+) -> np.ndarray:
+    """Realism score of each fake point (Kynkäänniemi et al. 2019, section 5): the largest
+    ratio, over the real points, of a real point's k-NN radius (``knn_radii``) to its
+    distance from the fake one. At least 1 exactly when the fake point lies in the real
+    manifold that ``precision_recall``'s precision counts."""
+    real_f, fake_f = _check_features(real_f, fake_f, min_rows=1)
+    real_radii = np.asarray(real_radii, dtype=np.float64)
+    if real_radii.shape != (len(real_f),):
+        raise ValueError(f"real_radii: {real_radii.shape}, expected ({len(real_f)},)")
+    scores = np.empty(len(fake_f))
+    for start in range(0, len(fake_f), batch_size):
+        dist = _pairwise_distances(fake_f[start : start + batch_size], real_f)
+        ratio = real_radii[None, :] / np.maximum(dist, np.finfo(np.float64).tiny)
+        scores[start : start + batch_size] = ratio.max(axis=1)
+    return scores
+
+
 def precision_recall(
     real_f: np.ndarray, fake_f: np.ndarray, k: int = 3, *, batch_size: int = 2048
 ) -> tuple[float, float]:

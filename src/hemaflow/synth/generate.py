@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.progress import Progress
-from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
+from hemaflow.synth.quality import CopyDetector, GateSettings, RealismScorer, quality_gate
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,11 @@ def generate_gated(
     seed: int,
     batch_size: int = 256,
     max_candidates_factor: float = 3.0,
+    realism: RealismScorer | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """(accepted uint8 images, one row per candidate: synthetic_id, seed, offset, gate
-    scores, accepted, reject_reason)."""
+    scores, accepted, reject_reason). ``realism``: the class's realism scorer, needed
+    when ``settings.min_realism`` > 0."""
     if class_name not in class_names:
         raise ValueError(
             f"class {class_name!r} is not one of the quality classifier's classes "
@@ -57,7 +59,9 @@ def generate_gated(
         n = min(batch_size, limit - n_candidates, max(n_needed - n_accepted, 1) * 2)
         seed_k = batch_seed(seed, class_name, round_index)
         images = sample(n, seed_k)
-        gate = quality_gate(images, class_index, classify(images), class_names, copies, settings)
+        gate = quality_gate(
+            images, class_index, classify(images), class_names, copies, settings, realism
+        )
         gate.insert(0, "offset", np.arange(n))
         gate.insert(0, "seed", seed_k)
         gate.insert(0, "synthetic_id", [f"synthetic:{class_name}:{seed_k}:{k}" for k in range(n)])
@@ -98,5 +102,6 @@ def gate_summary(class_name: str, route: str, n_needed: int, candidates: pd.Data
         "used": int(candidates["used"].sum()) if len(candidates) else 0,
         "rejected_low_confidence": int(reasons.get("low_confidence", 0)),
         "rejected_near_copy": int(reasons.get("near_copy_of_training_image", 0)),
+        "rejected_low_realism": int(reasons.get("low_realism", 0)),
         "shortfall": int(n_needed - (candidates["used"].sum() if len(candidates) else 0)),
     }

@@ -6,7 +6,12 @@ A synthetic image enters the training set only if
   it was generated for with at least ``min_confidence``, and
 - it is not a near copy of a training image: the perceptual hash finds training images
   within ``copy_max_hamming`` bits and the shift-tolerant thumbnail correlation (the
-  dedup stage's second look) of the closest of them reaches ``copy_min_correlation``.
+  dedup stage's second look) of the closest of them reaches ``copy_min_correlation``;
+- with ``min_realism`` > 0, its realism score (``RealismScorer``: Kynkäänniemi et al.
+  2019's, in the metrics' Inception features, against the class's training images) is at
+  least ``min_realism``. At 1 the candidate must lie in the k-NN ball of some training
+  image: inside the real manifold that k-NN precision measures. Off (0) by default: it
+  costs an Inception pass per candidate that the judge accepts.
 
 Every candidate keeps its scores and, when rejected, the reason.
 
@@ -18,7 +23,7 @@ cells miss), never silently given a lower threshold."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +39,7 @@ GATE_COLUMNS = (
     "predicted_class",
     "nearest_hamming",
     "copy_correlation",
+    "realism",
     "accepted",
     "reject_reason",
 )
@@ -45,6 +51,7 @@ class GateSettings:
     copy_max_hamming: int = 8
     copy_min_correlation: float = 0.95
     min_real_acceptance: float = 0.9
+    min_realism: float = 0.0
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GateSettings:
@@ -53,6 +60,7 @@ class GateSettings:
             "copy_max_hamming",
             "copy_min_correlation",
             "min_real_acceptance",
+            "min_realism",
         }
         for key in section:
             if key not in known:
@@ -62,6 +70,8 @@ class GateSettings:
             raise ConfigError("synthesis.quality_gate.min_confidence", "must be in [0, 1]")
         if not 0.0 <= settings.min_real_acceptance <= 1.0:
             raise ConfigError("synthesis.quality_gate.min_real_acceptance", "must be in [0, 1]")
+        if not settings.min_realism >= 0.0:
+            raise ConfigError("synthesis.quality_gate.min_realism", "must be >= 0 (0: off)")
         if not 0 <= settings.copy_max_hamming <= 64:
             raise ConfigError("synthesis.quality_gate.copy_max_hamming", "must be in 0..64")
         return settings
@@ -104,6 +114,34 @@ class CopyDetector:
         return nearest, correlation
 
 
+#: neighbours of the realism score's balls: those of the k-NN precision metric
+REALISM_K = 3
+
+
+class RealismScorer:
+    """Realism scores of images against a class's training images in the feature space
+    of ``features`` (images -> (N, D) array; the metrics' Inception features in the
+    workflow): ``hemaflow.metrics.fid.realism_scores`` with the training images' k-NN
+    radii (k = ``REALISM_K``). A class with at most k training images has no balls: its
+    scores are NaN and the gate does not judge realism (``usable`` is False)."""
+
+    def __init__(self, train_images: np.ndarray, features: Callable[[np.ndarray], np.ndarray]):
+        from hemaflow.metrics.fid import knn_radii
+
+        self.features = features
+        self.usable = len(train_images) > REALISM_K
+        if self.usable:
+            self.train = np.asarray(features(np.asarray(train_images)), dtype=np.float64)
+            self.radii = knn_radii(self.train, REALISM_K)
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        from hemaflow.metrics.fid import realism_scores
+
+        if not self.usable or len(images) == 0:
+            return np.full(len(images), np.nan)
+        return realism_scores(self.train, self.radii, self.features(np.asarray(images)))
+
+
 def quality_gate(
     images: np.ndarray,
     class_index: int,
@@ -111,8 +149,13 @@ def quality_gate(
     class_names: list[str],
     copies: CopyDetector,
     settings: GateSettings,
+    realism: RealismScorer | None = None,
 ) -> pd.DataFrame:
-    """One row per candidate image (columns GATE_COLUMNS)."""
+    """One row per candidate image (columns GATE_COLUMNS). ``realism`` scores the
+    candidates that pass the judge and the near-copy check when ``settings.min_realism``
+    > 0 (required then); the others' ``realism`` is NaN."""
+    if settings.min_realism > 0 and realism is None:
+        raise ValueError("quality_gate: min_realism > 0 needs a RealismScorer (realism)")
     if len(probabilities) != len(images):
         raise ValueError(
             f"quality_gate: {len(images)} images but {len(probabilities)} probability rows"
@@ -126,14 +169,25 @@ def quality_gate(
     nearest, correlation = copies.scores(images)
     low = confidence < settings.min_confidence
     copied = correlation >= settings.copy_min_correlation
-    reasons = np.where(copied, "near_copy_of_training_image", np.where(low, "low_confidence", ""))
+    scores = np.full(len(images), np.nan)
+    unreal = np.zeros(len(images), dtype=bool)
+    if settings.min_realism > 0 and realism is not None and realism.usable:
+        judged = np.flatnonzero(~(low | copied))
+        scores[judged] = realism.scores(np.asarray(images)[judged])
+        unreal[judged] = scores[judged] < settings.min_realism
+    reasons = np.where(
+        copied,
+        "near_copy_of_training_image",
+        np.where(low, "low_confidence", np.where(unreal, "low_realism", "")),
+    )
     return pd.DataFrame(
         {
             "confidence": confidence.astype(np.float64),
             "predicted_class": predicted,
             "nearest_hamming": nearest,
             "copy_correlation": correlation.astype(np.float64),
-            "accepted": ~(low | copied),
+            "realism": scores,
+            "accepted": ~(low | copied | unreal),
             "reject_reason": reasons,
         }
     )
@@ -144,6 +198,7 @@ REAL_ACCEPTANCE_COLUMNS = (
     "real_images",
     "accepted",
     "acceptance",
+    "realism_acceptance",
     "min_real_acceptance",
     "verdict",
 )
@@ -156,11 +211,16 @@ def real_acceptance(
     true_classes: Sequence[str],
     class_names: Sequence[str],
     settings: GateSettings,
+    realism: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per class of the judge (``class_names``, the columns of ``probabilities``): how
     many of its real held-out images (rows whose ``true_classes`` is the class) the judge
     gives at least ``min_confidence`` for that class, and the verdict: ``fair`` (at least
-    ``min_real_acceptance``), ``too_strict`` or ``no_validation_images``."""
+    ``min_real_acceptance``), ``too_strict`` or ``no_validation_images``. With
+    ``min_realism`` > 0, ``realism`` holds each row's realism score against its class's
+    training images (NaN: not judged): ``realism_acceptance`` is the share at least
+    ``min_realism``, ``accepted`` counts the images that pass both checks (the whole
+    gate), and the verdict is of that."""
     true_classes = np.asarray(true_classes, dtype=object)
     if len(probabilities) != len(true_classes):
         raise ValueError(
@@ -170,7 +230,14 @@ def real_acceptance(
     for k, name in enumerate(class_names):
         mine = true_classes == name
         n = int(mine.sum())
-        accepted = int((probabilities[mine, k] >= settings.min_confidence).sum()) if n else 0
+        passed = probabilities[mine, k] >= settings.min_confidence if n else np.zeros(0, bool)
+        realism_acceptance = float("nan")
+        if settings.min_realism > 0 and realism is not None and n:
+            scores = np.asarray(realism, dtype=np.float64)[mine]
+            real_enough = np.isnan(scores) | (scores >= settings.min_realism)
+            realism_acceptance = float(real_enough.mean())
+            passed = passed & real_enough
+        accepted = int(passed.sum()) if n else 0
         acceptance = accepted / n if n else float("nan")
         if n == 0:
             verdict = JUDGE_UNCHECKED
@@ -184,6 +251,7 @@ def real_acceptance(
                 "real_images": n,
                 "accepted": accepted,
                 "acceptance": acceptance,
+                "realism_acceptance": realism_acceptance,
                 "min_real_acceptance": settings.min_real_acceptance,
                 "verdict": verdict,
             }

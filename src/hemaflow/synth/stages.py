@@ -28,8 +28,10 @@ from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_
 from hemaflow.synth.quality import (
     JUDGE_TOO_STRICT,
     JUDGE_UNCHECKED,
+    REALISM_K,
     CopyDetector,
     GateSettings,
+    RealismScorer,
     real_acceptance,
 )
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
@@ -272,7 +274,21 @@ def gate_real_acceptance_stage(
     images, pool = read_pool(pool_images, pool_index)
     rows = pool[pool["split"].isin(VALIDATION_SPLITS) & pool["canonical_class"].isin(class_names)]
     probabilities = predict_proba(net, np.asarray(images)[rows["pool_index"].to_numpy()])
-    table = real_acceptance(probabilities, rows["canonical_class"].to_numpy(), class_names, gate)
+    realism = None
+    if gate.min_realism > 0:  # each class's real images against its training images' balls
+        from hemaflow.metrics import InceptionFeatures
+
+        features = InceptionFeatures().features
+        realism = np.full(len(rows), np.nan)
+        for name in class_names:
+            mine = (rows["canonical_class"] == name).to_numpy()
+            if mine.any():
+                scorer = RealismScorer(class_images(images, pool, name, ["train"]), features)
+                rows_of = rows["pool_index"].to_numpy()[mine]
+                realism[mine] = scorer.scores(np.asarray(images)[rows_of])
+    table = real_acceptance(
+        probabilities, rows["canonical_class"].to_numpy(), class_names, gate, realism
+    )
     table.to_csv(out_csv, index=False)
     for row in table.itertuples():
         if row.verdict == JUDGE_UNCHECKED:
@@ -349,6 +365,19 @@ def generate_class(
     from hemaflow.classify.predict import predict_proba
 
     copies = CopyDetector(class_train_images, gate.copy_max_hamming)
+    realism = None
+    if gate.min_realism > 0:
+        from hemaflow.metrics import InceptionFeatures
+
+        realism = RealismScorer(class_train_images, InceptionFeatures().features)
+        if not realism.usable:
+            log.warning(
+                "%s: %d training images, too few for realism balls (k = %d): the gate "
+                "leaves realism unjudged",
+                class_name,
+                len(class_train_images),
+                REALISM_K,
+            )
     # a generator may work at a lower resolution than the data: judged and stored at the
     # data's size
     sample = class_sampler(route, model_path, class_name)
@@ -362,6 +391,7 @@ def generate_class(
         gate,
         seed,
         max_candidates_factor=max_candidates_factor,
+        realism=realism,
     )
     if len(accepted) == 0:
         accepted = np.zeros((0, size, size, 3), np.uint8)
