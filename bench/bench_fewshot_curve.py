@@ -15,6 +15,11 @@ real **validation** images (val and the held-out training images; never test):
   candidates that the quality gate accepts; the gate's judge is a real-data classifier
   trained on the cut pool, as in the workflow (or ``--judge-model``), with its acceptance
   of the class's real validation images (the gate is fair at 0.9 or more);
+- with ``--quality-gate min_realism=1`` (any ``synthesis.quality_gate`` key), the gate
+  also scores realism against the class's training images, and the final measures are
+  of the first ``--final-images`` candidates it accepted: the images a classifier would
+  get. ``realism_real_acceptance``: the share of real validation images that pass the
+  realism check;
 - the few-shot route's default targets (``synthesis.quality_targets.fewshot``): met, or
   which were missed and by how much.
 
@@ -51,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fewshot", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--judge-model", type=Path, default=None)
+    parser.add_argument("--quality-gate", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--curve-images", type=int, default=60)
     parser.add_argument("--curve-real", type=int, default=120)
     parser.add_argument("--final-images", type=int, default=120)
@@ -69,7 +75,13 @@ def main(argv=None) -> int:
     from hemaflow.synth.fewshot import FewShotOptions, train_fewshot_meta
     from hemaflow.synth.fewshot_adapt import adapt_fewshot, generate_fewshot, load_fewshot
     from hemaflow.synth.pool import class_images, labelled_train, train_counts
-    from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate, real_acceptance
+    from hemaflow.synth.quality import (
+        CopyDetector,
+        GateSettings,
+        RealismScorer,
+        quality_gate,
+        real_acceptance,
+    )
     from hemaflow.synth.real_classifier import classify, load_real_classifier
 
     cache = args.results / "cache" / args.domain
@@ -123,7 +135,7 @@ def main(argv=None) -> int:
     settings = CurveSettings(images_per_class=args.curve_images, real_per_class=args.curve_real)
     inception, lpips = InceptionFeatures(), get_lpips()
     judge, judge_classes, _ = load_real_classifier(judge_path)
-    gate = GateSettings()
+    gate = GateSettings.from_config(parse_overrides(args.quality_gate))
     targets = QualityTargets.defaults("fewshot")
     curves, finals, real_rows, synthetic_rows = [], [], {}, {}
     for name in args.rare:
@@ -137,17 +149,8 @@ def main(argv=None) -> int:
         )
         generator, code, _ = load_fewshot(model)
         final = generate_fewshot(generator, code, args.final_images, seed=args.seed + 1)
-        metrics = class_metrics(
-            final,
-            held_out,
-            None,
-            inception=inception,
-            lpips_model=lpips,
-            max_images=args.final_images,
-            kid_subset_size=min(50, args.final_images, len(held_out)),
-            seed=args.seed,
-        )
         candidates = generate_fewshot(generator, code, args.gate_images, seed=args.seed + 2)
+        realism = RealismScorer(own, inception.features) if gate.min_realism > 0 else None
         verdicts = quality_gate(
             candidates,
             judge_classes.index(name),
@@ -155,10 +158,27 @@ def main(argv=None) -> int:
             list(judge_classes),
             CopyDetector(own, gate.copy_max_hamming),
             gate,
+            realism,
         )
         acceptance = float(verdicts["accepted"].mean())
+        if realism is not None:  # measured on what passed the gate
+            final = candidates[verdicts["accepted"].to_numpy()][: args.final_images]
+        metrics = class_metrics(
+            final,
+            held_out,
+            None,
+            inception=inception,
+            lpips_model=lpips,
+            max_images=args.final_images,
+            kid_subset_size=max(2, min(50, len(final), len(held_out))),
+            seed=args.seed,
+        )
         fairness = real_acceptance(
-            classify(judge, held_out), [name] * len(held_out), judge_classes, gate
+            classify(judge, held_out),
+            [name] * len(held_out),
+            judge_classes,
+            gate,
+            None if realism is None else realism.scores(held_out),
         ).set_index("canonical_class")
         measures = quality_measures(metrics, acceptance)
         finals.append(
@@ -171,6 +191,8 @@ def main(argv=None) -> int:
                 "lpips_diversity": metrics.get("lpips_diversity"),
                 "real_lpips_diversity": metrics.get("real_lpips_diversity"),
                 "judge_real_acceptance": fairness.loc[name, "acceptance"],
+                "realism_real_acceptance": fairness.loc[name, "realism_acceptance"],
+                "measured_images": len(final),
                 "missed": "; ".join(missed_targets(measures, targets)),
             }
         )

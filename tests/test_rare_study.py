@@ -324,6 +324,7 @@ def test_the_fewshot_curve_bench_quick_run(study, tmp_path):
     command += ["--rare", *CUT, "--rare-count", "5", "--large-min", "8"]
     command += ["--meta-iterations", "3", "--adapt-iterations", "2", "--curve-images", "4"]
     command += ["--curve-real", "4", "--final-images", "6", "--gate-images", "6"]
+    command += ["--quality-gate", "min_realism=1", "min_confidence=0"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -334,6 +335,10 @@ def test_the_fewshot_curve_bench_quick_run(study, tmp_path):
     assert list(final["canonical_class"]) == CUT and (final["training_images"] == 5).all()
     assert final["missed"].str.contains("kid").all()
     assert final["acceptance"].between(0, 1).all()
+    # the realism gate: measured on what it accepted (the judge passes all at confidence 0)
+    assert (final["measured_images"] == (final["acceptance"] * 6).round()).all()
+    assert final["realism_real_acceptance"].between(0, 1).all()
+    assert (final["judge_real_acceptance"] == final["realism_real_acceptance"]).all()
     curve = pd.read_csv(tmp_path / "fs" / "curve.csv")
     assert set(curve["canonical_class"]) == set(CUT)
     # the adaptation's minutes come after the whole meta-training's
