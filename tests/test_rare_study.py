@@ -206,10 +206,12 @@ def _result(arm, seed, value):
 
 
 @pytest.mark.parametrize(
-    ("fewshot", "answer", "exceeds"),
-    [((0.80, 0.85, 0.90), "Yes", True), ((0.55, 0.70, 0.52), "No", False)],
+    ("fewshot", "answer", "exceeds", "higher"),
+    [((0.80, 0.85, 0.90), "Yes", True, 3), ((0.55, 0.70, 0.52), "No", False, 2)],
 )
-def test_the_verdict_weighs_the_paired_lift_against_the_seed_spread(fewshot, answer, exceeds):
+def test_the_verdict_weighs_the_paired_lift_against_the_seed_spread(
+    fewshot, answer, exceeds, higher
+):
     settings = RareStudySettings(classes=("basophil",), levels=(50,), arms=("none", "fewshot"))
     baseline = (0.50, 0.60, 0.55)
     results = [_result("none", s, v) for s, v in enumerate(baseline)]
@@ -219,8 +221,10 @@ def test_the_verdict_weighs_the_paired_lift_against_the_seed_spread(fewshot, ans
     assert row["lift_mean"] == pytest.approx(np.mean(np.subtract(fewshot, baseline)))
     assert row["spread"] == pytest.approx(max(np.ptp(baseline), np.ptp(fewshot)))
     assert bool(row["exceeds_spread"]) is exceeds
+    assert row["seeds_higher"] == higher
     lines = verdict(lift)
     assert lines[0].startswith(answer) and "1 (level, class) cells" in lines[0]
+    assert f"higher in {higher} of 3 seeds" in lines[1]
 
 
 def test_settings_are_checked_with_the_key():

@@ -111,7 +111,8 @@ def summary_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFra
 
 def lift_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFrame:
     """Each synthesis arm against ``none``, paired by seed, next to the seed-to-seed
-    spread; ``exceeds_spread``: the mean lift is larger than the spread (needs two seeds)."""
+    spread; ``seeds_higher``: in how many seeds the arm scores higher than ``none``;
+    ``exceeds_spread``: the mean lift is larger than the spread (needs two seeds)."""
     if "none" not in settings.arms:
         return pd.DataFrame()
     rows = []
@@ -136,6 +137,7 @@ def lift_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFrame:
                     "lift_mean": lift.mean(),
                     "lift_min": lift.min(),
                     "lift_max": lift.max(),
+                    "seeds_higher": int((lift > 0).sum()),
                     "spread_none": float(np.ptp(base[seeds])),
                     "spread_arm": float(np.ptp(other[seeds])),
                     "spread": float(spread),
@@ -162,7 +164,8 @@ def verdict(lift: pd.DataFrame, arm: str = "fewshot") -> list[str]:
             judged = "not larger than the spread"
         lines.append(
             f"- level {row['level']}, {row['class']}: {row['lift_mean']:+.3f} sensitivity "
-            f"(per seed {row['lift_min']:+.3f} to {row['lift_max']:+.3f}; seed-to-seed "
+            f"(per seed {row['lift_min']:+.3f} to {row['lift_max']:+.3f}, higher in "
+            f"{row['seeds_higher']} of {row['n_seeds']} seeds; seed-to-seed "
             f"spread {row['spread']:.3f}): {judged}."
         )
     lifted = int(cells["exceeds_spread"].sum())
