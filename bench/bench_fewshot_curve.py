@@ -148,7 +148,6 @@ def main(argv=None) -> int:
             fewshot_curve(model, losses, name, held_out, settings, meta_losses, inception)
         )
         generator, code, _ = load_fewshot(model)
-        final = generate_fewshot(generator, code, args.final_images, seed=args.seed + 1)
         candidates = generate_fewshot(generator, code, args.gate_images, seed=args.seed + 2)
         realism = RealismScorer(own, inception.features) if gate.min_realism > 0 else None
         verdicts = quality_gate(
@@ -161,7 +160,9 @@ def main(argv=None) -> int:
             realism,
         )
         acceptance = float(verdicts["accepted"].mean())
-        if realism is not None:  # measured on what passed the gate
+        if realism is None:
+            final = generate_fewshot(generator, code, args.final_images, seed=args.seed + 1)
+        else:  # measured on what passed the gate
             final = candidates[verdicts["accepted"].to_numpy()][: args.final_images]
         metrics = class_metrics(
             final,

@@ -171,7 +171,7 @@ def quality_gate(
     copied = correlation >= settings.copy_min_correlation
     scores = np.full(len(images), np.nan)
     unreal = np.zeros(len(images), dtype=bool)
-    if settings.min_realism > 0 and realism is not None and realism.usable:
+    if settings.min_realism > 0 and realism.usable:  # a scorer is required then
         judged = np.flatnonzero(~(low | copied))
         scores[judged] = realism.scores(np.asarray(images)[judged])
         unreal[judged] = scores[judged] < settings.min_realism
@@ -237,7 +237,7 @@ def real_acceptance(
             real_enough = np.isnan(scores) | (scores >= settings.min_realism)
             realism_acceptance = float(real_enough.mean())
             passed = passed & real_enough
-        accepted = int(passed.sum()) if n else 0
+        accepted = int(passed.sum())
         acceptance = accepted / n if n else float("nan")
         if n == 0:
             verdict = JUDGE_UNCHECKED

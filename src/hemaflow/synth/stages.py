@@ -273,7 +273,8 @@ def gate_real_acceptance_stage(
     gate = GateSettings.from_config(gate_section)
     images, pool = read_pool(pool_images, pool_index)
     rows = pool[pool["split"].isin(VALIDATION_SPLITS) & pool["canonical_class"].isin(class_names)]
-    probabilities = predict_proba(net, np.asarray(images)[rows["pool_index"].to_numpy()])
+    real = np.asarray(images)[rows["pool_index"].to_numpy()]
+    probabilities = predict_proba(net, real)
     realism = None
     if gate.min_realism > 0:  # each class's real images against its training images' balls
         from hemaflow.metrics import InceptionFeatures
@@ -284,8 +285,7 @@ def gate_real_acceptance_stage(
             mine = (rows["canonical_class"] == name).to_numpy()
             if mine.any():
                 scorer = RealismScorer(class_images(images, pool, name, ["train"]), features)
-                rows_of = rows["pool_index"].to_numpy()[mine]
-                realism[mine] = scorer.scores(np.asarray(images)[rows_of])
+                realism[mine] = scorer.scores(real[mine])
     table = real_acceptance(
         probabilities, rows["canonical_class"].to_numpy(), class_names, gate, realism
     )
