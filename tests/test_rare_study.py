@@ -5,6 +5,7 @@ QUICK settings): the plumbing, the table, the intervals and the resume."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,12 +14,13 @@ import pandas as pd
 import pytest
 
 from hemaflow.errors import ConfigError
-from hemaflow.synth.rare_study import pending_arms, run_study
+from hemaflow.synth.rare_study import finished_models, pending_arms, run_study
 from hemaflow.synth.rare_study_plan import (
     ARMS,
     QUICK,
     RareStudySettings,
     cut_pool,
+    models_dir,
     result_path,
     shares,
     study_dir_of,
@@ -183,6 +185,60 @@ def test_changed_settings_rerun_only_the_arms_they_touch(study):
     assert set(todo) == {"cwgan", "both"} and set(done) == {"none", "fewshot"}
     todo, _ = pending_arms(settings.with_changes(n_boot=60), pool, 6, 0, out)
     assert set(todo) == set(ARMS)
+
+
+def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
+    study, tmp_path, monkeypatch
+):
+    """Changed C-WGAN-GP options rerun cwgan and both (arms asked for: those two only).
+    The finished none arm's classifier (the gate's judge) and the finished few-shot arm's
+    adapted generators are used as they are, with every checkpoint gone (as after a new
+    library version, which keys the checkpoints anew): neither is trained again."""
+    import hemaflow.classify.stages as classify_stages
+    import hemaflow.synth.fewshot_adapt as fewshot_adapt
+    import hemaflow.synth.rare_study as rare_study
+
+    _, cache, settings, out, _ = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    images, index = read_pool(*cache)
+    _, pool = cut_pool(images, index, "pbc", CUT, 6, 0)
+    assert finished_models(settings, pool, 6, 0, copy) == {"none", "cwgan", "fewshot"}
+    old = {a: json.loads(result_path(copy, a, 6, 0).read_text()) for a in ARMS}
+    stamps = {a: result_path(copy, a, 6, 0).stat().st_mtime_ns for a in ("none", "fewshot")}
+
+    original = classify_stages.train_on_rows
+
+    def no_baseline(*args, **kwargs):
+        assert not args[6].startswith("rare-none"), "the baseline was trained again"
+        return original(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the few-shot GAN was trained again")
+
+    monkeypatch.setattr(classify_stages, "train_on_rows", no_baseline)
+    monkeypatch.setattr(fewshot_adapt, "adapt_fewshot", refuse)
+    monkeypatch.setattr(rare_study, "train_study_meta", refuse)
+    changed = settings.with_changes(
+        cwgan={**settings.cwgan, "lambda_class": 0.5}, levels=[6], seeds=[0], arms=["cwgan", "both"]
+    )
+    assert finished_models(changed, pool, 6, 0, copy) == {"none", "fewshot"}
+    run_study(*cache, "pbc", changed, copy, tmp_path / "fresh-state")
+    new = {a: json.loads(result_path(copy, a, 6, 0).read_text()) for a in ("cwgan", "both")}
+    for arm in ("cwgan", "both"):
+        assert new[arm]["key"] != old[arm]["key"]
+    for arm, stamp in stamps.items():
+        assert result_path(copy, arm, 6, 0).stat().st_mtime_ns == stamp
+    # the reused few-shot GANs and judge gate the same images as before
+    for name in CUT:
+        before, after = old["both"]["training_images"][name], new["both"]["training_images"][name]
+        assert after["synthetic_fewshot"] == before["synthetic_fewshot"]
+
+    # a model newer than its run's JSON (overwritten by a later, unfinished run) is not reused
+    model = models_dir(copy, 6, 0) / "none" / "model.pt"
+    later = result_path(copy, "none", 6, 0).stat().st_mtime + 60
+    os.utime(model, (later, later))
+    assert "none" not in finished_models(changed, pool, 6, 0, copy)
 
 
 def _result(arm, seed, value):

@@ -54,6 +54,7 @@ from hemaflow.synth.pool import build_pool, class_images, labelled_train, train_
 from hemaflow.synth.quality import GateSettings
 from hemaflow.synth.rare_study_plan import (
     ARM_GENERATORS,
+    ARMS,
     RareStudySettings,
     cut_pool,
     meta_model_path,
@@ -190,8 +191,17 @@ def _cwgan_images(images, pool, settings, seed, folder, state_root, generated, j
         model,
         log_csv=folder / "cwgan_losses.csv",
     )
-    models = {name: model for name in needs}
-    _generate(images, pool, settings, seed, "cwgan", models, generated, judge, needs)
+    _generate(
+        images,
+        pool,
+        settings,
+        seed,
+        "cwgan",
+        generator_models(folder, "cwgan", needs),
+        generated,
+        judge,
+        needs,
+    )
 
 
 def _fewshot_images(
@@ -209,11 +219,58 @@ def _fewshot_images(
             class_images(images, pool, name, ["train"]),
             FewShotOptions.from_config(section),
             pool_state_dir(str(state_root), "fewshot", f"rare-adapt-{name}", section, pool, [name]),
-            folder / f"fewshot_{name}.pt",
+            generator_models(folder, "fewshot", [name])[name],
             log_csv=folder / f"fewshot_{name}_losses.csv",
         )
-    models = {name: folder / f"fewshot_{name}.pt" for name in needs}
-    _generate(images, pool, settings, seed, "fewshot", models, generated, judge, needs)
+    _generate(
+        images,
+        pool,
+        settings,
+        seed,
+        "fewshot",
+        generator_models(folder, "fewshot", needs),
+        generated,
+        judge,
+        needs,
+    )
+
+
+def generator_models(folder: Path, generator: str, classes) -> dict[str, Path]:
+    """cut class -> the model file that generates it: one C-WGAN-GP for every class, one
+    adapted few-shot GAN per class."""
+    if generator == "cwgan":
+        return {name: folder / "cwgan.pt" for name in classes}
+    return {name: folder / f"fewshot_{name}.pt" for name in classes}
+
+
+def finished_models(
+    settings: RareStudySettings, pool: pd.DataFrame, level: int, seed: int, out_dir: str | Path
+) -> set[str]:
+    """What a finished run of this (level, seed) already trained with the current
+    settings: ``none`` (the baseline classifier, also the gate's judge) and the
+    generators (``cwgan``, ``fewshot``) that are used by an arm, asked for now or not,
+    whose result JSON has the key these settings give. Each one counts only while its
+    model files are there and no newer than that JSON (a later run with other settings,
+    stopped before its JSON, may have overwritten them). Such models are used as they
+    are: neither retrained nor resumed (their checkpoints are keyed by the library
+    version too, so a new version would otherwise train them again from the start)."""
+    digest = pool_digest(pool)
+    folder = models_dir(out_dir, level, seed)
+    found: set[str] = set()
+    for arm in ARMS:
+        path = result_path(out_dir, arm, level, seed)
+        previous = read_result(path)
+        if previous is None or previous.get("key") != run_key(settings, arm, level, seed, digest):
+            continue
+        written = path.stat().st_mtime
+        for part in ARM_GENERATORS[arm] or ("none",):
+            if part == "none":
+                files = [folder / "none" / "model.pt"]
+            else:
+                files = list(generator_models(folder, part, settings.classes).values())
+            if all(f.is_file() and f.stat().st_mtime <= written for f in files):
+                found.add(part)
+    return found
 
 
 def _generate(images, pool, settings, seed, generator, models, generated, judge, needs):
@@ -359,26 +416,38 @@ def run_level_seed(
         timings[what] = time.perf_counter() - start
         return value
 
+    # models that a finished run trained with these settings are used as they are
+    reuse = finished_models(settings, pool, level, seed, out_dir)
+    if reuse:
+        log.info("level %d, seed %d: reusing the finished %s", level, seed, sorted(reuse))
     # the baseline: arm none, and the quality gate's judge
-    trained = {
-        "none": timed(
+    trained = {}
+    if "none" not in reuse:
+        trained["none"] = timed(
             "classifier none",
             lambda: _train_arm(
                 "none", cut_images, pool, {}, settings, level, seed, folder, state_root
             ),
         )
-    }
     generated = GeneratedImages()
     wanted = {g for arm in todo for g in ARM_GENERATORS[arm]}
     if wanted:
         from hemaflow.classify.predict import load_classifier
 
-        net, judge_classes, _ = load_classifier(trained["none"][0])
+        net, judge_classes, _ = load_classifier(folder / "none" / "model.pt")
         common = (cut_images, pool, settings, seed, folder, state_root)
         judge = (net, judge_classes)
-    if "cwgan" in wanted:
+    for generator in sorted(wanted & reuse):
+        models = generator_models(folder, generator, needs)
+        timed(
+            f"generator {generator}",
+            lambda generator=generator, models=models: _generate(
+                cut_images, pool, settings, seed, generator, models, generated, judge, needs
+            ),
+        )
+    if "cwgan" in wanted - reuse:
         timed("generator cwgan", lambda: _cwgan_images(*common, generated, judge, needs))
-    if "fewshot" in wanted:
+    if "fewshot" in wanted - reuse:
         if meta_model is None:
             meta_model = meta_model_path(out_dir, seed)
             timed(
