@@ -194,6 +194,7 @@ def test_quality_gate_and_quality_target_keys(raw_config):
     synthesis = config["synthesis"]
     assert synthesis["require_quality"] is True
     assert synthesis["quality_gate"]["min_real_acceptance"] == 0.9
+    assert synthesis["quality_gate"]["fair_confidence"] is False
     assert synthesis["quality_targets"] == {
         "cwgan": {
             "precision": 0.5,
@@ -217,6 +218,7 @@ def test_quality_gate_and_quality_target_keys(raw_config):
     assert fewshot["kid"] == 0.3 and fewshot["precision"] is None and fewshot["acceptance"] == 0.4
     for section, key in (
         ({"require_quality": "yes"}, "synthesis.require_quality"),
+        ({"quality_gate": {"fair_confidence": "yes"}}, "synthesis.quality_gate.fair_confidence"),
         (
             {"quality_gate": {"min_real_acceptance": 1.2}},
             "synthesis.quality_gate.min_real_acceptance",

@@ -204,6 +204,13 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
     images, index = read_pool(*cache)
     _, pool = cut_pool(images, index, "pbc", CUT, 6, 0)
     assert finished_models(settings, pool, 6, 0, copy) == {"none", "cwgan", "fewshot"}
+    # a generator does not depend on the gate: another gate reuses every model
+    gate = settings.with_changes(quality_gate={"min_confidence": 0.3})
+    assert finished_models(gate, pool, 6, 0, copy) == {"none", "cwgan", "fewshot"}
+    # another classifier: the generators stay, the baseline does not
+    assert finished_models(
+        settings.with_changes(classifier={**settings.classifier, "lr": 0.01}), pool, 6, 0, copy
+    ) == {"cwgan", "fewshot"}
     old = {a: json.loads(result_path(copy, a, 6, 0).read_text()) for a in ARMS}
     stamps = {a: result_path(copy, a, 6, 0).stat().st_mtime_ns for a in ("none", "fewshot")}
 
@@ -234,9 +241,22 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
         before, after = old["both"]["training_images"][name], new["both"]["training_images"][name]
         assert after["synthetic_fewshot"] == before["synthetic_fewshot"]
 
-    # a model newer than its run's JSON (overwritten by a later, unfinished run) is not reused
+    # a JSON written before model_keys were recorded counts only with the run key itself
+    for arm in ARMS:
+        path = result_path(copy, arm, 6, 0)
+        result = json.loads(path.read_text())
+        result.pop("model_keys")
+        stamp = path.stat().st_mtime
+        path.write_text(json.dumps(result))
+        os.utime(path, (stamp, stamp))
+    # (cwgan and both were just rerun with the changed options)
+    assert finished_models(changed, pool, 6, 0, copy) == {"none", "cwgan", "fewshot"}
+    assert finished_models(gate, pool, 6, 0, copy) == {"none"}
+
+    # a model newer than every JSON of its runs (overwritten by a later, unfinished run)
+    # is not reused
     model = models_dir(copy, 6, 0) / "none" / "model.pt"
-    later = result_path(copy, "none", 6, 0).stat().st_mtime + 60
+    later = max(p.stat().st_mtime for p in (copy / "runs").rglob("*.json")) + 60
     os.utime(model, (later, later))
     assert "none" not in finished_models(changed, pool, 6, 0, copy)
 
@@ -484,3 +504,55 @@ def test_generation_with_the_realism_gate(study):
     assert len(accepted) == candidates["used"].sum()
     summary = gate_summary("basophil", "fewshot", 6, candidates)
     assert summary["rejected_low_realism"] == int((~real_enough).sum())
+
+
+def test_generation_with_a_fair_gate(study):
+    """fair_confidence: the class's threshold is lowered to what the judge gives the
+    real validation images of the class (at least min_real_acceptance of them pass), and
+    the gate then accepts every candidate the plain gate accepts, and those it lowered
+    the bar for."""
+    from hemaflow.classify.predict import load_classifier, predict_proba
+    from hemaflow.synth.pool import class_images
+    from hemaflow.synth.quality import GateSettings
+    from hemaflow.synth.rare_study_plan import models_dir
+    from hemaflow.synth.stages import gate_for_class, generate_class
+
+    _, cache, _, out, _ = study
+    images, index = read_pool(*cache)
+    cut, pool = cut_pool(images, index, "pbc", CUT, LEVELS[0], 0)
+    folder = models_dir(out, LEVELS[0], 0)
+    net, classes, _ = load_classifier(folder / "none" / "model.pt")
+    val = class_images(cut, pool, "basophil", ["val"])
+    plain = GateSettings(min_confidence=0.9, copy_min_correlation=1.01)
+    fair = gate_for_class(
+        GateSettings(min_confidence=0.9, copy_min_correlation=1.01, fair_confidence=True),
+        net,
+        classes,
+        "basophil",
+        val,
+    )
+    confidence = predict_proba(net, val)[:, list(classes).index("basophil")]
+    assert fair.min_confidence <= 0.9
+    assert (confidence >= fair.min_confidence).mean() >= 0.9
+    assert gate_for_class(plain, net, classes, "basophil", val) == plain  # off: unchanged
+
+    def run(gate):
+        return generate_class(
+            "basophil",
+            "fewshot",
+            str(folder / "fewshot_basophil.pt"),
+            net,
+            classes,
+            class_images(cut, pool, "basophil", ["train"]),
+            gate,
+            6,
+            0,
+            2.0,
+            images.shape[1],
+        )[1]
+
+    strict, lowered = run(plain), run(fair)
+    n = min(len(strict), len(lowered))  # the same candidates, drawn with the same seed
+    assert np.allclose(strict["confidence"][:n], lowered["confidence"][:n])
+    assert (lowered["accepted"][:n] >= strict["accepted"][:n]).all()
+    assert (lowered["accepted"] == (lowered["confidence"] >= fair.min_confidence)).all()

@@ -19,7 +19,7 @@ from hemaflow.errors import ConfigError
 from hemaflow.summary import headline
 from hemaflow.synth.balance import build_balanced, oversampled_picks, synthetic_cap
 from hemaflow.synth.metric_stages import validation_metrics_stage
-from hemaflow.synth.quality import GateSettings, real_acceptance
+from hemaflow.synth.quality import GateSettings, fair_threshold, real_acceptance
 from hemaflow.synth.stages import (
     balanced_stage,
     gate_real_acceptance_stage,
@@ -149,6 +149,42 @@ def test_real_acceptance_with_realism_counts_the_whole_gate():
     assert off.loc[0, "accepted"] == 3 and math.isnan(off.loc[0, "realism_acceptance"])
 
 
+def test_fair_threshold_lowers_the_bar_to_what_real_images_reach_and_never_raises_it():
+    rng = np.random.default_rng(0)
+    weak = rng.uniform(0, 1, 101)  # a judge that gives real cells of the class anything
+    on = GateSettings(min_confidence=0.5, fair_confidence=True)
+    threshold = fair_threshold(weak, on)
+    assert threshold < 0.5
+    assert (weak >= threshold).mean() >= 0.9  # fair by construction ...
+    assert (weak > threshold).mean() < 0.9  # ... and the highest such threshold
+    assert threshold == np.sort(weak)[101 - 91]  # 91 of 101 = ceil(0.9 * 101)
+    strong = np.concatenate([np.full(95, 0.99), np.full(5, 0.1)])  # already fair at 0.5
+    assert fair_threshold(strong, on) == 0.5
+    assert fair_threshold(weak, GateSettings(min_confidence=0.5)) == 0.5  # off by default
+    assert fair_threshold(np.zeros(0), on) == 0.5  # no real images: as configured
+    assert fair_threshold(weak, GateSettings(min_real_acceptance=0.0, fair_confidence=True)) == 0.5
+
+
+def test_real_acceptance_with_fair_confidence_reports_each_class_threshold():
+    probabilities = np.array([[0.4, 0.6], [0.3, 0.7], [0.45, 0.55], [0.1, 0.9]])
+    table = real_acceptance(
+        probabilities,
+        ["a", "a", "a", "b"],
+        ["a", "b"],
+        GateSettings(min_confidence=0.5, min_real_acceptance=0.6, fair_confidence=True),
+    ).set_index("canonical_class")
+    # a: 0.4, 0.3, 0.45 -> two of three (0.6) reach 0.4; b: 0.9 >= 0.5 already
+    assert table.loc["a", "min_confidence"] == pytest.approx(0.4)
+    assert table.loc["a", "accepted"] == 2 and table.loc["a", "verdict"] == "fair"
+    assert table.loc["b", "min_confidence"] == 0.5
+    plain = real_acceptance(
+        probabilities, ["a", "a", "a", "b"], ["a", "b"], GateSettings(min_real_acceptance=0.6)
+    ).set_index("canonical_class")
+    assert plain.loc["a", "verdict"] == "too_strict" and plain.loc["a", "min_confidence"] == 0.5
+    with pytest.raises(ConfigError, match=r"quality_gate\.fair_confidence"):
+        GateSettings.from_config({"fair_confidence": "yes"})
+
+
 def test_min_realism_setting_is_checked():
     assert GateSettings.from_config({"min_realism": 1.0}).min_realism == 1.0
     assert GateSettings().min_realism == 0.0
@@ -187,6 +223,33 @@ def test_gate_fairness_with_realism_scores_real_images_against_training_balls(
         # min_confidence 0: the judge passes all, so the gate's acceptance is realism's
         assert table.loc[name, "acceptance"] == pytest.approx(expected)
     assert math.isnan(table.loc["neutrophil", "realism_acceptance"])  # no validation images
+
+
+def test_gate_judge_with_fair_confidence_is_fair_for_every_class_it_checks(
+    pool_files, judge, tmp_path
+):
+    """fair_confidence: at min_confidence 1 (too strict for every class, above) each
+    class with validation images gets its own lower threshold, reported, at which the
+    judge accepts at least min_real_acceptance of them."""
+    from hemaflow.classify.predict import load_classifier, predict_proba
+
+    root = pool_files["root"]
+    images, pool = pool_files["images"], pool_files["pool"]
+    table = gate_real_acceptance_stage(
+        str(judge),
+        str(root / "images.npy"),
+        str(root / "index.parquet"),
+        {"min_confidence": 1.0, "fair_confidence": True},
+        str(tmp_path / "real_acceptance.csv"),
+    ).set_index("canonical_class")
+    net, names, _ = load_classifier(judge)
+    for name in ("basophil", "eosinophil"):
+        rows = pool[(pool["canonical_class"] == name) & pool["split"].isin(["val", "held_out"])]
+        p = predict_proba(net, images[rows["pool_index"].to_numpy()])[:, names.index(name)]
+        threshold = table.loc[name, "min_confidence"]
+        assert threshold < 1.0 and table.loc[name, "verdict"] == "fair"
+        assert table.loc[name, "accepted"] == int((p >= threshold).sum()) >= 0.9 * len(p)
+    assert table.loc["neutrophil", "min_confidence"] == 1.0  # nothing to calibrate on
 
 
 def test_min_real_acceptance_setting_is_checked():

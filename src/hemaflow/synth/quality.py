@@ -19,12 +19,16 @@ The gate is only as fair as its judge: ``real_acceptance`` measures, per class, 
 held-out real images of the class (validation images, never training or test images) the
 judge itself accepts at ``min_confidence``. A class below ``min_real_acceptance`` is
 flagged (the judge is too strict for it: its synthetic images are held to a bar that real
-cells miss), never silently given a lower threshold."""
+cells miss), never silently given a lower threshold. Asked for, with ``fair_confidence``,
+each class gets its own threshold (``fair_threshold``): ``min_confidence`` lowered, never
+raised, to the highest value at which ``min_real_acceptance`` of the class's real
+validation images still pass, so that the judge is fair by construction (and says how
+little it can then tell, in the threshold it reports)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +56,7 @@ class GateSettings:
     copy_min_correlation: float = 0.95
     min_real_acceptance: float = 0.9
     min_realism: float = 0.0
+    fair_confidence: bool = False
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GateSettings:
@@ -61,6 +66,7 @@ class GateSettings:
             "copy_min_correlation",
             "min_real_acceptance",
             "min_realism",
+            "fair_confidence",
         }
         for key in section:
             if key not in known:
@@ -72,9 +78,30 @@ class GateSettings:
             raise ConfigError("synthesis.quality_gate.min_real_acceptance", "must be in [0, 1]")
         if not settings.min_realism >= 0.0:
             raise ConfigError("synthesis.quality_gate.min_realism", "must be >= 0 (0: off)")
+        if not isinstance(settings.fair_confidence, bool):
+            raise ConfigError("synthesis.quality_gate.fair_confidence", "must be true or false")
         if not 0 <= settings.copy_max_hamming <= 64:
             raise ConfigError("synthesis.quality_gate.copy_max_hamming", "must be in 0..64")
         return settings
+
+
+def fair_threshold(confidences: np.ndarray, settings: GateSettings) -> float:
+    """A class's confidence threshold. ``min_confidence``, except with ``fair_confidence``:
+    then lowered (never raised) to the highest value that at least ``min_real_acceptance``
+    of the class's real validation images reach (``confidences``: the judge's confidence
+    in the class for each of them). Without such images, ``min_confidence``."""
+    values = np.sort(np.asarray(confidences, dtype=np.float64))
+    if not settings.fair_confidence or len(values) == 0:
+        return settings.min_confidence
+    needed = int(np.ceil(settings.min_real_acceptance * len(values) - 1e-9))
+    if needed == 0:
+        return settings.min_confidence
+    return float(min(settings.min_confidence, values[len(values) - needed]))
+
+
+def class_gate(settings: GateSettings, confidences: np.ndarray) -> GateSettings:
+    """The gate of one class: ``settings`` with ``fair_threshold``'s ``min_confidence``."""
+    return replace(settings, min_confidence=fair_threshold(confidences, settings))
 
 
 def image_hashes(images: np.ndarray) -> np.ndarray:
@@ -199,6 +226,7 @@ REAL_ACCEPTANCE_COLUMNS = (
     "accepted",
     "acceptance",
     "realism_acceptance",
+    "min_confidence",
     "min_real_acceptance",
     "verdict",
 )
@@ -215,7 +243,8 @@ def real_acceptance(
 ) -> pd.DataFrame:
     """Per class of the judge (``class_names``, the columns of ``probabilities``): how
     many of its real held-out images (rows whose ``true_classes`` is the class) the judge
-    gives at least ``min_confidence`` for that class, and the verdict: ``fair`` (at least
+    gives at least ``min_confidence`` for that class (with ``fair_confidence``, the class's
+    ``fair_threshold``, in the ``min_confidence`` column), and the verdict: ``fair`` (at least
     ``min_real_acceptance``), ``too_strict`` or ``no_validation_images``. With
     ``min_realism`` > 0, ``realism`` holds each row's realism score against its class's
     training images (NaN: not judged): ``realism_acceptance`` is the share at least
@@ -230,7 +259,9 @@ def real_acceptance(
     for k, name in enumerate(class_names):
         mine = true_classes == name
         n = int(mine.sum())
-        passed = probabilities[mine, k] >= settings.min_confidence if n else np.zeros(0, bool)
+        own = probabilities[mine, k] if n else np.zeros(0)
+        threshold = fair_threshold(own, settings)
+        passed = own >= threshold
         realism_acceptance = float("nan")
         if settings.min_realism > 0 and realism is not None and n:
             scores = np.asarray(realism, dtype=np.float64)[mine]
@@ -252,6 +283,7 @@ def real_acceptance(
                 "accepted": accepted,
                 "acceptance": acceptance,
                 "realism_acceptance": realism_acceptance,
+                "min_confidence": threshold,
                 "min_real_acceptance": settings.min_real_acceptance,
                 "verdict": verdict,
             }

@@ -58,6 +58,7 @@ from hemaflow.synth.rare_study_plan import (
     RareStudySettings,
     cut_pool,
     meta_model_path,
+    model_key,
     models_dir,
     padding_target,
     pool_digest,
@@ -67,7 +68,7 @@ from hemaflow.synth.rare_study_plan import (
     seeded,
     shares,
 )
-from hemaflow.synth.stages import generate_class, pool_state_dir, read_pool
+from hemaflow.synth.stages import gate_for_class, generate_class, pool_state_dir, read_pool
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,12 @@ class GeneratedImages:
         self.samples: dict[tuple[str, str], tuple[np.ndarray, pd.DataFrame, str]] = {}
         self.summaries: list[dict] = []
 
-    def add(self, generator, name, images, candidates, model_path, n_needed) -> None:
+    def add(self, generator, name, images, candidates, model_path, n_needed, threshold) -> None:
         self.samples[(generator, name)] = (images, candidates, str(model_path))
         summary = gate_summary(name, generator, n_needed, candidates)
-        self.summaries.append({**summary, "model": str(model_path)})
+        self.summaries.append(
+            {**summary, "model": str(model_path), "min_confidence": float(threshold)}
+        )
         log.info("%s images of %s: %s", generator, name, summary)
 
     def take(self, generator: str, name: str, n: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -248,22 +251,33 @@ def finished_models(
 ) -> set[str]:
     """What a finished run of this (level, seed) already trained with the current
     settings: ``none`` (the baseline classifier, also the gate's judge) and the
-    generators (``cwgan``, ``fewshot``) that are used by an arm, asked for now or not,
-    whose result JSON has the key these settings give. Each one counts only while its
-    model files are there and no newer than that JSON (a later run with other settings,
-    stopped before its JSON, may have overwritten them). Such models are used as they
-    are: neither retrained nor resumed (their checkpoints are keyed by the library
-    version too, so a new version would otherwise train them again from the start)."""
+    generators (``cwgan``, ``fewshot``). A model counts when the result JSON of an arm
+    that used it, asked for now or not, records the ``model_keys`` these settings give it
+    (``model_key``: a generator's does not depend on the gate), or, in a JSON written
+    before those were recorded, has the run key these settings give. Each one counts only
+    while its model files are there and no newer than that JSON (a later run with other
+    settings, stopped before its JSON, may have overwritten them). Such models are used
+    as they are: neither retrained nor resumed (their checkpoints are keyed by the
+    library version too, so a new version would otherwise train them again from the
+    start)."""
     digest = pool_digest(pool)
     folder = models_dir(out_dir, level, seed)
     found: set[str] = set()
     for arm in ARMS:
         path = result_path(out_dir, arm, level, seed)
         previous = read_result(path)
-        if previous is None or previous.get("key") != run_key(settings, arm, level, seed, digest):
+        if previous is None:
+            continue
+        parts = ("none", *ARM_GENERATORS[arm])
+        if "model_keys" in previous:
+            recorded = previous["model_keys"]
+            parts = tuple(
+                p for p in parts if recorded.get(p) == model_key(settings, p, level, seed, digest)
+            )
+        elif previous.get("key") != run_key(settings, arm, level, seed, digest):
             continue
         written = path.stat().st_mtime
-        for part in ARM_GENERATORS[arm] or ("none",):
+        for part in parts:
             if part == "none":
                 files = [folder / "none" / "model.pt"]
             else:
@@ -277,8 +291,16 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
     """Each cut class's ``needs`` images through the quality gate (``judge``: the
     baseline classifier and its classes)."""
     net, judge_classes = judge
-    gate = GateSettings.from_config(settings.quality_gate)
     for name, need in needs.items():
+        # with fair_confidence, the class's threshold comes from the validation split
+        # (the cut's held-out training images are never used)
+        gate = gate_for_class(
+            GateSettings.from_config(settings.quality_gate),
+            net,
+            judge_classes,
+            name,
+            class_images(images, pool, name, ["val"]),
+        )
         accepted, candidates = generate_class(
             name,
             generator,
@@ -292,7 +314,9 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
             settings.max_candidates_factor,
             images.shape[1],
         )
-        generated.add(generator, name, accepted, candidates, models[name], need)
+        generated.add(
+            generator, name, accepted, candidates, models[name], need, gate.min_confidence
+        )
 
 
 # ------------------------------------------------------------------------ one (level, seed)
@@ -487,6 +511,10 @@ def run_level_seed(
             "level": level,
             "seed": seed,
             "key": key,
+            "model_keys": {
+                part: model_key(settings, part, level, seed, pool_digest(pool))
+                for part in ("none", *ARM_GENERATORS[arm])
+            },
             "domain": domain,
             "cut_classes": list(settings.classes),
             "target": target,

@@ -246,6 +246,29 @@ def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
 
 
+def model_key(settings: RareStudySettings, model: str, level: int, seed: int, digest: str) -> str:
+    """What a model of one (level, seed) depends on: ``none`` (the baseline classifier,
+    also the gate's judge) its arm's key; a generator (``cwgan``, ``fewshot``) the data,
+    the cut and its own options, not the gate's or another arm's, so that a run with
+    another gate reuses it."""
+    from hemaflow.config import canonical_json
+
+    if model == "none":
+        return run_key(settings, "none", level, seed, digest)
+    parts: dict[str, Any] = {
+        "model": model,
+        "level": level,
+        "seed": seed,
+        "data": digest,
+        "classes": sorted(settings.classes),
+    }
+    if model == "cwgan":
+        parts |= {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
+    else:
+        parts |= {"fewshot": settings.fewshot, "large_min": settings.large_min}
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
+
+
 def read_result(path: Path) -> dict | None:
     if not path.is_file():
         return None

@@ -32,6 +32,7 @@ from hemaflow.synth.quality import (
     CopyDetector,
     GateSettings,
     RealismScorer,
+    class_gate,
     real_acceptance,
 )
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
@@ -303,8 +304,9 @@ def gate_real_acceptance_stage(
                 "images (%.0f%% < synthesis.quality_gate.min_real_acceptance %.0f%%) at "
                 "min_confidence %g. The gate is NOT lowered: the class's synthetic images "
                 "face a bar that its real cells miss, so its acceptance understates its "
-                "generator. Improve synthesis.gate_classifier or lower "
-                "synthesis.quality_gate.min_confidence deliberately.",
+                "generator. Improve synthesis.gate_classifier, lower "
+                "synthesis.quality_gate.min_confidence deliberately, or set "
+                "synthesis.quality_gate.fair_confidence.",
                 row.canonical_class,
                 row.accepted,
                 row.real_images,
@@ -398,6 +400,34 @@ def generate_class(
     return accepted, candidates
 
 
+def gate_for_class(
+    gate: GateSettings,
+    judge: Any,
+    judge_classes: Sequence[str],
+    class_name: str,
+    real_images: np.ndarray,
+) -> GateSettings:
+    """The gate of one class: with ``fair_confidence``, its threshold lowered to what the
+    judge gives ``real_images`` (the class's real validation images; ``fair_threshold``);
+    otherwise ``gate`` itself."""
+    if not gate.fair_confidence or class_name not in judge_classes or len(real_images) == 0:
+        return gate
+    from hemaflow.classify.predict import predict_proba
+
+    confidences = predict_proba(judge, real_images)[:, list(judge_classes).index(class_name)]
+    fair = class_gate(gate, confidences)
+    log.info(
+        "%s: the gate's confidence threshold is %.3g (min_confidence %g; the judge gives "
+        "%.0f%% of %d real validation images at least that)",
+        class_name,
+        fair.min_confidence,
+        gate.min_confidence,
+        100 * float(np.mean(confidences >= fair.min_confidence)),
+        len(confidences),
+    )
+    return fair
+
+
 def generate_stage(
     class_name: str,
     routes_csv: str,
@@ -422,6 +452,13 @@ def generate_stage(
     route = route or routes.loc[class_name, "route"]
     images, pool = read_pool(pool_images, pool_index)
     net, classifier_classes, _ = load_classifier(classifier_path)
+    gate = gate_for_class(
+        GateSettings.from_config(gate_section),
+        net,
+        classifier_classes,
+        class_name,
+        class_images(images, pool, class_name, list(VALIDATION_SPLITS)),
+    )
     accepted, candidates = generate_class(
         class_name,
         route,
@@ -429,7 +466,7 @@ def generate_stage(
         net,
         classifier_classes,
         class_images(images, pool, class_name, ["train"]),
-        GateSettings.from_config(gate_section),
+        gate,
         n_needed,
         seed,
         max_candidates_factor,
@@ -439,6 +476,7 @@ def generate_stage(
     candidates.to_parquet(out_candidates, index=False)
     summary = gate_summary(class_name, route, n_needed, candidates)
     summary["model"] = model_path
+    summary["min_confidence"] = gate.min_confidence
     write_json(summary, out_summary)
     log.info("%s: %s", class_name, summary)
     return summary
