@@ -466,22 +466,30 @@ def test_the_synthesis_bench_runs_with_tiny_networks(study, tmp_path):
         assert (tmp_path / "syn" / name).is_file(), name
 
 
-def test_generation_with_the_realism_gate(study):
-    """generate_class with min_realism: every candidate the judge passes is scored in
-    Inception features against the class's training images; accepted exactly when its
-    score reaches min_realism; the gate summary counts the realism rejections."""
+def _study_judge(study):
+    """The tiny study's level-6, seed-0 cut and its judge (the none arm's classifier):
+    (images, cut images, cut pool, models folder, judge, its classes)."""
     from hemaflow.classify.predict import load_classifier
-    from hemaflow.synth.generate import gate_summary
-    from hemaflow.synth.pool import class_images
-    from hemaflow.synth.quality import GateSettings
     from hemaflow.synth.rare_study_plan import models_dir
-    from hemaflow.synth.stages import generate_class
 
     _, cache, _, out, _ = study
     images, index = read_pool(*cache)
     cut, pool = cut_pool(images, index, "pbc", CUT, LEVELS[0], 0)
     folder = models_dir(out, LEVELS[0], 0)
     net, classes, _ = load_classifier(folder / "none" / "model.pt")
+    return images, cut, pool, folder, net, classes
+
+
+def test_generation_with_the_realism_gate(study):
+    """generate_class with min_realism: every candidate the judge passes is scored in
+    Inception features against the class's training images; accepted exactly when its
+    score reaches min_realism; the gate summary counts the realism rejections."""
+    from hemaflow.synth.generate import gate_summary
+    from hemaflow.synth.pool import class_images
+    from hemaflow.synth.quality import GateSettings
+    from hemaflow.synth.stages import generate_class
+
+    images, cut, pool, folder, net, classes = _study_judge(study)
     train = class_images(cut, pool, "basophil", ["train"])
     gate = GateSettings(min_confidence=0.0, min_realism=1.0, copy_min_correlation=1.01)
     accepted, candidates = generate_class(
@@ -511,17 +519,12 @@ def test_generation_with_a_fair_gate(study):
     real validation images of the class (at least min_real_acceptance of them pass), and
     the gate then accepts every candidate the plain gate accepts, and those it lowered
     the bar for."""
-    from hemaflow.classify.predict import load_classifier, predict_proba
+    from hemaflow.classify.predict import predict_proba
     from hemaflow.synth.pool import class_images
     from hemaflow.synth.quality import GateSettings
-    from hemaflow.synth.rare_study_plan import models_dir
     from hemaflow.synth.stages import gate_for_class, generate_class
 
-    _, cache, _, out, _ = study
-    images, index = read_pool(*cache)
-    cut, pool = cut_pool(images, index, "pbc", CUT, LEVELS[0], 0)
-    folder = models_dir(out, LEVELS[0], 0)
-    net, classes, _ = load_classifier(folder / "none" / "model.pt")
+    images, cut, pool, folder, net, classes = _study_judge(study)
     val = class_images(cut, pool, "basophil", ["val"])
     plain = GateSettings(min_confidence=0.9, copy_min_correlation=1.01)
     fair = gate_for_class(

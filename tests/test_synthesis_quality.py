@@ -192,6 +192,18 @@ def test_min_realism_setting_is_checked():
         GateSettings.from_config({"min_realism": -0.5})
 
 
+def _fairness_table(pool_files, judge, gate_section, folder):
+    """The gate_real_acceptance stage on the test pool, indexed by class."""
+    root = pool_files["root"]
+    return gate_real_acceptance_stage(
+        str(judge),
+        str(root / "images.npy"),
+        str(root / "index.parquet"),
+        gate_section,
+        str(folder / "real_acceptance.csv"),
+    ).set_index("canonical_class")
+
+
 def test_gate_fairness_with_realism_scores_real_images_against_training_balls(
     pool_files, judge, tmp_path
 ):
@@ -201,15 +213,10 @@ def test_gate_fairness_with_realism_scores_real_images_against_training_balls(
     from hemaflow.metrics import InceptionFeatures
     from hemaflow.metrics.fid import knn_radii, realism_scores
 
-    root = pool_files["root"]
     images, pool = pool_files["images"], pool_files["pool"]
-    table = gate_real_acceptance_stage(
-        str(judge),
-        str(root / "images.npy"),
-        str(root / "index.parquet"),
-        {"min_confidence": 0.0, "min_realism": 1.0},
-        str(tmp_path / "real_acceptance.csv"),
-    ).set_index("canonical_class")
+    table = _fairness_table(
+        pool_files, judge, {"min_confidence": 0.0, "min_realism": 1.0}, tmp_path
+    )
     inception = InceptionFeatures()
     for name in ("basophil", "eosinophil"):
         own = pool[(pool["canonical_class"] == name) & (pool["split"] == "train")]
@@ -233,15 +240,10 @@ def test_gate_judge_with_fair_confidence_is_fair_for_every_class_it_checks(
     judge accepts at least min_real_acceptance of them."""
     from hemaflow.classify.predict import load_classifier, predict_proba
 
-    root = pool_files["root"]
     images, pool = pool_files["images"], pool_files["pool"]
-    table = gate_real_acceptance_stage(
-        str(judge),
-        str(root / "images.npy"),
-        str(root / "index.parquet"),
-        {"min_confidence": 1.0, "fair_confidence": True},
-        str(tmp_path / "real_acceptance.csv"),
-    ).set_index("canonical_class")
+    table = _fairness_table(
+        pool_files, judge, {"min_confidence": 1.0, "fair_confidence": True}, tmp_path
+    )
     net, names, _ = load_classifier(judge)
     for name in ("basophil", "eosinophil"):
         rows = pool[(pool["canonical_class"] == name) & pool["split"].isin(["val", "held_out"])]
