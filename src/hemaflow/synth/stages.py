@@ -312,7 +312,7 @@ def gate_real_acceptance_stage(
                 row.real_images,
                 100 * row.acceptance,
                 100 * gate.min_real_acceptance,
-                gate.min_confidence,
+                row.min_confidence,  # the class's own with fair_confidence
             )
         else:
             log.info(
