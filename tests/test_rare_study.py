@@ -241,6 +241,18 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
         before, after = old["both"]["training_images"][name], new["both"]["training_images"][name]
         assert after["synthetic_fewshot"] == before["synthetic_fewshot"]
 
+    # a removed baseline result is trained again as a baseline (real rows only), though
+    # the other runs vouch for its model
+    result_path(copy, "none", 6, 0).unlink()
+    monkeypatch.setattr(classify_stages, "train_on_rows", original)
+    # (at a quarter synthetic the padded arms repeat real rows; the baseline must not)
+    baseline = changed.with_changes(arms=["none"], synthetic_share=0.25)
+    redone = run_study(*cache, "pbc", baseline, copy, tmp_path / "s2")
+    assert redone[0]["arm"] == "none" and redone[0]["key"] == old["none"]["key"]
+    for name in CUT:
+        assert redone[0]["training_images"][name] == old["none"]["training_images"][name]
+        assert redone[0]["training_images"][name]["oversampled"] == 0
+
     # a JSON written before model_keys were recorded counts only with the run key itself
     for arm in ARMS:
         path = result_path(copy, arm, 6, 0)

@@ -444,9 +444,10 @@ def run_level_seed(
     reuse = finished_models(settings, pool, level, seed, out_dir)
     if reuse:
         log.info("level %d, seed %d: reusing the finished %s", level, seed, sorted(reuse))
-    # the baseline: arm none, and the quality gate's judge
+    # the baseline: arm none, and the quality gate's judge (trained here, never in the
+    # loop below, which would pad it)
     trained = {}
-    if "none" not in reuse:
+    if "none" not in reuse or "none" in todo:
         trained["none"] = timed(
             "classifier none",
             lambda: _train_arm(
