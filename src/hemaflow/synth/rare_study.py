@@ -505,6 +505,7 @@ def run_level_seed(
             )
     write_json({"gate": generated.summaries, "seconds": timings}, folder / "generators.json")
 
+    digest = pool_digest(pool)
     for arm, key in todo.items():
         model, manifest, summary = trained[arm]
         result = {
@@ -513,7 +514,7 @@ def run_level_seed(
             "seed": seed,
             "key": key,
             "model_keys": {
-                part: model_key(settings, part, level, seed, pool_digest(pool))
+                part: model_key(settings, part, level, seed, digest)
                 for part in ("none", *ARM_GENERATORS[arm])
             },
             "domain": domain,

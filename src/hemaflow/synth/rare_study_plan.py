@@ -239,11 +239,17 @@ def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest
         }
         if settings.synthetic_share != 1.0:  # keeps the keys of runs made before the option
             parts["synthetic_share"] = settings.synthetic_share
-    if "cwgan" in generators:
-        parts |= {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
-    if "fewshot" in generators:
-        parts |= {"fewshot": settings.fewshot, "large_min": settings.large_min}
+    for generator in generators:
+        parts |= _generator_options(settings, generator)
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
+
+
+def _generator_options(settings: RareStudySettings, generator: str) -> dict[str, Any]:
+    """The settings a generator's training depends on (part of its arms' keys and of its
+    model key)."""
+    if generator == "cwgan":
+        return {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
+    return {"fewshot": settings.fewshot, "large_min": settings.large_min}
 
 
 def model_key(settings: RareStudySettings, model: str, level: int, seed: int, digest: str) -> str:
@@ -261,11 +267,8 @@ def model_key(settings: RareStudySettings, model: str, level: int, seed: int, di
         "seed": seed,
         "data": digest,
         "classes": sorted(settings.classes),
+        **_generator_options(settings, model),
     }
-    if model == "cwgan":
-        parts |= {"cwgan": settings.cwgan, "real_classifier": settings.real_classifier}
-    else:
-        parts |= {"fewshot": settings.fewshot, "large_min": settings.large_min}
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:16]
 
 
