@@ -12,8 +12,9 @@ classes by more than that spread. Writes runs.csv, summary.csv, lift.csv, summar
 chart.png to --out. The library does the work (`hemaflow.synth.rare_study`, also the
 workflow's `rare_class_study` target).
 
-Resumable: each (arm, level, seed) writes --out/runs/level{L}/seed{S}/{arm}.json and is
-skipped when it exists with the same settings; generators are trained once per (level,
+Resumable: each (arm, level, seed) writes --out/runs/level{L}/seed{S}/{arm}.json (its
+further classifiers, --classifier-repeats, {arm}.repeat{R}.json) and is skipped when it
+exists with the same settings; generators are trained once per (level,
 seed) (the few-shot meta-training once per seed) and shared by the arms; checkpoints in
 --out/state; the log in --out/bench-levels{L}-seeds{S}.log. Reads the workflow's domain
 cache (`snakemake` up to the caches first).
@@ -51,6 +52,7 @@ def study_settings(args: argparse.Namespace) -> RareStudySettings:
         "target": target,
         "large_min": args.large_min,
         "synthetic_share": args.synthetic_share,
+        "classifier_repeats": args.classifier_repeats,
     }
     if args.n_boot is not None:
         changes["n_boot"] = args.n_boot
@@ -82,6 +84,13 @@ def main(argv=None) -> int:
         default=1.0,
         help="most of a cut class's padded rows that may be synthetic; the rest repeat "
         "its real images (synthesis.max_synthetic_share)",
+    )
+    parser.add_argument(
+        "--classifier-repeats",
+        type=int,
+        default=1,
+        help="classifiers per arm, level and seed on the same training set, other "
+        "classifier seeds; each seed's value is their mean",
     )
     parser.add_argument("--n-boot", type=int, default=None)
     for section in SECTIONS:

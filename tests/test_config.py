@@ -161,8 +161,16 @@ def test_rare_study_defaults_and_checks(raw_config):
         "seeds": [0, 1, 2],
         "arms": ["none", "cwgan", "fewshot", "both"],
         "target": "largest",
+        "classifier_repeats": 1,
     }
     settings = settings_from_config(config)
+    assert settings.classifier_repeats == 1
+    raised = copy.deepcopy(raw_config)
+    raised["rare_study"] = {"classifier_repeats": 3}
+    assert settings_from_config(validate_config(raised)).classifier_repeats == 3
+    raised["rare_study"] = {"classifier_repeats": 0}
+    with pytest.raises(ConfigError, match="classifier_repeats"):
+        validate_config(raised)
     assert settings.cwgan == config["synthesis"]["cwgan"]
     assert settings.classifier == config["classifier"]
     assert settings.large_min == config["synthesis"]["large_min"]

@@ -25,7 +25,13 @@ from hemaflow.synth.rare_study_plan import (
     shares,
     study_dir_of,
 )
-from hemaflow.synth.rare_study_report import REPORT_FILES, lift_table, runs_table, verdict
+from hemaflow.synth.rare_study_report import (
+    REPORT_FILES,
+    lift_table,
+    runs_table,
+    summary_table,
+    verdict,
+)
 from hemaflow.synth.stages import read_pool
 
 from .realdata import REPO, pbc_cells
@@ -273,6 +279,73 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
     assert "none" not in finished_models(changed, pool, 6, 0, copy)
 
 
+def test_more_classifier_repeats_train_only_the_new_classifiers(study, tmp_path, monkeypatch):
+    """Raising classifier_repeats from 1 to 2 keeps every finished run and its models:
+    only the arms' second classifiers are trained (other seeds, same gated images); the
+    baseline's second one on real rows only."""
+    import hemaflow.classify.stages as classify_stages
+    import hemaflow.synth.fewshot_adapt as fewshot_adapt
+    import hemaflow.synth.rare_study as rare_study
+
+    _, cache, settings, out, _ = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    stamps = {a: result_path(copy, a, 3, 1).stat().st_mtime_ns for a in ARMS}
+    original = classify_stages.train_on_rows
+    trained = []
+
+    def record(*args, **kwargs):
+        trained.append((args[6], args[4]["seed"]))
+        return original(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a generator was trained again")
+
+    monkeypatch.setattr(classify_stages, "train_on_rows", record)
+    monkeypatch.setattr(fewshot_adapt, "adapt_fewshot", refuse)
+    monkeypatch.setattr(rare_study, "train_study_meta", refuse)
+    monkeypatch.setattr(rare_study, "_cwgan_images", refuse)
+    more = settings.with_changes(levels=[3], seeds=[1], classifier_repeats=2)
+    results = run_study(*cache, "pbc", more, copy, tmp_path / "state")
+    assert sorted(trained) == sorted((f"rare-{a}-level3-seed1-repeat1", 1001) for a in ARMS)
+    assert [(r["arm"], r["repeat"]) for r in results] == [(a, k) for k in (0, 1) for a in ARMS]
+    for arm, stamp in stamps.items():
+        assert result_path(copy, arm, 3, 1).stat().st_mtime_ns == stamp
+    first = {r["arm"]: r for r in results if r["repeat"] == 0}
+    for result in results[len(ARMS) :]:
+        assert result["training_images"] == first[result["arm"]]["training_images"]
+        for gate, before in zip(result["gate"], first[result["arm"]]["gate"], strict=True):
+            assert {**gate, "model": ""} == {**before, "model": ""}
+    # done: nothing left to train
+    trained.clear()
+    run_study(*cache, "pbc", more, copy, tmp_path / "state")
+    assert trained == []
+    with pytest.raises(ConfigError, match=r"rare_study\.classifier_repeats"):
+        tiny_settings(classifier_repeats=0)
+
+
+def test_the_report_averages_a_seeds_classifiers_before_pairing_the_seeds():
+    settings = RareStudySettings(classes=("basophil",), levels=(50,), arms=("none", "fewshot"))
+    values = {"none": [(0.5, 0.7), (0.6, 0.6)], "fewshot": [(0.8, 0.6), (0.9, 0.5)]}
+    results = [
+        {**_result(arm, seed, value), "repeat": repeat}
+        for arm, per_seed in values.items()
+        for seed, pair in enumerate(per_seed)
+        for repeat, value in enumerate(pair)
+    ]
+    runs = runs_table(results)
+    summary = summary_table(runs, settings)
+    row = summary[(summary["arm"] == "fewshot") & (summary["class"] == "basophil")].iloc[0]
+    assert row["mean"] == pytest.approx(0.7) and row["min"] == pytest.approx(0.7)
+    assert row["classifiers"] == 2 and row["classifier_spread"] == pytest.approx(0.3)
+    assert "s0 0.700 (2 classifiers 0.600-0.800)" in row["per_seed"]
+    lift = lift_table(runs, settings)
+    row = lift[lift["class"] == "basophil"].iloc[0]
+    # seed means: none 0.6, 0.6; few-shot 0.7, 0.7: a lift of 0.1 in both, no spread
+    assert row["lift_mean"] == pytest.approx(0.1) and row["spread"] == pytest.approx(0.0)
+    assert bool(row["exceeds_spread"])
+
+
 def _result(arm, seed, value):
     return {
         "arm": arm,
@@ -346,7 +419,7 @@ def test_the_bench_quick_run(study, tmp_path):
     command += ["--results", str(base / "results"), "--out", str(tmp_path / "bench")]
     command += ["--levels", "6", "--seeds", "0", "--arms", "none", "fewshot"]
     command += ["--large-min", "8", "--threads", "1", "--classifier", "iterations=3"]
-    command += ["--synthetic-share", "0.25"]
+    command += ["--synthetic-share", "0.25", "--classifier-repeats", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "# Rare-class study" in result.stdout and "Not judged: one seed" in result.stdout
@@ -364,6 +437,31 @@ def test_the_bench_quick_run(study, tmp_path):
         assert counts["real"] == 6
     fewshot = (tmp_path / "bench" / "runs" / "level6" / "seed0" / "fewshot.json").read_text()
     assert '"iterations": 3' in fewshot
+    # --classifier-repeats 2: a second classifier per arm, its own seed, the same training
+    # set (the baseline's not padded), and each seed's value their mean
+    for arm in ("none", "fewshot"):
+        first = json.loads(result_path(tmp_path / "bench", arm, 6, 0).read_text())
+        second = json.loads(result_path(tmp_path / "bench", arm, 6, 0, repeat=1).read_text())
+        assert (first["repeat"], first["classifier_seed"]) == (0, 0)
+        assert (second["repeat"], second["classifier_seed"]) == (1, 1000)
+        assert second["training_images"] == first["training_images"]
+        assert second["key"] != first["key"]
+        assert second["classifier"]["model"] != first["classifier"]["model"]
+    assert (
+        json.loads(result_path(tmp_path / "bench", "none", 6, 0, 1).read_text())["training_images"][
+            "basophil"
+        ]["oversampled"]
+        == 0
+    )
+    runs = pd.read_csv(tmp_path / "bench" / "runs.csv")
+    assert sorted(set(runs["repeat"])) == [0, 1]
+    summary = pd.read_csv(tmp_path / "bench" / "summary.csv")
+    assert (summary["classifiers"] == 2).all()
+    for row in summary.itertuples():
+        values = runs[(runs["arm"] == row.arm) & (runs["class"] == row._3)]["value"]
+        assert row.mean == pytest.approx(values.mean())
+        assert row.classifier_spread == pytest.approx(np.ptp(values))
+    assert "2 classifiers" in result.stdout and "classifier_spread" in result.stdout
 
 
 def test_a_synthetic_share_reruns_only_the_synthesis_arms(study):

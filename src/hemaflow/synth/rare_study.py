@@ -31,7 +31,10 @@ the cut leaves whole). Each (arm, level, seed) run writes its result JSON (test-
 sensitivity of every cut class and balanced accuracy, with stratified bootstrap 95 %
 intervals) and is skipped when that JSON exists with the same settings key. The seed
 changes the cut, every generator's and classifier's seed and the generation seed; a
-seed's cuts are nested (its 20 images are among its 50). The arms, settings, paths, cut
+seed's cuts are nested (its 20 images are among its 50). With ``classifier_repeats``
+above 1, each arm also trains further classifiers (``arm.repeatR.json``) on the same
+training set (the same gated images) with other classifier seeds, so that the report can
+average out the classifier's own seed-to-seed noise. The arms, settings, paths, cut
 and run keys: ``hemaflow.synth.rare_study_plan``; tables, chart and the verdict:
 ``hemaflow.synth.rare_study_report``. This module holds the runs."""
 
@@ -56,6 +59,7 @@ from hemaflow.synth.rare_study_plan import (
     ARM_GENERATORS,
     ARMS,
     RareStudySettings,
+    classifier_seed,
     cut_pool,
     meta_model_path,
     model_key,
@@ -67,6 +71,7 @@ from hemaflow.synth.rare_study_plan import (
     run_key,
     seeded,
     shares,
+    study_runs,
 )
 from hemaflow.synth.stages import gate_for_class, generate_class, pool_state_dir, read_pool
 
@@ -323,34 +328,49 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
 
 
 def _train_arm(
-    arm, images, pool, synthetic, settings, level, seed, folder, state_root, oversample=None
+    arm,
+    images,
+    pool,
+    synthetic,
+    settings,
+    level,
+    seed,
+    folder,
+    state_root,
+    oversample=None,
+    repeat=0,
 ):
-    """The arm's classifier on the real training rows plus ``synthetic`` and the
-    ``oversample`` repeated real rows (class -> count)."""
+    """The arm's classifier ``repeat`` (its seed: ``classifier_seed``) on the real
+    training rows plus ``synthetic`` and the ``oversample`` repeated real rows
+    (class -> count)."""
     from hemaflow.classify.stages import train_on_rows
 
     train_images, manifest = build_balanced(
         images, pool, synthetic, oversample=oversample, seed=seed
     )
     val = pool[pool["split"] == "val"].reset_index(drop=True)
-    model = folder / arm / "model.pt"
+    where = folder / arm if repeat == 0 else folder / arm / f"repeat{repeat}"
+    model = where / "model.pt"
     model.parent.mkdir(parents=True, exist_ok=True)
     log.info(
-        "arm %s: classifier on %d real + %d synthetic images",
+        "arm %s: classifier on %d real + %d synthetic images (repeat %d, seed %d)",
         arm,
         int((manifest["origin"] == "real").sum()),
         int((manifest["origin"] == "synthetic").sum()),
+        repeat,
+        classifier_seed(seed, repeat),
     )
+    suffix = "" if repeat == 0 else f"-repeat{repeat}"
     summary = train_on_rows(
         train_images,
         manifest,
         np.asarray(images)[val["pool_index"].to_numpy()],
         val,
-        seeded(settings.classifier, seed),
+        seeded(settings.classifier, classifier_seed(seed, repeat)),
         str(state_root),
-        f"rare-{arm}-level{level}-seed{seed}",
+        f"rare-{arm}-level{level}-seed{seed}{suffix}",
         str(model),
-        str(folder / arm / "losses.csv"),
+        str(where / "losses.csv"),
     )
     return model, manifest, summary
 
@@ -383,20 +403,22 @@ def _training_counts(manifest: pd.DataFrame, classes: Sequence[str]) -> dict:
 def pending_arms(
     settings: RareStudySettings, pool: pd.DataFrame, level: int, seed: int, out_dir: str | Path
 ) -> tuple[dict[str, str], dict[str, dict]]:
-    """(arm -> key of every arm to run, arm -> result of every arm already done)."""
+    """(name -> key of every run to do, name -> result of every run already done); a
+    run's name is its arm, ``arm.repeatR`` for its further classifiers
+    (``rare_study_plan.run_name``)."""
     digest = pool_digest(pool)
     todo, done = {}, {}
-    for arm in settings.arms:
-        key = run_key(settings, arm, level, seed, digest)
-        path = result_path(out_dir, arm, level, seed)
+    for name, arm, repeat in study_runs(settings):
+        key = run_key(settings, arm, level, seed, digest, repeat)
+        path = result_path(out_dir, arm, level, seed, repeat)
         previous = read_result(path)
         if previous is not None and previous.get("key") == key:
             log.info("%s: done with these settings, skipped", path)
-            done[arm] = previous
+            done[name] = previous
             continue
         if previous is not None:
             log.info("%s: written with other settings, run again", path)
-        todo[arm] = key
+        todo[name] = key
     return todo, done
 
 
@@ -411,15 +433,17 @@ def run_level_seed(
     state_root: str | Path,
     meta_model: str | Path | None = None,
 ) -> list[dict]:
-    """Every arm of one (level, seed) on the domain's cache (``images``, ``index``): the
-    result dicts, in the order of ``settings.arms``. Generators are trained (or resumed
+    """Every run of one (level, seed) on the domain's cache (``images``, ``index``): the
+    result dicts, in the order of ``study_runs`` (each arm's first classifier, then its
+    repeats). Generators are trained (or resumed
     from their checkpoints under ``state_root``) only when an arm that needs them has no
     result yet. ``meta_model``: the few-shot GAN meta-trained for this seed
     (``train_study_meta``); None trains it here, under ``out_dir/models/seed{seed}``."""
     cut_images, pool = cut_pool(images, index, domain, settings.classes, level, seed)
     todo, results = pending_arms(settings, pool, level, seed, out_dir)
+    runs = study_runs(settings)
     if not todo:
-        return [results[arm] for arm in settings.arms]
+        return [results[name] for name, _, _ in runs]
     folder = models_dir(out_dir, level, seed)
     folder.mkdir(parents=True, exist_ok=True)
     target = padding_target(settings, pool)
@@ -455,7 +479,8 @@ def run_level_seed(
             ),
         )
     generated = GeneratedImages()
-    wanted = {g for arm in todo for g in ARM_GENERATORS[arm]}
+    arms = {name: (arm, repeat) for name, arm, repeat in runs}
+    wanted = {g for name in todo for g in ARM_GENERATORS[arms[name][0]]}
     if wanted:
         from hemaflow.classify.predict import load_classifier
 
@@ -485,12 +510,13 @@ def run_level_seed(
             "generator fewshot",
             lambda: _fewshot_images(*common, meta_model, generated, judge, needs),
         )
-    for arm in todo:
-        if arm not in trained:
+    for name in todo:
+        if name not in trained:
+            arm, repeat = arms[name]
             synthetic = generated.arm_set(arm, needs)
-            trained[arm] = timed(
-                f"classifier {arm}",
-                lambda arm=arm, synthetic=synthetic: _train_arm(
+            trained[name] = timed(
+                f"classifier {name}",
+                lambda arm=arm, repeat=repeat, synthetic=synthetic: _train_arm(
                     arm,
                     cut_images,
                     pool,
@@ -500,18 +526,23 @@ def run_level_seed(
                     seed,
                     folder,
                     state_root,
-                    oversample,
+                    # the baseline's repeats are not padded either
+                    None if arm == "none" else oversample,
+                    repeat,
                 ),
             )
     write_json({"gate": generated.summaries, "seconds": timings}, folder / "generators.json")
 
     digest = pool_digest(pool)
-    for arm, key in todo.items():
-        model, manifest, summary = trained[arm]
+    for name, key in todo.items():
+        arm, repeat = arms[name]
+        model, manifest, summary = trained[name]
         result = {
             "arm": arm,
             "level": level,
             "seed": seed,
+            "repeat": repeat,
+            "classifier_seed": classifier_seed(seed, repeat),
             "key": key,
             "model_keys": {
                 part: model_key(settings, part, level, seed, digest)
@@ -524,7 +555,7 @@ def run_level_seed(
             "gate": [g for g in generated.summaries if g["route"] in ARM_GENERATORS[arm]],
             "classifier": {
                 "model": str(model),
-                "seconds": timings[f"classifier {arm}"],
+                "seconds": timings[f"classifier {name}"],
                 **{
                     k: summary.get(k)
                     for k in (
@@ -537,19 +568,19 @@ def run_level_seed(
             },
             "test": _evaluate(model, cut_images, pool, settings),
         }
-        path = result_path(out_dir, arm, level, seed)
+        path = result_path(out_dir, arm, level, seed, repeat)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, path, default=float)
         log.info(
             "%s, level %d, seed %d: test balanced accuracy %.3f, sensitivity %s",
-            arm,
+            name,
             level,
             seed,
             result["test"]["balanced_accuracy"],
             {c: round(result["test"]["sensitivity"][c], 3) for c in settings.classes},
         )
-        results[arm] = result
-    return [results[arm] for arm in settings.arms]
+        results[name] = result
+    return [results[name] for name, _, _ in runs]
 
 
 # --------------------------------------------------------------------------- the study

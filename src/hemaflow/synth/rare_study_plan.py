@@ -53,7 +53,11 @@ class RareStudySettings:
     ``large_min``: the few-shot GAN meta-trains on the classes with more training images
     than this. The option sections are ``{"preset": ..., **overrides}`` of the classifier
     (``hemaflow.classify``), the real-data classifier (the C-WGAN-GP's third player), the
-    C-WGAN-GP and the few-shot GAN; their ``seed`` is replaced by the run's seed."""
+    C-WGAN-GP and the few-shot GAN; their ``seed`` is replaced by the run's seed.
+    ``classifier_repeats``: classifiers trained per arm, level and seed on the same
+    training set, each with its own seed (:func:`classifier_seed`); the report averages
+    them per seed, so that a lift measures the training set rather than one classifier's
+    draw."""
 
     classes: tuple[str, ...] = ("basophil", "monocyte")
     levels: tuple[int, ...] = (50, 20)
@@ -70,6 +74,7 @@ class RareStudySettings:
     synthetic_share: float = 1.0
     n_boot: int = 1000
     bootstrap_seed: int = 0
+    classifier_repeats: int = 1
 
     def __post_init__(self) -> None:
         for name in _SEQUENCES:
@@ -97,6 +102,11 @@ class RareStudySettings:
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
             raise ConfigError(
                 "rare_study.synthetic_share", f"expected a number in (0, 1], got {share!r}"
+            )
+        repeats = self.classifier_repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(
+                "rare_study.classifier_repeats", f"expected an int >= 1, got {repeats!r}"
             )
         GateSettings.from_config(self.quality_gate)
 
@@ -129,6 +139,7 @@ def settings_from_config(config: Mapping[str, Any]) -> RareStudySettings:
         seeds=tuple(study["seeds"]),
         arms=tuple(study["arms"]),
         target=study["target"],
+        classifier_repeats=study["classifier_repeats"],
         large_min=synthesis["large_min"],
         classifier=dict(config["classifier"]),
         real_classifier=dict(synthesis["classifier"]),
@@ -158,8 +169,36 @@ QUICK: dict[str, Any] = {
 # ------------------------------------------------------------------------ where things go
 
 
-def result_path(out_dir: str | Path, arm: str, level: int, seed: int) -> Path:
-    return Path(out_dir) / "runs" / f"level{level}" / f"seed{seed}" / f"{arm}.json"
+# a repeat's classifier seed: the run's seed plus this times the repeat
+REPEAT_SEED_STEP = 1000
+
+
+def run_name(arm: str, repeat: int = 0) -> str:
+    """A run of one (level, seed): its arm, and for ``repeat`` > 0 which further
+    classifier of that arm (``fewshot.repeat2``)."""
+    return arm if repeat == 0 else f"{arm}.repeat{repeat}"
+
+
+def study_runs(settings: RareStudySettings) -> list[tuple[str, str, int]]:
+    """(name, arm, repeat) of every run of one (level, seed), repeat by repeat."""
+    return [
+        (run_name(arm, repeat), arm, repeat)
+        for repeat in range(settings.classifier_repeats)
+        for arm in settings.arms
+    ]
+
+
+def classifier_seed(seed: int, repeat: int) -> int:
+    """The seed of the arm classifier ``repeat`` of a run of ``seed``: the run's seed for
+    the first (the cut, the generators and the generation keep the run's seed in every
+    repeat)."""
+    return seed + REPEAT_SEED_STEP * repeat
+
+
+def result_path(out_dir: str | Path, arm: str, level: int, seed: int, repeat: int = 0) -> Path:
+    return (
+        Path(out_dir) / "runs" / f"level{level}" / f"seed{seed}" / f"{run_name(arm, repeat)}.json"
+    )
 
 
 def models_dir(out_dir: str | Path, level: int, seed: int) -> Path:
@@ -215,9 +254,11 @@ def pool_digest(pool: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
-def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest: str) -> str:
+def run_key(
+    settings: RareStudySettings, arm: str, level: int, seed: int, digest: str, repeat: int = 0
+) -> str:
     """What a run's result depends on: changing anything else (another arm's generator,
-    the list of seeds) does not rerun it."""
+    the list of seeds, the number of repeats) does not rerun it."""
     from hemaflow.config import canonical_json
 
     parts: dict[str, Any] = {
@@ -230,6 +271,8 @@ def run_key(settings: RareStudySettings, arm: str, level: int, seed: int, digest
         "n_boot": settings.n_boot,
         "bootstrap_seed": settings.bootstrap_seed,
     }
+    if repeat:  # keeps the keys of runs made before repeats existed
+        parts["repeat"] = repeat
     generators = ARM_GENERATORS[arm]
     if generators:
         parts |= {

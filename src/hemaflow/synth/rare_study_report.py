@@ -1,10 +1,13 @@
 """The rare-class study's tables, chart and verdict (the runs: ``hemaflow.synth.rare_study``).
 
-- ``runs.csv``: one row per (arm, level, seed, measure, class): the test-split sensitivity
-  of each cut class and the balanced accuracy ("all"), with the run's stratified bootstrap
-  95 % interval, and the cut class's real and synthetic training images;
+- ``runs.csv``: one row per (arm, level, seed, repeat, measure, class): the test-split
+  sensitivity of each cut class and the balanced accuracy ("all"), with the run's
+  stratified bootstrap 95 % interval, and the cut class's real and synthetic training
+  images;
 - ``summary.csv``: arm x level x class over the seeds: mean, std, min and max, and every
-  seed's value with its interval;
+  seed's value with its interval. A seed's value is the mean over its classifiers (the
+  study's ``classifier_repeats``: classifiers of other seeds on the same training set);
+  with more than one, ``classifier_spread`` is their max - min, averaged over seeds;
 - ``lift.csv``: per synthesis arm, level and class, the change against ``none`` paired
   by seed (mean, min, max) and the seed-to-seed spread (max - min over seeds of either
   arm, the larger); a lift counts only when its mean exceeds that spread;
@@ -32,7 +35,12 @@ def runs_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for result in results:
         test = result["test"]
-        base = {"arm": result["arm"], "level": result["level"], "seed": result["seed"]}
+        base = {
+            "arm": result["arm"],
+            "level": result["level"],
+            "seed": result["seed"],
+            "repeat": result.get("repeat", 0),
+        }
         for name in result["cut_classes"]:
             counts = result["training_images"][name]
             rows.append(
@@ -75,12 +83,41 @@ def _cells(runs: pd.DataFrame, settings: RareStudySettings) -> list[tuple[int, s
 
 
 def _select(runs: pd.DataFrame, level: int, name: str, arm: str) -> pd.DataFrame:
+    """One row per seed: ``value`` the mean over the seed's classifiers (``classifiers``
+    of them, from ``classifier_min`` to ``classifier_max``); ``low``, ``high``: the
+    bootstrap interval of a seed with one classifier."""
     chosen = runs[(runs["level"] == level) & (runs["class"] == name) & (runs["arm"] == arm)]
-    return chosen.sort_values("seed")
+    if "repeat" not in chosen:
+        chosen = chosen.assign(repeat=0)
+    return (
+        chosen.groupby("seed", sort=True)
+        .agg(
+            value=("value", "mean"),
+            low=("low", "mean"),
+            high=("high", "mean"),
+            classifiers=("repeat", "size"),
+            classifier_min=("value", "min"),
+            classifier_max=("value", "max"),
+            synthetic_images=("synthetic_images", "mean"),
+        )
+        .reset_index()
+    )
+
+
+def _seed_text(row) -> str:
+    if row.classifiers == 1:
+        return f"s{row.seed} {row.value:.3f} [{row.low:.3f}, {row.high:.3f}]"
+    return (
+        f"s{row.seed} {row.value:.3f} ({row.classifiers} classifiers "
+        f"{row.classifier_min:.3f}-{row.classifier_max:.3f})"
+    )
 
 
 def summary_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFrame:
-    """arm x level x class: mean, std (n - 1; NaN for one seed), min, max over seeds."""
+    """arm x level x class: mean, std (n - 1; NaN for one seed), min, max over seeds (of
+    each seed's mean over its classifiers); ``classifiers``: the fewest a seed has;
+    ``classifier_spread``: max - min over a seed's classifiers, averaged over the seeds
+    with more than one (NaN if none)."""
     rows = []
     for level, measure, name in _cells(runs, settings):
         for arm in settings.arms:
@@ -88,6 +125,7 @@ def summary_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFra
             if part.empty:
                 continue
             values = part["value"].to_numpy(dtype=float)
+            several = part[part["classifiers"] > 1]
             rows.append(
                 {
                     "level": level,
@@ -99,11 +137,14 @@ def summary_table(runs: pd.DataFrame, settings: RareStudySettings) -> pd.DataFra
                     "std": values.std(ddof=1) if len(values) > 1 else np.nan,
                     "min": values.min(),
                     "max": values.max(),
-                    "synthetic_images": part["synthetic_images"].mean(),
-                    "per_seed": "; ".join(
-                        f"s{r.seed} {r.value:.3f} [{r.low:.3f}, {r.high:.3f}]"
-                        for r in part.itertuples()
+                    "classifiers": int(part["classifiers"].min()),
+                    "classifier_spread": (
+                        float((several["classifier_max"] - several["classifier_min"]).mean())
+                        if len(several)
+                        else np.nan
                     ),
+                    "synthetic_images": part["synthetic_images"].mean(),
+                    "per_seed": "; ".join(_seed_text(r) for r in part.itertuples()),
                 }
             )
     return pd.DataFrame(rows)
@@ -205,7 +246,11 @@ def study_markdown(
     shown = summary.copy()
     shown["arm"] = shown["arm"].map(ARM_LABELS)
     shown["min-max"] = [f"{a:.3f}-{b:.3f}" for a, b in zip(shown["min"], shown["max"])]
-    shown = shown[["level", "class", "arm", "mean", "std", "min-max", "per_seed"]]
+    columns = ["level", "class", "arm", "mean", "std", "min-max", "per_seed"]
+    several = (summary["classifiers"] > 1).any()
+    if several:
+        columns.insert(6, "classifier_spread")
+    shown = shown[columns]
     parts = [
         "# Rare-class study",
         "",
@@ -213,7 +258,14 @@ def study_markdown(
         f"training images; seeds {', '.join(map(str, settings.seeds))}; synthetic images pad "
         f"each cut class to {target} training images. Test split only; "
         "per run the value and its stratified bootstrap 95 % interval; class `all` is "
-        "the balanced accuracy.",
+        "the balanced accuracy."
+        + (
+            " A seed's value is the mean over its classifiers (trained on the same "
+            "training set with other seeds; `classifier_spread`: their max - min, the "
+            "classifier's own noise)."
+            if several
+            else ""
+        ),
         "",
         markdown_table(shown),
         "",
