@@ -296,16 +296,12 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
     """Each cut class's ``needs`` images through the quality gate (``judge``: the
     baseline classifier and its classes)."""
     net, judge_classes = judge
+    base = GateSettings.from_config(settings.quality_gate)
     for name, need in needs.items():
         # with fair_confidence, the class's threshold comes from the validation split
         # (the cut's held-out training images are never used)
-        gate = gate_for_class(
-            GateSettings.from_config(settings.quality_gate),
-            net,
-            judge_classes,
-            name,
-            class_images(images, pool, name, ["val"]),
-        )
+        real = class_images(images, pool, name, ["val"]) if base.fair_confidence else images[:0]
+        gate = gate_for_class(base, net, judge_classes, name, real)
         accepted, candidates = generate_class(
             name,
             generator,
