@@ -193,6 +193,22 @@ def test_changed_settings_rerun_only_the_arms_they_touch(study):
     assert set(todo) == set(ARMS)
 
 
+def _refuse_generator_training(monkeypatch, *generators):
+    """Training any of ``generators`` (few-shot meta-training and adaptation, the C-WGAN-GP
+    and its third player) fails the test."""
+    import hemaflow.synth.fewshot_adapt as fewshot_adapt
+    import hemaflow.synth.rare_study as rare_study
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a generator ({', '.join(generators)}) was trained again")
+
+    if "fewshot" in generators:
+        monkeypatch.setattr(fewshot_adapt, "adapt_fewshot", refuse)
+        monkeypatch.setattr(rare_study, "train_study_meta", refuse)
+    if "cwgan" in generators:
+        monkeypatch.setattr(rare_study, "_cwgan_images", refuse)
+
+
 def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
     study, tmp_path, monkeypatch
 ):
@@ -201,8 +217,6 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
     adapted generators are used as they are, with every checkpoint gone (as after a new
     library version, which keys the checkpoints anew): neither is trained again."""
     import hemaflow.classify.stages as classify_stages
-    import hemaflow.synth.fewshot_adapt as fewshot_adapt
-    import hemaflow.synth.rare_study as rare_study
 
     _, cache, settings, out, _ = study
     copy = tmp_path / "study"
@@ -226,12 +240,8 @@ def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
         assert not args[6].startswith("rare-none"), "the baseline was trained again"
         return original(*args, **kwargs)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the few-shot GAN was trained again")
-
     monkeypatch.setattr(classify_stages, "train_on_rows", no_baseline)
-    monkeypatch.setattr(fewshot_adapt, "adapt_fewshot", refuse)
-    monkeypatch.setattr(rare_study, "train_study_meta", refuse)
+    _refuse_generator_training(monkeypatch, "fewshot")
     changed = settings.with_changes(
         cwgan={**settings.cwgan, "lambda_class": 0.5}, levels=[6], seeds=[0], arms=["cwgan", "both"]
     )
@@ -284,8 +294,6 @@ def test_more_classifier_repeats_train_only_the_new_classifiers(study, tmp_path,
     only the arms' second classifiers are trained (other seeds, same gated images); the
     baseline's second one on real rows only."""
     import hemaflow.classify.stages as classify_stages
-    import hemaflow.synth.fewshot_adapt as fewshot_adapt
-    import hemaflow.synth.rare_study as rare_study
 
     _, cache, settings, out, _ = study
     copy = tmp_path / "study"
@@ -298,13 +306,8 @@ def test_more_classifier_repeats_train_only_the_new_classifiers(study, tmp_path,
         trained.append((args[6], args[4]["seed"]))
         return original(*args, **kwargs)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a generator was trained again")
-
     monkeypatch.setattr(classify_stages, "train_on_rows", record)
-    monkeypatch.setattr(fewshot_adapt, "adapt_fewshot", refuse)
-    monkeypatch.setattr(rare_study, "train_study_meta", refuse)
-    monkeypatch.setattr(rare_study, "_cwgan_images", refuse)
+    _refuse_generator_training(monkeypatch, "fewshot", "cwgan")
     more = settings.with_changes(levels=[3], seeds=[1], classifier_repeats=2)
     results = run_study(*cache, "pbc", more, copy, tmp_path / "state")
     assert sorted(trained) == sorted((f"rare-{a}-level3-seed1-repeat1", 1001) for a in ARMS)

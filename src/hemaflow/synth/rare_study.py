@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,17 +325,7 @@ def _generate(images, pool, settings, seed, generator, models, generated, judge,
 
 
 def _train_arm(
-    arm,
-    images,
-    pool,
-    synthetic,
-    settings,
-    level,
-    seed,
-    folder,
-    state_root,
-    oversample=None,
-    repeat=0,
+    images, pool, settings, level, seed, folder, state_root, arm, synthetic, oversample, repeat
 ):
     """The arm's classifier ``repeat`` (its seed: ``classifier_seed``) on the real
     training rows plus ``synthetic`` and the ``oversample`` repeated real rows
@@ -460,6 +451,8 @@ def run_level_seed(
         timings[what] = time.perf_counter() - start
         return value
 
+    train_arm = partial(_train_arm, cut_images, pool, settings, level, seed, folder, state_root)
+
     # models that a finished run trained with these settings are used as they are
     reuse = finished_models(settings, pool, level, seed, out_dir)
     if reuse:
@@ -470,9 +463,7 @@ def run_level_seed(
     if "none" not in reuse or "none" in todo:
         trained["none"] = timed(
             "classifier none",
-            lambda: _train_arm(
-                "none", cut_images, pool, {}, settings, level, seed, folder, state_root
-            ),
+            lambda: train_arm("none", {}, None, 0),
         )
     generated = GeneratedImages()
     arms = {name: (arm, repeat) for name, arm, repeat in runs}
@@ -512,19 +503,9 @@ def run_level_seed(
             synthetic = generated.arm_set(arm, needs)
             trained[name] = timed(
                 f"classifier {name}",
-                lambda arm=arm, repeat=repeat, synthetic=synthetic: _train_arm(
-                    arm,
-                    cut_images,
-                    pool,
-                    synthetic,
-                    settings,
-                    level,
-                    seed,
-                    folder,
-                    state_root,
-                    # the baseline's repeats are not padded either
-                    None if arm == "none" else oversample,
-                    repeat,
+                # the baseline's repeats are not padded either
+                lambda arm=arm, repeat=repeat, synthetic=synthetic: train_arm(
+                    arm, synthetic, None if arm == "none" else oversample, repeat
                 ),
             )
     write_json({"gate": generated.summaries, "seconds": timings}, folder / "generators.json")
