@@ -327,6 +327,44 @@ def test_more_classifier_repeats_train_only_the_new_classifiers(study, tmp_path,
         tiny_settings(classifier_repeats=0)
 
 
+def test_a_stopped_run_keeps_the_results_of_the_classifiers_it_finished(
+    study, tmp_path, monkeypatch
+):
+    """Each result is written as soon as its classifier is trained: a run that fails at its
+    third classifier keeps the first two, and the rerun trains only what is missing."""
+    import hemaflow.classify.stages as classify_stages
+
+    _, cache, *_ = study
+    settings = tiny_settings(levels=[3], seeds=[0], arms=["none", "fewshot"], classifier_repeats=2)
+    original = classify_stages.train_on_rows
+    trained = []
+
+    stop_at = [2]
+
+    def record(*args, **kwargs):
+        if len(trained) in stop_at:
+            raise RuntimeError("stopped")
+        trained.append(args[6])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classify_stages, "train_on_rows", record)
+    out = tmp_path / "study"
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_study(*cache, "pbc", settings, out, tmp_path / "state")
+    assert trained == ["rare-none-level3-seed0", "rare-fewshot-level3-seed0"]
+    kept = [p.name for p in sorted((out / "runs" / "level3" / "seed0").glob("*.json"))]
+    assert kept == ["fewshot.json", "none.json"]
+    stamps = {name: (out / "runs/level3/seed0" / name).stat().st_mtime_ns for name in kept}
+    trained.clear()
+    stop_at.clear()
+    _refuse_generator_training(monkeypatch, "fewshot")
+    results = run_study(*cache, "pbc", settings, out, tmp_path / "state")
+    assert trained == ["rare-none-level3-seed0-repeat1", "rare-fewshot-level3-seed0-repeat1"]
+    assert len(results) == 4
+    for name, stamp in stamps.items():
+        assert (out / "runs/level3/seed0" / name).stat().st_mtime_ns == stamp
+
+
 def test_the_report_averages_a_seeds_classifiers_before_pairing_the_seeds():
     settings = RareStudySettings(classes=("basophil",), levels=(50,), arms=("none", "fewshot"))
     values = {"none": [(0.5, 0.7), (0.6, 0.6)], "fewshot": [(0.8, 0.6), (0.9, 0.5)]}

@@ -457,16 +457,66 @@ def run_level_seed(
     reuse = finished_models(settings, pool, level, seed, out_dir)
     if reuse:
         log.info("level %d, seed %d: reusing the finished %s", level, seed, sorted(reuse))
+    arms = {name: (arm, repeat) for name, arm, repeat in runs}
+    digest = pool_digest(pool)
+    trained = {}
+    generated = GeneratedImages()
+
+    def finish(name: str) -> None:
+        """The run's result on the test split, written as soon as its classifier is
+        trained (a run stopped later keeps it)."""
+        arm, repeat = arms[name]
+        model, manifest, summary = trained[name]
+        result = {
+            "arm": arm,
+            "level": level,
+            "seed": seed,
+            "repeat": repeat,
+            "classifier_seed": classifier_seed(seed, repeat),
+            "key": todo[name],
+            "model_keys": {
+                part: model_key(settings, part, level, seed, digest)
+                for part in ("none", *ARM_GENERATORS[arm])
+            },
+            "domain": domain,
+            "cut_classes": list(settings.classes),
+            "target": target,
+            "training_images": _training_counts(manifest, settings.classes),
+            "gate": [g for g in generated.summaries if g["route"] in ARM_GENERATORS[arm]],
+            "classifier": {
+                "model": str(model),
+                "seconds": timings[f"classifier {name}"],
+                **{
+                    k: summary.get(k)
+                    for k in (
+                        "iterations",
+                        "stopped_early",
+                        "best_iteration",
+                        "best_val_balanced_accuracy",
+                    )
+                },
+            },
+            "test": _evaluate(model, cut_images, pool, settings),
+        }
+        path = result_path(out_dir, arm, level, seed, repeat)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, path, default=float)
+        log.info(
+            "%s, level %d, seed %d: test balanced accuracy %.3f, sensitivity %s",
+            name,
+            level,
+            seed,
+            result["test"]["balanced_accuracy"],
+            {c: round(result["test"]["sensitivity"][c], 3) for c in settings.classes},
+        )
+        results[name] = result
+
     # the baseline: arm none, and the quality gate's judge (trained here, never in the
     # loop below, which would pad it)
-    trained = {}
     if "none" not in reuse or "none" in todo:
-        trained["none"] = timed(
-            "classifier none",
-            lambda: train_arm("none", {}, None, 0),
-        )
-    generated = GeneratedImages()
-    arms = {name: (arm, repeat) for name, arm, repeat in runs}
+        trained["none"] = timed("classifier none", lambda: train_arm("none", {}, None, 0))
+        if "none" in todo:
+            finish("none")
     wanted = {g for name in todo for g in ARM_GENERATORS[arms[name][0]]}
     if wanted:
         from hemaflow.classify.predict import load_classifier
@@ -508,55 +558,8 @@ def run_level_seed(
                     arm, synthetic, None if arm == "none" else oversample, repeat
                 ),
             )
+            finish(name)
     write_json({"gate": generated.summaries, "seconds": timings}, folder / "generators.json")
-
-    digest = pool_digest(pool)
-    for name, key in todo.items():
-        arm, repeat = arms[name]
-        model, manifest, summary = trained[name]
-        result = {
-            "arm": arm,
-            "level": level,
-            "seed": seed,
-            "repeat": repeat,
-            "classifier_seed": classifier_seed(seed, repeat),
-            "key": key,
-            "model_keys": {
-                part: model_key(settings, part, level, seed, digest)
-                for part in ("none", *ARM_GENERATORS[arm])
-            },
-            "domain": domain,
-            "cut_classes": list(settings.classes),
-            "target": target,
-            "training_images": _training_counts(manifest, settings.classes),
-            "gate": [g for g in generated.summaries if g["route"] in ARM_GENERATORS[arm]],
-            "classifier": {
-                "model": str(model),
-                "seconds": timings[f"classifier {name}"],
-                **{
-                    k: summary.get(k)
-                    for k in (
-                        "iterations",
-                        "stopped_early",
-                        "best_iteration",
-                        "best_val_balanced_accuracy",
-                    )
-                },
-            },
-            "test": _evaluate(model, cut_images, pool, settings),
-        }
-        path = result_path(out_dir, arm, level, seed, repeat)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(result, path, default=float)
-        log.info(
-            "%s, level %d, seed %d: test balanced accuracy %.3f, sensitivity %s",
-            name,
-            level,
-            seed,
-            result["test"]["balanced_accuracy"],
-            {c: round(result["test"]["sensitivity"][c], 3) for c in settings.classes},
-        )
-        results[name] = result
     return [results[name] for name, _, _ in runs]
 
 
