@@ -209,6 +209,25 @@ def _refuse_generator_training(monkeypatch, *generators):
         monkeypatch.setattr(rare_study, "_cwgan_images", refuse)
 
 
+def _watch_classifier_training(monkeypatch, stop_after=None):
+    """The (state name, seed) of every arm classifier trained from now on, in order; with
+    ``stop_after``, the classifier after that many fails with RuntimeError("stopped")
+    (``stop_after.clear()`` lets the rest through)."""
+    import hemaflow.classify.stages as classify_stages
+
+    original = classify_stages.train_on_rows
+    trained = []
+
+    def record(*args, **kwargs):
+        if stop_after and len(trained) in stop_after:
+            raise RuntimeError("stopped")
+        trained.append((args[6], args[4]["seed"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classify_stages, "train_on_rows", record)
+    return trained
+
+
 def test_a_changed_generator_reuses_the_finished_baseline_and_other_generator(
     study, tmp_path, monkeypatch
 ):
@@ -293,20 +312,11 @@ def test_more_classifier_repeats_train_only_the_new_classifiers(study, tmp_path,
     """Raising classifier_repeats from 1 to 2 keeps every finished run and its models:
     only the arms' second classifiers are trained (other seeds, same gated images); the
     baseline's second one on real rows only."""
-    import hemaflow.classify.stages as classify_stages
-
     _, cache, settings, out, _ = study
     copy = tmp_path / "study"
     shutil.copytree(out, copy)
     stamps = {a: result_path(copy, a, 3, 1).stat().st_mtime_ns for a in ARMS}
-    original = classify_stages.train_on_rows
-    trained = []
-
-    def record(*args, **kwargs):
-        trained.append((args[6], args[4]["seed"]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(classify_stages, "train_on_rows", record)
+    trained = _watch_classifier_training(monkeypatch)
     _refuse_generator_training(monkeypatch, "fewshot", "cwgan")
     more = settings.with_changes(levels=[3], seeds=[1], classifier_repeats=2)
     results = run_study(*cache, "pbc", more, copy, tmp_path / "state")
@@ -332,26 +342,14 @@ def test_a_stopped_run_keeps_the_results_of_the_classifiers_it_finished(
 ):
     """Each result is written as soon as its classifier is trained: a run that fails at its
     third classifier keeps the first two, and the rerun trains only what is missing."""
-    import hemaflow.classify.stages as classify_stages
-
     _, cache, *_ = study
     settings = tiny_settings(levels=[3], seeds=[0], arms=["none", "fewshot"], classifier_repeats=2)
-    original = classify_stages.train_on_rows
-    trained = []
-
     stop_at = [2]
-
-    def record(*args, **kwargs):
-        if len(trained) in stop_at:
-            raise RuntimeError("stopped")
-        trained.append(args[6])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(classify_stages, "train_on_rows", record)
+    trained = _watch_classifier_training(monkeypatch, stop_at)
     out = tmp_path / "study"
     with pytest.raises(RuntimeError, match="stopped"):
         run_study(*cache, "pbc", settings, out, tmp_path / "state")
-    assert trained == ["rare-none-level3-seed0", "rare-fewshot-level3-seed0"]
+    assert trained == [("rare-none-level3-seed0", 0), ("rare-fewshot-level3-seed0", 0)]
     kept = [p.name for p in sorted((out / "runs" / "level3" / "seed0").glob("*.json"))]
     assert kept == ["fewshot.json", "none.json"]
     stamps = {name: (out / "runs/level3/seed0" / name).stat().st_mtime_ns for name in kept}
@@ -359,7 +357,10 @@ def test_a_stopped_run_keeps_the_results_of_the_classifiers_it_finished(
     stop_at.clear()
     _refuse_generator_training(monkeypatch, "fewshot")
     results = run_study(*cache, "pbc", settings, out, tmp_path / "state")
-    assert trained == ["rare-none-level3-seed0-repeat1", "rare-fewshot-level3-seed0-repeat1"]
+    assert trained == [
+        ("rare-none-level3-seed0-repeat1", 1000),
+        ("rare-fewshot-level3-seed0-repeat1", 1000),
+    ]
     assert len(results) == 4
     for name, stamp in stamps.items():
         assert (out / "runs/level3/seed0" / name).stat().st_mtime_ns == stamp

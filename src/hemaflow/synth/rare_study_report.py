@@ -87,8 +87,6 @@ def _select(runs: pd.DataFrame, level: int, name: str, arm: str) -> pd.DataFrame
     of them, from ``classifier_min`` to ``classifier_max``); ``low``, ``high``: the
     bootstrap interval of a seed with one classifier."""
     chosen = runs[(runs["level"] == level) & (runs["class"] == name) & (runs["arm"] == arm)]
-    if "repeat" not in chosen:
-        chosen = chosen.assign(repeat=0)
     return (
         chosen.groupby("seed", sort=True)
         .agg(
