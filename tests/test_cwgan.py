@@ -291,11 +291,14 @@ def test_cwgan_trains_writes_a_model_and_generates_by_seed(trained):
     summary, root = trained["summary"], trained["root"]
     assert summary["completed"] and summary["iterations"] == 4
     assert all(np.isfinite(v) for v in summary["final_losses"].values())
-    assert set(summary["final_losses"]) == set(CWGAN_LOSS_COLUMNS) - {"iteration", "lr", "seconds"}
+    # no twin classifier in this run: its column stays empty
+    unlogged = {"iteration", "lr", "seconds", "loss_twin"}
+    assert set(summary["final_losses"]) == set(CWGAN_LOSS_COLUMNS) - unlogged
     rows = _read_log(root / "losses.csv")
     assert list(rows[0]) == list(CWGAN_LOSS_COLUMNS)
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
-    assert all(np.isfinite(float(v)) for r in rows for v in r.values())
+    assert all(np.isfinite(float(v)) for r in rows for k, v in r.items() if k != "loss_twin")
+    assert all(np.isnan(float(r["loss_twin"])) for r in rows)
     assert all(0.0 <= float(r["class_acc_fake"]) <= 1.0 for r in rows)
 
     generator, names, options = load_cwgan(root / "model.pt")
@@ -695,3 +698,78 @@ def test_mode_seeking_draws_pairs_of_one_class(pbc32, classifier_file):
     model.train_iteration()
     y = seen[-1]  # the generator step's batch (the critic step's is drawn first)
     assert torch.equal(y[:8], y[8:]) and len(y) == 16 and len(set(y.tolist())) > 1
+
+
+def _model(options, pbc32, classifier_file):
+    from hemaflow.synth.cwgan import CWGANModel
+    from hemaflow.synth.real_classifier import load_real_classifier
+    from hemaflow.train.loop import ImageSampler, seed_everything
+
+    images, labels = routed(pbc32)
+    classifier, names, _ = load_real_classifier(classifier_file["path"], "cpu")
+    class_map = torch.tensor([names.index(name) for name in ROUTED])
+    model = CWGANModel(
+        options, len(ROUTED), classifier, class_map, torch.device("cpu"), seed_everything(0)
+    )
+    model.sampler = ImageSampler(images, torch.device("cpu"))
+    model.balanced = BalancedRows(labels, len(ROUTED))
+    return model
+
+
+def test_twin_classifier_learns_the_generators_images_and_enters_its_loss(pbc32, classifier_file):
+    model = _model(tiny_gan(**FAST, twin_classifier=True, class_every=2), pbc32, classifier_file)
+    guide = {k: v.clone() for k, v in model.classifier.state_dict().items()}
+    twin = model.twin.state_dict()
+    assert all(torch.equal(guide[k], twin[k]) for k in guide)  # it starts as the guide
+    logs = [model.train_iteration() for _ in range(4)]
+    # the twin learns (on the guide's steps only), the guide stays frozen
+    assert any(not torch.equal(guide[k], v) for k, v in model.twin.state_dict().items())
+    assert all(torch.equal(guide[k], v) for k, v in model.classifier.state_dict().items())
+    assert all(p.grad is None for p in model.classifier.parameters())
+    for step, log in enumerate(logs):
+        if step % 2:
+            assert torch.isnan(log["loss_twin"]) and torch.isnan(log["loss_G_class"])
+            assert torch.isclose(log["loss_G"], log["loss_G_adv"])
+            continue
+        # the generator's loss: adversarial + lambda * every * (guide's CE - twin's CE)
+        weight = model.options.lambda_class * model.options.class_every
+        term = weight * (log["loss_G_class"] - log["loss_twin"])
+        assert torch.isfinite(log["loss_twin"])
+        assert torch.isclose(log["loss_G"], log["loss_G_adv"] + term, atol=1e-5)
+    # the first step's twin is still the guide: the two cross-entropies cancel
+    assert torch.isclose(logs[0]["loss_G_class"], logs[0]["loss_twin"], atol=1e-3)
+    assert not torch.isclose(logs[2]["loss_G_class"], logs[2]["loss_twin"], atol=1e-6)
+    # without the classifier's term there is nothing to twin
+    assert (
+        _model(
+            tiny_gan(**FAST, twin_classifier=True, lambda_class=0.0), pbc32, classifier_file
+        ).twin
+        is None
+    )
+    assert _model(tiny_gan(**FAST), pbc32, classifier_file).twin is None
+
+
+def test_twin_classifier_run_resumes_bit_identically_and_is_its_own_run(
+    pbc32, classifier_file, tmp_path
+):
+    options = tiny_gan(**FAST, twin_classifier=True)
+    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
+    train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    rows = _read_log(tmp_path / "a.csv")
+    assert rows and any(np.isfinite(float(row["loss_twin"])) for row in rows)
+    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
+    _, last = list_checkpoints(tmp_path / "b")[-1]
+    assert {"twin", "optimizer_twin"} <= set(torch.load(last, weights_only=False)["model"])
+    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # off: no twin in the log, another generator, and the twin run's checkpoint is refused
+    off = (*args[:-1], tiny_gan(**FAST))
+    train_cwgan(*off, tmp_path / "c", tmp_path / "c.pt", tmp_path / "c.csv")
+    assert all(np.isnan(float(row["loss_twin"])) for row in _read_log(tmp_path / "c.csv"))
+    c = torch.load(tmp_path / "c.pt", weights_only=True)["G_ema"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    train_cwgan(*args, tmp_path / "d", tmp_path / "d.pt", max_iterations_this_run=3)
+    with pytest.raises(ValueError, match="'twin_classifier'"):
+        train_cwgan(*off, tmp_path / "d", tmp_path / "d.pt")

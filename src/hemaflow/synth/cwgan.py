@@ -23,6 +23,7 @@ quality against training time (``hemaflow.synth.curve``)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ CWGAN_LOSS_COLUMNS = (
     "loss_G_adv",
     "loss_G_class",
     "loss_G_ms",
+    "loss_twin",
     "loss_D",
     "gp",
     "wasserstein",
@@ -97,7 +99,13 @@ class CWGANOptions(TrainingOptions):
     bfloat16 autocast on the CPU (``hemaflow.train.amp``), the losses in float32.
     ``lambda_ms``: weight of MSGAN's mode-seeking term in the generator's loss (0 = off):
     the generator's batch is drawn as pairs of one class and two noise vectors, and the
-    term charges a pair for images closer together than their noise. ``snapshots``:
+    term charges a pair for images closer together than their noise. ``twin_classifier``:
+    TAC-GAN's twin classifier (Gong et al. 2019). The guide's cross-entropy alone also
+    rewards images that are easy to classify, far from every other class, which narrows
+    each class (AC-GAN's known loss of diversity). The twin, a copy of the guide trained on
+    the generator's own images and the classes asked for, estimates how easy they are
+    already; the generator's loss subtracts its cross-entropy with the same weight, which
+    cancels that reward and leaves the guide's pull towards the real class. ``snapshots``:
     how many copies of G_ema to keep, at evenly spaced generator steps up to the last
     (0 = none). ``minibatch_std``: a group size (>= 2) for ProGAN's minibatch standard
     deviation in the ``dcgan`` critic (0 = off). ``critic="projected"``: the critic is
@@ -130,6 +138,7 @@ class CWGANOptions(TrainingOptions):
     lambda_class: float = 1.0
     class_every: int = 1
     lambda_ms: float = 0.0
+    twin_classifier: bool = False
     lr: float = 1e-4
     beta1: float = 0.0
     beta2: float = 0.9
@@ -310,7 +319,11 @@ def build_critic(
 class CWGANModel(MixedPrecision):
     """G, its moving average G_ema, the critic D, the frozen classifier, optimizers and
     gradient scalers, the snapshots of G_ema taken so far, and one training iteration
-    (``n_critic`` critic steps, then one generator step)."""
+    (``n_critic`` critic steps, then one generator step), with ``twin_classifier`` the twin
+    and its optimizer (one step on the generator's batch after each step of the guide's
+    term)."""
+
+    SCALERS: ClassVar[tuple[str, ...]] = ("scaler_G", "scaler_D", "scaler_twin")
 
     def __init__(
         self,
@@ -336,6 +349,15 @@ class CWGANModel(MixedPrecision):
         self.class_map = class_map.to(device)
         betas = (options.beta1, options.beta2)
         self.optimizer_G = torch.optim.Adam(self.G.parameters(), lr=options.lr, betas=betas)
+        # the twin starts as the guide (eval mode: its batch-norm statistics stay the real
+        # images'); only its weights learn
+        self.twin: nn.Module | None = None
+        if options.twin_classifier and options.lambda_class > 0:
+            self.twin = copy.deepcopy(self.classifier)
+            set_requires_grad([self.twin], True)
+            self.optimizer_twin = torch.optim.Adam(
+                self.twin.parameters(), lr=options.lr, betas=betas
+            )
         lr_critic = options.lr_critic or options.lr
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=lr_critic, betas=betas)
         self.augment = options.diffaugment if parse_policy(options.diffaugment) else ""
@@ -398,20 +420,34 @@ class CWGANModel(MixedPrecision):
         z = self._z(o.batch_size)
         set_requires_grad([self.D], False)
         self.optimizer_G.zero_grad(set_to_none=True)
+        twin_now = class_now and self.twin is not None
+        if twin_now:
+            set_requires_grad([self.twin], False)
         with amp:
             fake = self.G(z, y)
             loss_adv = wgan_generator_loss(self.critic(fake, y))
             if class_now:
                 size = self.classifier.image_size
-                logits = self.classifier(resize_float(fake, (size, size))).float()
+                seen = resize_float(fake, (size, size))
+                logits = self.classifier(seen).float()
+                if twin_now:
+                    twin_logits = self.twin(seen).float()
         loss_G = loss_adv
+        nan = torch.full((), float("nan"), device=self.device)
+        loss_twin = nan
         if class_now:
             target = self.class_map[y]
             loss_class = F.cross_entropy(logits, target)
-            loss_G = loss_adv + o.lambda_class * o.class_every * loss_class
+            if twin_now:
+                # TAC-GAN: the guide's term less the twin's, on the same images
+                loss_twin = F.cross_entropy(twin_logits, target)
+                loss_class_G = loss_class - loss_twin
+            else:
+                loss_class_G = loss_class
+            loss_G = loss_adv + o.lambda_class * o.class_every * loss_class_G
             accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
         else:  # not this step: the log shows nan
-            loss_class = accuracy = torch.full((), float("nan"), device=self.device)
+            loss_class = accuracy = nan
         if half:
             pair = slice(half, 2 * half)
             loss_ms = mode_seeking_loss(fake[:half], fake[pair], z[:half], z[pair])
@@ -420,30 +456,48 @@ class CWGANModel(MixedPrecision):
             loss_ms = torch.zeros((), device=self.device)
         self.optimizer_step(loss_G, self.optimizer_G, self.scaler_G)
         set_requires_grad([self.D], True)
+        if twin_now:
+            self._twin_step(seen.detach(), target)
         self.ema.update()
         if self.snapshots.due(self.ema.steps):
             self.snapshots.add(self.ema.steps, module_copy(self.G_ema))
+        # without a twin its column of the log stays empty (nan)
+        twin_log = {"loss_twin": loss_twin.detach()} if self.twin is not None else {}
         return {
             "loss_G": loss_G.detach(),
             "loss_G_adv": loss_adv.detach(),
             "loss_G_class": loss_class.detach(),
             "loss_G_ms": loss_ms.detach(),
+            **twin_log,
             **totals,
             "class_acc_fake": accuracy,
         }
 
+    def _twin_step(self, seen: torch.Tensor, target: torch.Tensor) -> None:
+        """One step of the twin on the generator's images (already at the classifiers'
+        size, detached) and the classes they were asked for."""
+        set_requires_grad([self.twin], True)
+        self.optimizer_twin.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.twin(seen).float()
+        self.optimizer_step(F.cross_entropy(logits, target), self.optimizer_twin, self.scaler_twin)
+
+    def _parts(self) -> tuple[str, ...]:
+        twin = ("twin", "optimizer_twin") if self.twin is not None else ()
+        return ("G", "G_ema", "D", "optimizer_G", "optimizer_D", *twin)
+
     def state_dict(self) -> dict[str, Any]:
-        state = {
-            name: getattr(self, name).state_dict()
-            for name in ("G", "G_ema", "D", "optimizer_G", "optimizer_D")
-        }
+        state = {name: getattr(self, name).state_dict() for name in self._parts()}
         state |= self.scaler_state()
         state["ema_steps"] = self.ema.steps
         state["snapshots"] = self.snapshots.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name in ("G", "G_ema", "D", "optimizer_G", "optimizer_D"):
+        missing = [name for name in self._parts() if name not in state]
+        if missing:
+            raise ValueError(f"the checkpoint has no {', '.join(missing)}: written by another run")
+        for name in self._parts():
             getattr(self, name).load_state_dict(state[name])
         self.load_scaler_state(state)
         self.ema.steps = int(state["ema_steps"])
