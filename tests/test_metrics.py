@@ -315,6 +315,11 @@ def test_realism_scores_agree_with_precision():
     assert (scores >= 1).mean() == pytest.approx(precision)
     assert 0 < precision < 1  # the test can tell the two apart
     assert (scores[50:53] > 1e6).all() and (scores[53:] < 0.2).all()
+    # computed a few queries at a time, the same numbers (to rounding: BLAS blocks
+    # matrix products by their shape)
+    np.testing.assert_allclose(knn_radii(real, 3, batch_size=7), radii, rtol=1e-12)
+    np.testing.assert_allclose(realism_scores(real, radii, fake, batch_size=4), scores, rtol=1e-12)
+    assert precision_recall(real, fake, k=3, batch_size=5) == precision_recall(real, fake, k=3)
     with pytest.raises(ValueError, match="real_radii"):
         realism_scores(real, radii[:-1], fake)
     with pytest.raises(ValueError, match="k must be"):

@@ -175,22 +175,28 @@ def _pairwise_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(sq, 0, None))
 
 
+def _per_query(queries: np.ndarray, support: np.ndarray, batch: int, reduce) -> np.ndarray:
+    """``reduce(distances)`` of each query, its distances to every support point computed
+    ``batch`` queries at a time (``reduce`` maps a (batch, support) block to one value a
+    row)."""
+    out = None
+    for start in range(0, len(queries), batch):
+        values = reduce(_pairwise_distances(queries[start : start + batch], support))
+        if out is None:
+            out = np.empty(len(queries), values.dtype)
+        out[start : start + batch] = values
+    return out if out is not None else np.empty(0)
+
+
 def _knn_radii(features: np.ndarray, k: int, batch: int) -> np.ndarray:
     """Distance of each point to its k-th nearest neighbour in the same set (self excluded:
     the k+1-th smallest distance, as in Kynkäänniemi et al.'s reference code)."""
-    radii = np.empty(len(features))
-    for start in range(0, len(features), batch):
-        dist = _pairwise_distances(features[start : start + batch], features)
-        radii[start : start + batch] = np.partition(dist, k, axis=1)[:, k]
-    return radii
+    return _per_query(features, features, batch, lambda dist: np.partition(dist, k, axis=1)[:, k])
 
 
 def _coverage(queries: np.ndarray, support: np.ndarray, radii: np.ndarray, batch: int) -> float:
     """Fraction of queries inside at least one hypersphere (support_i, radii_i)."""
-    inside = np.empty(len(queries), bool)
-    for start in range(0, len(queries), batch):
-        dist = _pairwise_distances(queries[start : start + batch], support)
-        inside[start : start + batch] = (dist <= radii[None, :]).any(axis=1)
+    inside = _per_query(queries, support, batch, lambda dist: (dist <= radii[None, :]).any(axis=1))
     return float(inside.mean())
 
 
@@ -214,12 +220,13 @@ def realism_scores(
     real_radii = np.asarray(real_radii, dtype=np.float64)
     if real_radii.shape != (len(real_f),):
         raise ValueError(f"real_radii: {real_radii.shape}, expected ({len(real_f)},)")
-    scores = np.empty(len(fake_f))
-    for start in range(0, len(fake_f), batch_size):
-        dist = _pairwise_distances(fake_f[start : start + batch_size], real_f)
-        ratio = real_radii[None, :] / np.maximum(dist, np.finfo(np.float64).tiny)
-        scores[start : start + batch_size] = ratio.max(axis=1)
-    return scores
+    tiny = np.finfo(np.float64).tiny
+    return _per_query(
+        fake_f,
+        real_f,
+        batch_size,
+        lambda dist: (real_radii[None, :] / np.maximum(dist, tiny)).max(axis=1),
+    )
 
 
 def precision_recall(
