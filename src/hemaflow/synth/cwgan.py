@@ -81,6 +81,8 @@ CWGAN_LOSS_COLUMNS = (
     "seconds",
 )
 CWGAN_FILE_KIND = "cwgan"
+# logged as of the classifier term's latest (lazy) step
+CLASS_TERMS = ("loss_G_class", "class_acc_fake", "loss_twin")
 ARCHITECTURES = ("residual", "dcgan")
 LOSSES = ("wgan", "hinge")
 PENALTIES = ("gp", "r1")
@@ -362,6 +364,8 @@ class CWGANModel(MixedPrecision):
         self.optimizer_D = torch.optim.Adam(self.D.parameters(), lr=lr_critic, betas=betas)
         self.augment = options.diffaugment if parse_policy(options.diffaugment) else ""
         self.snapshots = Snapshots(options.iterations, options.snapshots)
+        # the lazy classifier term's latest values, logged on the steps between
+        self.class_terms = dict.fromkeys(CLASS_TERMS, float("nan"))
 
     def modules(self) -> list[nn.Module]:
         # the classifier stays in eval mode (no dropout), G_ema is never run in training
@@ -433,21 +437,19 @@ class CWGANModel(MixedPrecision):
                 if twin_now:
                     twin_logits = self.twin(seen).float()
         loss_G = loss_adv
-        nan = torch.full((), float("nan"), device=self.device)
-        loss_twin = nan
         if class_now:
             target = self.class_map[y]
             loss_class = F.cross_entropy(logits, target)
+            terms = {
+                "loss_G_class": loss_class,
+                "class_acc_fake": (logits.detach().argmax(dim=1) == target).float().mean(),
+            }
             if twin_now:
                 # TAC-GAN: the guide's term less the twin's, on the same images
-                loss_twin = F.cross_entropy(twin_logits, target)
-                loss_class_G = loss_class - loss_twin
-            else:
-                loss_class_G = loss_class
-            loss_G = loss_adv + o.lambda_class * o.class_every * loss_class_G
-            accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
-        else:  # not this step: the log shows nan
-            loss_class = accuracy = nan
+                terms["loss_twin"] = loss_twin = F.cross_entropy(twin_logits, target)
+                loss_class = loss_class - loss_twin
+            loss_G = loss_adv + o.lambda_class * o.class_every * loss_class
+            self.class_terms |= {name: float(value.detach()) for name, value in terms.items()}
         if half:
             pair = slice(half, 2 * half)
             loss_ms = mode_seeking_loss(fake[:half], fake[pair], z[:half], z[pair])
@@ -461,16 +463,17 @@ class CWGANModel(MixedPrecision):
         self.ema.update()
         if self.snapshots.due(self.ema.steps):
             self.snapshots.add(self.ema.steps, module_copy(self.G_ema))
-        # without a twin its column of the log stays empty (nan)
-        twin_log = {"loss_twin": loss_twin.detach()} if self.twin is not None else {}
+        # the classifier's term as of its latest step (nan before the first; without a twin
+        # its column stays empty)
+        terms = dict(self.class_terms)
+        if self.twin is None:
+            del terms["loss_twin"]
         return {
             "loss_G": loss_G.detach(),
             "loss_G_adv": loss_adv.detach(),
-            "loss_G_class": loss_class.detach(),
             "loss_G_ms": loss_ms.detach(),
-            **twin_log,
             **totals,
-            "class_acc_fake": accuracy,
+            **terms,
         }
 
     def _twin_step(self, seen: torch.Tensor, target: torch.Tensor) -> None:
@@ -491,6 +494,7 @@ class CWGANModel(MixedPrecision):
         state |= self.scaler_state()
         state["ema_steps"] = self.ema.steps
         state["snapshots"] = self.snapshots.state_dict()
+        state["class_terms"] = dict(self.class_terms)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -502,6 +506,7 @@ class CWGANModel(MixedPrecision):
         self.load_scaler_state(state)
         self.ema.steps = int(state["ema_steps"])
         self.snapshots.load_state_dict(state.get("snapshots", []), self.ema.steps)
+        self.class_terms |= state.get("class_terms", {})
 
 
 def _classifier_fingerprint(net: nn.Module) -> str:
