@@ -52,25 +52,21 @@ def pooled_split(
     return images, rows
 
 
-def balance_labs(
-    images: np.ndarray, rows: pd.DataFrame, cap: float = 1.0
-) -> tuple[np.ndarray, pd.DataFrame]:
+def balance_labs(images: np.ndarray, rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """Pooled training rows with every lab weighted alike within each class: in each class,
     a lab with fewer rows than the class's largest lab has its rows repeated (cycling
-    through them in order) up to ``cap`` times that count. A lab without the class gets
+    through them in order) up to that count. A lab without the class gets
     none (nothing to repeat). With class-balanced batches, a class's draws then come from
     its labs about equally, so a small lab's stain and framing are not drowned by a large
     lab's (the per-domain batches of DomainBed's ERM, Gulrajani and Lopez-Paz 2021).
-    The original rows come first, in their order; ``cap`` is in (0, 1]."""
-    if not 0.0 < cap <= 1.0:
-        raise ValueError(f"balance_labs: cap must be in (0, 1], got {cap}")
+    The original rows come first, in their order."""
     domain = rows["domain"].astype(str).to_numpy()
     label = rows["canonical_class"].astype(str).to_numpy()
     labs = sorted(set(domain.tolist()))
     picks = [np.arange(len(rows))]
     for name in sorted(set(label.tolist())):
         members = {lab: np.flatnonzero((domain == lab) & (label == name)) for lab in labs}
-        wanted = int(np.ceil(cap * max(len(m) for m in members.values())))
+        wanted = max(len(m) for m in members.values())
         for lab_rows in members.values():
             if 0 < len(lab_rows) < wanted:
                 picks.append(np.resize(lab_rows, wanted - len(lab_rows)))
