@@ -6,7 +6,11 @@ C-WGAN-GP (the ``cpu`` preset plus ``--cwgan`` overrides; ``--iterations`` steps
 ``--snapshots`` copies of G_ema), then measures every snapshot with
 ``hemaflow.synth.curve``: KID and k-NN precision and recall of ``--curve-images``
 generated images per class against at most ``--curve-real`` of the class's real
-**validation** images (never test). Prints one row per snapshot (the mean over classes,
+**validation** images (never test), and the share of them that an independent judge
+gives their class at confidence 0.5 (``acceptance``): a second real-data classifier,
+trained with another seed (``--judge``, or ``--judge-model``), that never guided the GAN.
+Without it, a generator that ignores the class it is asked for can look good on KID and
+recall (docs/synthesis.md, 0.15.0). Prints one row per snapshot (the mean over classes,
 the worst class) and the last snapshot within ``--minutes`` per class against the issue's
 targets; writes curve.csv, curve.png and grid.png (real validation cells above each
 synthetic row) to ``--out``. A killed run resumes from its checkpoints under ``--out``.
@@ -28,7 +32,7 @@ from cli import parse_overrides
 
 from hemaflow.synth.targets import QualityTargets, missed_targets
 
-CURVE_METRICS = ("kid", "precision", "recall")
+CURVE_METRICS = ("kid", "precision", "recall", "acceptance")
 
 
 def per_class_at(curve: pd.DataFrame, minutes: float, targets: QualityTargets) -> pd.DataFrame:
@@ -55,6 +59,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cwgan", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--classifier-model", type=Path, default=None)
+    parser.add_argument(
+        "--judge",
+        nargs="*",
+        default=["seed=1"],
+        metavar="KEY=VALUE",
+        help="the independent judge's overrides of the classifier's cpu preset",
+    )
+    parser.add_argument("--judge-model", type=Path, default=None)
     parser.add_argument("--curve-images", type=int, default=60)
     parser.add_argument("--curve-real", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1)
@@ -65,7 +77,7 @@ def main(argv=None) -> int:
     from hemaflow import smoke
     from hemaflow.metrics import InceptionFeatures
     from hemaflow.plots import plot_quality_curve
-    from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve
+    from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, classifier_judge, cwgan_curve
     from hemaflow.synth.cwgan import CWGANOptions, generate_cwgan, load_cwgan, train_cwgan
     from hemaflow.synth.evaluate import plot_samples
     from hemaflow.synth.pool import class_images, labelled_train
@@ -86,6 +98,14 @@ def main(argv=None) -> int:
             x, y, classes, out, "classifier", args.classifier, args.quick
         )
         print(f"real classifier: {seconds:.0f} s")
+    judge_model = args.judge_model
+    if judge_model is None:
+        judge_model, seconds, _ = real_classifier_for(
+            x, y, classes, out, "judge", args.judge, args.quick
+        )
+        print(f"independent judge: {seconds:.0f} s")
+    if judge_model == classifier:
+        print("warning: the judge is the GAN's own guide, so its acceptance is not independent")
 
     overrides = {**(smoke.CWGAN if args.quick else {}), **parse_overrides(args.cwgan)}
     options = CWGANOptions.from_config(
@@ -103,7 +123,9 @@ def main(argv=None) -> int:
 
     settings = CurveSettings(images_per_class=args.curve_images, real_per_class=args.curve_real)
     held_out = {name: class_images(images, pool, name, CURVE_SPLITS) for name in classes}
-    curve = cwgan_curve(model, losses, held_out, settings, InceptionFeatures())
+    targets = QualityTargets.defaults("cwgan")
+    judge = classifier_judge(judge_model, 0.5)
+    curve = cwgan_curve(model, losses, held_out, settings, InceptionFeatures(), judge=judge)
     curve.to_csv(out / "curve.csv", index=False)
     sizes = f"{settings.images_per_class} generated vs {settings.real_per_class} real per class"
     plot_quality_curve(curve, str(out / "curve.png"), f"C-WGAN-GP over {args.domain}: {sizes}")
@@ -123,11 +145,12 @@ def main(argv=None) -> int:
         precision_mean=("precision", "mean"),
         precision_min=("precision", "min"),
         recall_mean=("recall", "mean"),
+        acceptance_mean=("acceptance", "mean"),
+        acceptance_min=("acceptance", "min"),
     )
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(f"quality against training time ({sizes}):")
         print(by_step.to_string())
-        targets = QualityTargets.defaults("cwgan")
         last = per_class_at(table, args.minutes, targets)
         print(
             f"per class at {last['iteration'].iloc[0]} steps "

@@ -78,6 +78,19 @@ def test_quality_curve_on_real_images_and_its_plot(tmp_path):
     ]
     table = quality_curve("cwgan", points, real, settings, inception, image_size=64)
     assert list(table.columns) == list(CURVE_COLUMNS)
+    assert table["acceptance"].isna().all()  # no judge
+    # a judge that accepts the cells of the class asked for: the platelets drawn for
+    # basophil are rejected, the basophils accepted (KID alone cannot tell which is which)
+    seen = []
+
+    def judge(name, images):
+        seen.append((name, len(images)))
+        known = {cell.tobytes() for cell in basophil}
+        return float(np.mean([cell.tobytes() in known for cell in images]))
+
+    judged = quality_curve("cwgan", points, real, settings, inception, 64, judge=judge)
+    assert judged["acceptance"].tolist() == [0.0, 1.0] and seen == [("basophil", 7)] * 2
+    assert judged.drop(columns="acceptance").equals(table.drop(columns="acceptance"))
     assert table["iteration"].tolist() == [10, 20] and table["seconds"].tolist() == [30.0, 60.0]
     far, near = table.to_dict("records")
     assert near["kid"] < far["kid"] and near["precision"] >= far["precision"]
@@ -92,6 +105,14 @@ def test_quality_curve_on_real_images_and_its_plot(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 5_000
     plot_quality_curve(table.iloc[:0], str(tmp_path / "empty.png"), "no snapshots")
     assert (tmp_path / "empty.png").exists()
+    # a table written before the acceptance column: read with it empty
+    table.drop(columns="acceptance").to_csv(tmp_path / "old.csv", index=False)
+    judged.to_csv(tmp_path / "judged.csv", index=False)
+    mixed = concat_curves([tmp_path / "old.csv", tmp_path / "judged.csv"])
+    assert list(mixed.columns) == list(CURVE_COLUMNS)
+    assert mixed["acceptance"].isna().tolist() == [True, True, False, False]
+    plot_quality_curve(mixed, str(tmp_path / "judged.png"), "with the judge's acceptance")
+    assert (tmp_path / "judged.png").stat().st_size > (tmp_path / "curve.png").stat().st_size
     pd.DataFrame({"iteration": [1]}).to_csv(tmp_path / "c.csv", index=False)
     with pytest.raises(ValueError, match="c.csv: not a quality curve table"):
         concat_curves([tmp_path / "c.csv"])

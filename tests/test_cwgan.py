@@ -536,7 +536,7 @@ def test_dcgan_route_trains_resumes_bit_identically_and_generates(pbc32, classif
     assert np.array_equal(images, generate_cwgan(generator, 1, 5, seed=3))
 
 
-def test_quality_curve_stage_of_the_cwgan(trained, tmp_path):
+def test_quality_curve_stage_of_the_cwgan(trained, classifier_file, tmp_path):
     """The curve of the tiny run's 4 snapshots from pool files, against the validation
     and held-out rows of each class (never the test rows)."""
     import pandas as pd
@@ -565,8 +565,11 @@ def test_quality_curve_stage_of_the_cwgan(trained, tmp_path):
         seed=0,
         out_csv=str(tmp_path / "curve.csv"),
         out_plot=str(tmp_path / "curve.png"),
+        judge_model=str(classifier_file["path"]),
+        min_confidence=0.5,
     )
     assert table.equals(pd.read_csv(tmp_path / "curve.csv"))
+    assert table["acceptance"].between(0, 1).all()
     assert set(table["generator"]) == {"cwgan"} and sorted(set(table["canonical_class"])) == sorted(
         ROUTED
     )
@@ -782,3 +785,22 @@ def test_twin_classifier_run_resumes_bit_identically_and_is_its_own_run(
     train_cwgan(*args, tmp_path / "d", tmp_path / "d.pt", max_iterations_this_run=3)
     with pytest.raises(ValueError, match="'twin_classifier'"):
         train_cwgan(*off, tmp_path / "d", tmp_path / "d.pt")
+
+
+def test_classifier_judge_accepts_by_the_class_asked_for(pbc32, classifier_file):
+    from hemaflow.synth.curve import classifier_judge
+    from hemaflow.synth.real_classifier import classify, load_real_classifier
+
+    images, labels, names = pbc32
+    net, classes, _ = load_real_classifier(classifier_file["path"], "cpu")
+    for name in ROUTED:
+        cells = images[labels == names.index(name)][:12]
+        probability = classify(net, cells)[:, classes.index(name)]
+        for confidence in (0.0, 0.5, 0.9):
+            judge = classifier_judge(classifier_file["path"], confidence, "cpu")
+            assert judge(name, cells) == pytest.approx((probability >= confidence).mean())
+    assert classifier_judge(classifier_file["path"], 0.0, "cpu")(ROUTED[0], cells) == 1.0
+    with pytest.raises(ValueError, match="'no_such_class' is not among"):
+        classifier_judge(classifier_file["path"], 0.5, "cpu")("no_such_class", cells)
+    with pytest.raises(ValueError, match="min_confidence"):
+        classifier_judge(classifier_file["path"], 1.5)

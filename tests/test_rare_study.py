@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from hemaflow.errors import ConfigError
 from hemaflow.synth.rare_study import finished_models, pending_arms, run_study
@@ -541,8 +542,16 @@ def test_the_cwgan_curve_bench_quick_run(study, tmp_path):
     assert sorted(curve["iteration"].unique()) == [2, 4]
     assert set(curve["canonical_class"]) == set(CLASSES)
     assert (curve["real_images"] == 4).all() and (curve["fake_images"] == 4).all()
-    for name in ("curve.png", "grid.png", "cwgan.pt", "classifier.pt"):
+    # an independent judge (another seed than the guide) says whether each image shows
+    # its class; judged against the acceptance target too
+    assert "independent judge" in out and "warning: the judge is" not in out, out
+    assert curve["acceptance"].between(0, 1).all()
+    assert "acceptance" in out.split("per class at")[1], out
+    for name in ("curve.png", "grid.png", "cwgan.pt", "classifier.pt", "judge.pt"):
         assert (tmp_path / "curve" / name).is_file(), name
+    guide = torch.load(tmp_path / "curve" / "classifier.pt", weights_only=False)
+    judge = torch.load(tmp_path / "curve" / "judge.pt", weights_only=False)
+    assert judge["options"]["seed"] == guide["options"]["seed"] + 1
 
 
 def test_the_fewshot_curve_bench_quick_run(study, tmp_path):

@@ -372,7 +372,7 @@ def test_synthesis_outputs(workflow_run):
 def test_quality_curves(workflow_run, report_html):
     """The target quality_curves (built with the report): the C-WGAN-GP's curve over
     its classes and one per few-shot class, each snapshot's KID against real
-    validation images, and the table of them all."""
+    validation images and the gate judge's acceptance, and the table of them all."""
     _, workdir = workflow_run
     synth = workdir / "results" / "synthesis" / "cyclegan"
     routes = pd.read_csv(synth / "routes.csv", keep_default_na=False)
@@ -390,6 +390,8 @@ def test_quality_curves(workflow_run, report_html):
         assert (synth / "curves" / f"fewshot_{name}.png").stat().st_size > 5_000
     assert (table["fake_images"] == 4).all() and table["kid"].notna().all()
     assert (table["seconds"] > 0).all()
+    # the gate's judge says whether each point's images show their class
+    assert table["acceptance"].between(0, 1).all()
     pool = pd.read_parquet(synth / "pool" / "index.parquet")
     reference = pool[pool["split"].isin(["val", "held_out"])]["canonical_class"].value_counts()
     for row in table.itertuples():

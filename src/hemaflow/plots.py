@@ -75,24 +75,30 @@ def plot_training_curve(losses_csv: str, path: str, title: str) -> None:
 
 def plot_quality_curve(table: pd.DataFrame, path: str, title: str) -> None:
     """What more training buys: KID (left; bars: its standard deviation over subsets,
-    lower is better) and k-NN precision (right; higher is better) of the generated images
+    lower is better) and k-NN precision (middle; higher is better) of the generated images
     against real held-out ones, per class, against training minutes (a table of
-    ``hemaflow.synth.curve.CURVE_COLUMNS``)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ``hemaflow.synth.curve.CURVE_COLUMNS``); and, when the table has any, the judge's
+    acceptance (right: does the image show the class asked for?)."""
+    panels = [("kid", "KID (lower is better)"), ("precision", "k-NN precision (higher is better)")]
+    if "acceptance" in table and table["acceptance"].notna().any():
+        panels.append(("acceptance", "judge's acceptance (class shown)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     colours = plt.get_cmap("tab10")
     for k, (name, rows) in enumerate(table.groupby("canonical_class", sort=True)):
         rows = rows.sort_values("seconds")
         minutes = rows["seconds"].to_numpy(float) / 60
         style = {"color": colours(k % 10), "marker": "o", "markersize": 3, "linewidth": 1}
         axes[0].errorbar(minutes, rows["kid"], yerr=rows["kid_std"], capsize=2, label=name, **style)
-        axes[1].plot(minutes, rows["precision"], label=name, **style)
-    for axis, label in zip(axes, ("KID (lower is better)", "k-NN precision (higher is better)")):
+        for axis, (column, _) in zip(axes[1:], panels[1:]):
+            axis.plot(minutes, rows[column], label=name, **style)
+    for axis, (_, label) in zip(axes, panels):
         axis.set_xlabel("training minutes")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[1].set_ylim(-0.02, 1.02)
+    for axis in axes[1:]:
+        axis.set_ylim(-0.02, 1.02)
     if len(table):
-        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         for axis in axes:
             axis.text(0.5, 0.5, "no snapshots", ha="center", va="center", transform=axis.transAxes)

@@ -383,12 +383,14 @@ rule cwgan_training_curve:
 
 
 rule cwgan_quality_curve:
-    """KID and precision of the C-WGAN-GP's snapshots against its training time."""
+    """KID, precision and the gate judge's acceptance of the C-WGAN-GP's snapshots against
+    its training time."""
     input:
         images=f"{SYNTH}/pool/images.npy",
         index=f"{SYNTH}/pool/index.parquet",
         model=f"{SYNTH}/cwgan/model.pt",
         losses=f"{SYNTH}/cwgan/losses.csv",
+        judge=f"{SYNTH}/gate_classifier/model.pt",
     output:
         table=f"{SYNTH}/curves/cwgan.csv",
         plot=report(
@@ -411,6 +413,7 @@ rule cwgan_quality_curve:
         generator="cwgan",
         curve=quality_curve_params(),
         seed=SYNTHESIS["seed"],
+        min_confidence=SYNTHESIS["quality_gate"]["min_confidence"],
     script:
         "../scripts/quality_curve.py"
 
@@ -424,6 +427,7 @@ rule fewshot_quality_curve:
         model=f"{SYNTH}/fewshot/{{synth_class}}/model.pt",
         losses=f"{SYNTH}/fewshot/{{synth_class}}/losses.csv",
         meta_losses=f"{SYNTH}/fewshot/meta/losses.csv",
+        judge=f"{SYNTH}/gate_classifier/model.pt",
     output:
         table=f"{SYNTH}/curves/fewshot_{{synth_class}}.csv",
         plot=report(
@@ -446,6 +450,7 @@ rule fewshot_quality_curve:
         generator="fewshot",
         curve=quality_curve_params(),
         seed=SYNTHESIS["seed"],
+        min_confidence=SYNTHESIS["quality_gate"]["min_confidence"],
     script:
         "../scripts/quality_curve.py"
 

@@ -14,4 +14,6 @@ quality_curve_stage(
     out_plot=snakemake.output.plot,
     class_name=snakemake.wildcards.get("synth_class"),
     meta_losses_csv=snakemake.input.get("meta_losses"),
+    judge_model=snakemake.input.judge,
+    min_confidence=snakemake.params.min_confidence,
 )

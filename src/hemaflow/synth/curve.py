@@ -12,6 +12,13 @@ training seconds of the loss CSV at the snapshot's iteration (linearly interpola
 between logged iterations); a few-shot class's adds the meta-training's seconds, which it
 needed first.
 
+Given a judge (``classifier_judge``: a real-data classifier that never guided the
+generator, the workflow's gate classifier), each point also has ``acceptance``: the share
+of its images that the judge gives their class at ``min_confidence``, the gate's rule.
+KID, precision and recall compare a class's images with that class's real ones only, so a
+generator that ignores the class it is asked for (every class's images alike) can still
+score well on them; acceptance is what shows it.
+
 Inception features are the cost (about 0.2-0.4 s per image per CPU thread): a curve costs
 ``(snapshots * images_per_class + real_per_class)`` images per class."""
 
@@ -44,12 +51,14 @@ CURVE_COLUMNS = (
     "kid_std",
     "precision",
     "recall",
+    "acceptance",
     "fake_images",
     "real_images",
 )
 KID_SUBSET_SIZE = 100
 
 SampleFn = Callable[[str, int, int], np.ndarray]  # (class, n, seed) -> uint8 NHWC
+Judge = Callable[[str, np.ndarray], float]  # (class, uint8 NHWC images) -> share accepted
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,28 @@ def point_metrics(fake: np.ndarray, real: np.ndarray, seed: int) -> dict[str, fl
     return result
 
 
+def classifier_judge(model_path: str | Path, min_confidence: float, device: str | None = None):
+    """A ``Judge`` from a real-data classifier's model file (``train_real_classifier``):
+    the share of images whose probability of the class asked for is at least
+    ``min_confidence``. A class the classifier does not know is refused by name."""
+    from hemaflow.synth.real_classifier import classify, load_real_classifier
+
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(
+            f"classifier_judge: min_confidence must be in [0, 1], got {min_confidence}"
+        )
+    net, names, _ = load_real_classifier(model_path, device)
+
+    def judge(name: str, images: np.ndarray) -> float:
+        if name not in names:
+            raise ValueError(
+                f"classifier_judge: class {name!r} is not among the classes of {model_path}"
+            )
+        return float((classify(net, images)[:, names.index(name)] >= min_confidence).mean())
+
+    return judge
+
+
 def quality_curve(
     generator: str,
     points: Sequence[CurvePoint],
@@ -163,11 +194,12 @@ def quality_curve(
     settings: CurveSettings,
     inception: InceptionFeatures,
     image_size: int | None = None,
+    judge: Judge | None = None,
 ) -> pd.DataFrame:
     """One row per (snapshot, class of ``real``): the columns of ``CURVE_COLUMNS``.
     ``real``: each class's real features (``real_features``). Generated images are
     resized to ``image_size`` (the real images') before their features are taken, as the
-    workflow's generation does."""
+    workflow's generation does. ``acceptance``: the ``judge``'s, NaN without one."""
     rows = []
     progress = Progress(f"{generator} curve", len(points) * len(real), "points", logger=log)
     for point in points:
@@ -176,6 +208,7 @@ def quality_curve(
             if image_size is not None:
                 fake = resize_images(fake, image_size)
             metrics = point_metrics(inception.features(fake), real_feats, settings.seed)
+            metrics["acceptance"] = judge(name, fake) if judge and len(fake) else float("nan")
             if len(real_feats) < 2:
                 log.warning("%s: %d real held-out images, no metrics", name, len(real_feats))
             rows.append(
@@ -211,11 +244,12 @@ def cwgan_curve(
     settings: CurveSettings,
     inception: InceptionFeatures | None = None,
     device: str | None = None,
+    judge: Judge | None = None,
 ) -> pd.DataFrame:
     """The curve of a C-WGAN-GP model file (``train_cwgan`` with ``snapshots``) for every
     class it generates; ``held_out``: class -> real held-out uint8 images (of at least
     the model's classes; ``CURVE_SPLITS`` of the pool). A file without snapshots gives
-    one point (its final generator)."""
+    one point (its final generator). ``judge``: ``quality_curve``'s."""
     from hemaflow.synth.cwgan import generate_cwgan, load_cwgan_snapshots
 
     generators, names, _ = load_cwgan_snapshots(model_path, device)
@@ -236,7 +270,8 @@ def cwgan_curve(
         )
         for (iteration, generator), at in zip(generators, seconds)
     ]
-    return quality_curve("cwgan", points, real, settings, inception, _image_size(held_out))
+    size = _image_size(held_out)
+    return quality_curve("cwgan", points, real, settings, inception, size, judge)
 
 
 def fewshot_curve(
@@ -248,10 +283,12 @@ def fewshot_curve(
     meta_losses_csv: str | Path | None = None,
     inception: InceptionFeatures | None = None,
     device: str | None = None,
+    judge: Judge | None = None,
 ) -> pd.DataFrame:
     """The curve of a few-shot GAN adapted to ``class_name`` (``adapt_fewshot`` with
     ``snapshots``) against the class's real ``held_out`` images. Time: the adaptation's
-    seconds plus, with ``meta_losses_csv``, the whole meta-training's."""
+    seconds plus, with ``meta_losses_csv``, the whole meta-training's. ``judge``:
+    ``quality_curve``'s."""
     from hemaflow.synth.fewshot_adapt import generate_fewshot, load_fewshot_snapshots
 
     snapshots, _ = load_fewshot_snapshots(model_path, device)
@@ -267,15 +304,17 @@ def fewshot_curve(
         )
         for (iteration, generator, code), at in zip(snapshots, seconds)
     ]
-    return quality_curve(
-        "fewshot", points, real, settings, inception, _image_size({class_name: held_out})
-    )
+    size = _image_size({class_name: held_out})
+    return quality_curve("fewshot", points, real, settings, inception, size, judge)
 
 
 def concat_curves(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """The curve tables of several generators (CSV files of ``CURVE_COLUMNS``) in one."""
+    """The curve tables of several generators (CSV files of ``CURVE_COLUMNS``) in one. A
+    table written before curves had ``acceptance`` gets it empty (NaN)."""
     tables = [pd.read_csv(path) for path in paths]
-    for path, table in zip(paths, tables):
+    for index, (path, table) in enumerate(zip(paths, tables)):
+        if "acceptance" not in table:
+            tables[index] = table = table.assign(acceptance=float("nan"))
         missing = [c for c in CURVE_COLUMNS if c not in table]
         if missing:
             raise ValueError(f"{path}: not a quality curve table (no {', '.join(missing)})")

@@ -162,27 +162,38 @@ def quality_curve_stage(
     out_plot: str,
     class_name: str | None = None,
     meta_losses_csv: str | None = None,
+    judge_model: str | None = None,
+    min_confidence: float = 0.5,
 ) -> pd.DataFrame:
     """KID and precision against training time of the C-WGAN-GP (``generator`` "cwgan":
     every class of the model) or of the few-shot GAN adapted to ``class_name``
     ("fewshot", its time counting the meta-training of ``meta_losses_csv``), on the
-    pool's validation and held-out rows (``hemaflow.synth.curve``); table and plot."""
+    pool's validation and held-out rows (``hemaflow.synth.curve``); table and plot.
+    ``judge_model``: a real-data classifier (the gate's) whose acceptance at
+    ``min_confidence`` of each point's images goes in the table's ``acceptance``."""
     from hemaflow.plots import plot_quality_curve
-    from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve, fewshot_curve
+    from hemaflow.synth.curve import (
+        CURVE_SPLITS,
+        CurveSettings,
+        classifier_judge,
+        cwgan_curve,
+        fewshot_curve,
+    )
 
     images, pool = read_pool(pool_images, pool_index)
     settings = CurveSettings.from_config(curve_section, seed)
+    judge = classifier_judge(judge_model, min_confidence) if judge_model else None
     if generator == "cwgan":
         names = sorted(pool["canonical_class"].unique())
         held_out = {name: class_images(images, pool, name, CURVE_SPLITS) for name in names}
-        table = cwgan_curve(model_path, losses_csv, held_out, settings)
+        table = cwgan_curve(model_path, losses_csv, held_out, settings, judge=judge)
         title = "C-WGAN-GP"
     elif generator == "fewshot":
         if class_name is None:
             raise ValueError("quality_curve_stage: the few-shot curve needs class_name")
         held_out = class_images(images, pool, class_name, CURVE_SPLITS)
         table = fewshot_curve(
-            model_path, losses_csv, class_name, held_out, settings, meta_losses_csv
+            model_path, losses_csv, class_name, held_out, settings, meta_losses_csv, judge=judge
         )
         title = f"few-shot GAN adapted to {class_name} (time includes meta-training)"
     else:
@@ -198,7 +209,7 @@ def quality_curve_stage(
     )
     for row in table.itertuples():
         log.info(
-            "%s %s iteration %d (%.0f s): KID %.4f, precision %.3f, recall %.3f",
+            "%s %s iteration %d (%.0f s): KID %.4f, precision %.3f, recall %.3f, acceptance %.3f",
             row.generator,
             row.canonical_class,
             row.iteration,
@@ -206,5 +217,6 @@ def quality_curve_stage(
             row.kid,
             row.precision,
             row.recall,
+            row.acceptance,
         )
     return table
