@@ -388,3 +388,21 @@ def test_inputs_are_checked(cells, tmp_path, change, message):
         train_classifier(
             *_data(cells), tiny(), tmp_path / "s", tmp_path / "m.pt", max_iterations_this_run=-1
         )
+
+
+def test_the_gate_classifier_judges_a_quality_curve(trained, cells):
+    """The workflow's curves judge with the gate's classifier (this module's kind): the
+    share of images given their class at the confidence, as predict_proba says."""
+    from hemaflow.classify.predict import load_classifier, predict_proba
+    from hemaflow.synth.curve import classifier_judge
+
+    path = trained["root"] / "model.pt"
+    net, names, _ = load_classifier(path, "cpu")
+    for k, name in enumerate(CLASSES):
+        images = cells["val"][cells["val_labels"] == k]
+        probability = predict_proba(net, images)[:, names.index(name)]
+        for confidence in (0.0, 0.4, 0.9):
+            judge = classifier_judge(path, confidence, "cpu")
+            assert judge(name, images) == pytest.approx((probability >= confidence).mean())
+    with pytest.raises(ValueError, match="'smudge' is not among"):
+        classifier_judge(path, 0.5, "cpu")("smudge", images)

@@ -166,23 +166,35 @@ def point_metrics(fake: np.ndarray, real: np.ndarray, seed: int) -> dict[str, fl
 
 
 def classifier_judge(model_path: str | Path, min_confidence: float, device: str | None = None):
-    """A ``Judge`` from a real-data classifier's model file (``train_real_classifier``):
-    the share of images whose probability of the class asked for is at least
-    ``min_confidence``. A class the classifier does not know is refused by name."""
+    """A ``Judge`` from a classifier's model file: the workflow's gate classifier
+    (``hemaflow.classify``, the ``classifier`` kind) or a real-data classifier
+    (``train_real_classifier``). It gives the share of images whose probability of the
+    class asked for is at least ``min_confidence``; a class the classifier does not know
+    is refused by name."""
+    import torch
+
+    from hemaflow.classify.options import FILE_KIND as CLASSIFIER_KIND
+    from hemaflow.classify.predict import load_classifier, predict_proba
     from hemaflow.synth.real_classifier import classify, load_real_classifier
 
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(
             f"classifier_judge: min_confidence must be in [0, 1], got {min_confidence}"
         )
-    net, names, _ = load_real_classifier(model_path, device)
+    kind = torch.load(model_path, map_location="cpu", weights_only=False).get("kind")
+    if kind == CLASSIFIER_KIND:
+        net, names, _ = load_classifier(model_path, device)
+        probabilities = predict_proba
+    else:  # refused with the file's kind named unless it is a real-data classifier
+        net, names, _ = load_real_classifier(model_path, device)
+        probabilities = classify
 
     def judge(name: str, images: np.ndarray) -> float:
         if name not in names:
             raise ValueError(
                 f"classifier_judge: class {name!r} is not among the classes of {model_path}"
             )
-        return float((classify(net, images)[:, names.index(name)] >= min_confidence).mean())
+        return float((probabilities(net, images)[:, names.index(name)] >= min_confidence).mean())
 
     return judge
 
