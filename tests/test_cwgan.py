@@ -616,17 +616,23 @@ def test_projected_critic_route_trains_and_resumes_bit_identically(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _resumes_bit_identically(args, root: Path, log: bool = False) -> dict:
+    """Train ``args`` uninterrupted into ``root``/a, then stopped after 3 steps and resumed
+    into ``root``/b; the two models' G_ema must be equal. Returns a's G_ema."""
+    train_cwgan(*args, root / "a", root / "a.pt", root / "a.csv" if log else None)
+    train_cwgan(*args, root / "b", root / "b.pt", max_iterations_this_run=3)
+    assert train_cwgan(*args, root / "b", root / "b.pt")["resumed_from"] == 2
+    a = torch.load(root / "a.pt", weights_only=True)["G_ema"]
+    b = torch.load(root / "b.pt", weights_only=True)["G_ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return a
+
+
 def test_minibatch_std_critic_trains_and_resumes_bit_identically(pbc32, classifier_file, tmp_path):
     with pytest.raises(ValueError, match="'minibatch_std'"):
         tiny_gan(**FAST, minibatch_std=1)
     options = tiny_gan(**FAST, minibatch_std=2)
-    args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
-    assert train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt")["completed"]
-    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
-    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
-    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
-    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _resumes_bit_identically((*routed(pbc32), ROUTED, classifier_file["path"], options), tmp_path)
 
 
 def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(pbc32, classifier_file, tmp_path):
@@ -671,15 +677,9 @@ def test_mode_seeking_pairs_classes_logs_its_term_and_resumes(pbc32, classifier_
         tiny_gan(**FAST, lambda_ms=-1.0)
     options = tiny_gan(**FAST, lambda_ms=1.0)
     args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
-    train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
-    with open(tmp_path / "a.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    a = _resumes_bit_identically(args, tmp_path, log=True)
+    rows = _read_log(tmp_path / "a.csv")
     assert rows and all(float(row["loss_G_ms"]) > 0 for row in rows)
-    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
-    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
-    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
-    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
     # off, the term is 0 in the log and the run is not the mode-seeking one
     off = (*args[:-1], tiny_gan(**FAST))
     train_cwgan(*off, tmp_path / "c", tmp_path / "c.pt", tmp_path / "c.csv")
@@ -689,29 +689,8 @@ def test_mode_seeking_pairs_classes_logs_its_term_and_resumes(pbc32, classifier_
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_mode_seeking_draws_pairs_of_one_class(pbc32, classifier_file):
-    from hemaflow.synth.cwgan import CWGANModel
-    from hemaflow.synth.real_classifier import load_real_classifier
-    from hemaflow.train.loop import ImageSampler, seed_everything
-
-    images, labels = routed(pbc32)
-    options = tiny_gan(**FAST, lambda_ms=1.0, batch_size=16)
-    classifier, names, _ = load_real_classifier(classifier_file["path"], "cpu")
-    class_map = torch.tensor([names.index(name) for name in ROUTED])
-    model = CWGANModel(
-        options, len(ROUTED), classifier, class_map, torch.device("cpu"), seed_everything(0)
-    )
-    model.sampler = ImageSampler(images, torch.device("cpu"))
-    model.balanced = BalancedRows(labels, len(ROUTED))
-    seen = []
-    generator_forward = model.G.forward
-    model.G.forward = lambda z, y: seen.append(y.clone()) or generator_forward(z, y)
-    model.train_iteration()
-    y = seen[-1]  # the generator step's batch (the critic step's is drawn first)
-    assert torch.equal(y[:8], y[8:]) and len(y) == 16 and len(set(y.tolist())) > 1
-
-
 def _model(options, pbc32, classifier_file):
+    """A C-WGAN-GP model over the routed classes, ready to train (no loop around it)."""
     from hemaflow.synth.cwgan import CWGANModel
     from hemaflow.synth.real_classifier import load_real_classifier
     from hemaflow.train.loop import ImageSampler, seed_everything
@@ -725,6 +704,16 @@ def _model(options, pbc32, classifier_file):
     model.sampler = ImageSampler(images, torch.device("cpu"))
     model.balanced = BalancedRows(labels, len(ROUTED))
     return model
+
+
+def test_mode_seeking_draws_pairs_of_one_class(pbc32, classifier_file):
+    model = _model(tiny_gan(**FAST, lambda_ms=1.0, batch_size=16), pbc32, classifier_file)
+    seen = []
+    generator_forward = model.G.forward
+    model.G.forward = lambda z, y: seen.append(y.clone()) or generator_forward(z, y)
+    model.train_iteration()
+    y = seen[-1]  # the generator step's batch (the critic step's is drawn first)
+    assert torch.equal(y[:8], y[8:]) and len(y) == 16 and len(set(y.tolist())) > 1
 
 
 def test_twin_classifier_learns_the_generators_images_and_enters_its_loss(pbc32, classifier_file):
@@ -766,16 +755,11 @@ def test_twin_classifier_run_resumes_bit_identically_and_is_its_own_run(
 ):
     options = tiny_gan(**FAST, twin_classifier=True)
     args = (*routed(pbc32), ROUTED, classifier_file["path"], options)
-    train_cwgan(*args, tmp_path / "a", tmp_path / "a.pt", tmp_path / "a.csv")
+    a = _resumes_bit_identically(args, tmp_path, log=True)
     rows = _read_log(tmp_path / "a.csv")
     assert rows and any(np.isfinite(float(row["loss_twin"])) for row in rows)
-    train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=3)
     _, last = list_checkpoints(tmp_path / "b")[-1]
     assert {"twin", "optimizer_twin"} <= set(torch.load(last, weights_only=False)["model"])
-    assert train_cwgan(*args, tmp_path / "b", tmp_path / "b.pt")["resumed_from"] == 2
-    a = torch.load(tmp_path / "a.pt", weights_only=True)["G_ema"]
-    b = torch.load(tmp_path / "b.pt", weights_only=True)["G_ema"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
     # off: no twin in the log, another generator, and the twin run's checkpoint is refused
     off = (*args[:-1], tiny_gan(**FAST))
     train_cwgan(*off, tmp_path / "c", tmp_path / "c.pt", tmp_path / "c.csv")
