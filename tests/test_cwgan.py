@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -387,6 +388,52 @@ def test_resume_refuses_changed_options(pbc32, classifier_file, tmp_path):
     train_cwgan(*args, tiny_gan(), state, model, max_iterations_this_run=2)
     with pytest.raises(ValueError, match="'lambda_class'"):
         train_cwgan(*args, tiny_gan(lambda_class=0.5), state, model)
+
+
+def test_a_finished_run_asked_for_more_steps_trains_on(trained, pbc32, classifier_file, tmp_path):
+    """Raising iterations (and snapshots) resumes a finished run from its last checkpoint:
+    2 steps and then 2 more end where the uninterrupted 4-step run ends, bit for bit,
+    with its snapshots. Fewer steps than the checkpoint's, or a spacing that wants a
+    snapshot the run never took, are refused."""
+    args = (*routed(pbc32), ROUTED, classifier_file["path"])
+    state, model = tmp_path / "state", tmp_path / "model.pt"
+    first = train_cwgan(*args, tiny_gan(iterations=2, snapshots=2), state, model)
+    assert first["completed"] and first["iterations"] == 2
+    more = train_cwgan(*args, tiny_gan(), state, model)  # 4 steps, 5 snapshots
+    assert more["resumed_from"] == 2 and more["iterations_this_run"] == 2
+    straight = torch.load(trained["root"] / "model.pt", weights_only=True)
+    again = torch.load(model, weights_only=True)
+    assert again["iterations"] == 4 and _same_state(straight["G_ema"], again["G_ema"])
+    assert _same_snapshots(straight["snapshots"], again["snapshots"])
+
+    with pytest.raises(ValueError, match="written at iteration 4, past the 3 iterations"):
+        train_cwgan(*args, tiny_gan(iterations=3), state, model)
+    other = tmp_path / "other"
+    train_cwgan(*args, tiny_gan(iterations=2, snapshots=1), other, tmp_path / "o.pt")
+    with pytest.raises(ValueError, match="no snapshot of iteration 1"):
+        train_cwgan(*args, tiny_gan(), other, tmp_path / "o.pt")
+    # an option that changes what a step does is still refused
+    with pytest.raises(ValueError, match="'lr'"):
+        train_cwgan(*args, tiny_gan(iterations=6, lr=1e-3), state, model)
+
+
+def test_the_workflow_state_of_a_cwgan_is_kept_when_only_its_length_grows(tmp_path):
+    """The main job's C-WGAN-GP state folder ignores iterations and snapshots (so raising
+    them trains on) and nothing else."""
+    from hemaflow.synth.stages import cwgan_state_dir
+
+    pool = pd.DataFrame(
+        {
+            "record_id": ["a", "b", "c"],
+            "split": ["train", "train", "val"],
+            "canonical_class": ["basophil", "eosinophil", "basophil"],
+        }
+    )
+    base = cwgan_state_dir(str(tmp_path), tiny_gan(), pool, ROUTED)
+    longer = cwgan_state_dir(str(tmp_path), tiny_gan(iterations=40, snapshots=9), pool, ROUTED)
+    assert base == longer and base.parent == tmp_path / "cwgan"
+    assert cwgan_state_dir(str(tmp_path), tiny_gan(lr=1e-3), pool, ROUTED) != base
+    assert cwgan_state_dir(str(tmp_path), tiny_gan(), pool.iloc[:1], ROUTED) != base
 
 
 def test_projection_critic_trains(pbc32, classifier_file, tmp_path):

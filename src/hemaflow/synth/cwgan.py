@@ -43,6 +43,8 @@ from hemaflow.train.amp import MixedPrecision
 from hemaflow.train.ema import RAMPUP, MovingAverage
 from hemaflow.train.labelled import BalancedRows, check_labelled
 from hemaflow.train.loop import (
+    EXTENDABLE,
+    RESUMABLE_CHANGES,
     ImageSampler,
     fingerprint,
     from_model_range,
@@ -532,7 +534,10 @@ def train_cwgan(
 
     Checkpoints go to ``state_dir`` every ``options.checkpoint_every`` generator steps
     (and at the end); a run finding one there resumes from it, and one written with other
-    options, classes, classifier or images is refused. The run stops after
+    options, classes, classifier or images is refused. ``iterations`` and ``snapshots``
+    may grow: nothing in a step depends on how many follow, so a finished run asked for
+    more steps trains on from its last checkpoint (its snapshots so far are kept; one that
+    the new spacing wants before that checkpoint is refused as missing). The run stops after
     ``max_iterations_this_run`` steps if given (as if killed: no model written);
     otherwise it writes ``out_model`` (options, class_names, G_ema, iterations, and the
     snapshots of G_ema: a list of ``{"iteration", "state"}``) atomically. Returns
@@ -579,6 +584,7 @@ def train_cwgan(
         loss_columns=CWGAN_LOSS_COLUMNS,
         lr_of=lambda: model.optimizer_G.param_groups[0]["lr"],
         max_iterations_this_run=max_iterations_this_run,
+        resumable_changes=RESUMABLE_CHANGES | EXTENDABLE,
         model_file=lambda summary: {
             "kind": CWGAN_FILE_KIND,
             "options": asdict(options),

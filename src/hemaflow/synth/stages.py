@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ from hemaflow.synth.quality import (
 )
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
 from hemaflow.synth.targets import SAMPLING, SYNTHETIC, balancing_table
-from hemaflow.train.loop import keyed_state_dir, resize_images
+from hemaflow.train.loop import EXTENDABLE, keyed_state_dir, resize_images
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,15 @@ def pool_state_dir(root: str, kind: str, name: str, options: Mapping, pool: pd.D
     (``keyed_state_dir``: keyed by options and those rows' record ids)."""
     rows = pool[(pool["split"] == "train") & pool["canonical_class"].isin(list(classes))]
     return keyed_state_dir(root, kind, name, options, rows["record_id"])
+
+
+def cwgan_state_dir(root: str, options, pool: pd.DataFrame, classes) -> Path:
+    """The C-WGAN-GP's resumable state: keyed like ``pool_state_dir`` by its options
+    except ``iterations`` and ``snapshots``, so that a user who raises
+    ``synthesis.cwgan.iterations`` after a run trains that run on from where it stopped
+    (``train_cwgan`` resumes a finished run asked for more steps)."""
+    key = {k: v for k, v in asdict(options).items() if k not in EXTENDABLE}
+    return pool_state_dir(root, "cwgan", "cwgan", key, pool, classes)
 
 
 # ----------------------------------------------------------------------------- pool, routes
@@ -152,7 +163,7 @@ def train_cwgan_stage(
         raise ValueError(f"{routes_csv}: no class is routed to cwgan with images to generate")
     train_images, labels = labelled_train(images, pool, classes)
     options = CWGANOptions.from_config(options_section)
-    state = pool_state_dir(state_root, "cwgan", "cwgan", options_section, pool, classes)
+    state = cwgan_state_dir(state_root, options, pool, classes)
     log.info("C-WGAN-GP over %s (%d training images)", ", ".join(classes), len(train_images))
     summary = train_cwgan(
         train_images, labels, classes, classifier, options, state, out_model, log_csv=out_losses

@@ -46,6 +46,10 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINTS_KEPT = 2
 # options that may change between a checkpoint and its resumption without changing the run
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "amp"})
+# For a trainer whose steps do not depend on how many there will be (no schedule that
+# decays towards the last step): raising ``iterations`` resumes the run where it stopped,
+# so a finished run can be trained on (``run_training`` refuses a checkpoint past the end).
+EXTENDABLE = frozenset({"iterations", "snapshots"})
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
@@ -412,6 +416,12 @@ def run_training(
         trainer.load_state_dict(payload["model"])
         restore_rng_state(payload["rng"], rng)
         step = resumed_from = int(payload["step"])
+        if step > total_iterations:
+            raise ValueError(
+                f"checkpoint {payload['_path']}: written at iteration {step}, past the "
+                f"{total_iterations} iterations the options ask for; ask for at least {step} "
+                f"or remove {payload['_path'].parent} to start over"
+            )
         elapsed_before = float(payload["elapsed_seconds"])
         last_losses = dict(payload["last_losses"])
         log.info("%s: resuming from checkpoint at iteration %d (%s)", kind, step, payload["_path"])
