@@ -181,7 +181,10 @@ def classifier_judge(model_path: str | Path, min_confidence: float, device: str 
         raise ValueError(
             f"classifier_judge: min_confidence must be in [0, 1], got {min_confidence}"
         )
-    kind = torch.load(model_path, map_location="cpu", weights_only=False).get("kind")
+    # a peek at the kind (weights only, as the loaders read it); the loader reads it again
+    peek = torch.load(model_path, map_location="cpu", weights_only=True)
+    kind = peek.get("kind") if isinstance(peek, dict) else None
+    del peek
     if kind == CLASSIFIER_KIND:
         net, names, _ = load_classifier(model_path, device)
         probabilities = predict_proba

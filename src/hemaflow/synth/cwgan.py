@@ -451,7 +451,9 @@ class CWGANModel(MixedPrecision):
                 terms["loss_twin"] = loss_twin = F.cross_entropy(twin_logits, target)
                 loss_class = loss_class - loss_twin
             loss_G = loss_adv + o.lambda_class * o.class_every * loss_class
-            self.class_terms |= {name: float(value.detach()) for name, value in terms.items()}
+            # detached tensors, not floats: no device sync on the hot path (the loop
+            # converts what it logs; the checkpoint stores floats)
+            self.class_terms |= {name: value.detach() for name, value in terms.items()}
         if half:
             pair = slice(half, 2 * half)
             loss_ms = mode_seeking_loss(fake[:half], fake[pair], z[:half], z[pair])
@@ -466,7 +468,7 @@ class CWGANModel(MixedPrecision):
         if self.snapshots.due(self.ema.steps):
             self.snapshots.add(self.ema.steps, module_copy(self.G_ema))
         # the classifier's term as of its latest step (nan before the first; without a twin
-        # its column stays empty)
+        # its column stays empty); tensors or floats, the loop takes float() of what it logs
         terms = dict(self.class_terms)
         if self.twin is None:
             del terms["loss_twin"]
@@ -496,7 +498,7 @@ class CWGANModel(MixedPrecision):
         state |= self.scaler_state()
         state["ema_steps"] = self.ema.steps
         state["snapshots"] = self.snapshots.state_dict()
-        state["class_terms"] = dict(self.class_terms)
+        state["class_terms"] = {name: float(value) for name, value in self.class_terms.items()}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
