@@ -32,7 +32,7 @@ from bench_synthesis_curve import bench_curves, rare_pool, real_classifier_for
 from cli import parse_overrides
 
 from hemaflow.metrics import InceptionFeatures, get_lpips
-from hemaflow.synth.curve import CurveSettings
+from hemaflow.synth.curve import CurveSettings, classifier_judge
 from hemaflow.synth.evaluate import HELD_OUT_SPLITS, class_metrics, plot_samples
 from hemaflow.synth.pool import class_images, labelled_train, train_counts
 from hemaflow.synth.quality import CopyDetector, GateSettings, quality_gate
@@ -207,7 +207,8 @@ def main(argv=None) -> int:
         json.dump(times, handle, indent=2)
     if args.curve_images:
         settings = CurveSettings(args.curve_images, args.curve_real, args.seed)
-        bench_curves(out, images, pool, args.rare, settings, inception)
+        judge = classifier_judge(out / "classifier.pt", GateSettings().min_confidence)
+        bench_curves(out, images, pool, args.rare, settings, inception, judge=judge)
     return 0
 
 

@@ -4,7 +4,9 @@ For every snapshot of the C-WGAN-GP (its classes) and of the few-shot GAN's adap
 (the rare class): KID and k-NN precision and recall of images generated from the
 snapshot against the class's real validation images and held-out training images
 (never the test split: the curve is for choosing how long to train), by training
-minutes (the few-shot GAN's count its meta-training). Prints the table; writes
+minutes (the few-shot GAN's count its meta-training), and the share of them that a
+classifier gives their class at the gate's confidence (``acceptance``; by default the
+bench's guide, which is its gate's judge too). Prints the table; writes
 curves.csv, curve_cwgan.png and curve_fewshot.png to --out.
 
 bench_synthesis.py ends with this; run alone on the folder it wrote to redo the curves
@@ -26,8 +28,16 @@ import torch
 
 from hemaflow.metrics import InceptionFeatures
 from hemaflow.plots import plot_quality_curve
-from hemaflow.synth.curve import CURVE_SPLITS, CurveSettings, cwgan_curve, fewshot_curve
+from hemaflow.synth.curve import (
+    CURVE_SPLITS,
+    CurveSettings,
+    Judge,
+    classifier_judge,
+    cwgan_curve,
+    fewshot_curve,
+)
 from hemaflow.synth.pool import build_pool, class_images
+from hemaflow.synth.quality import GateSettings
 
 
 def domain_pool(results: Path, domain: str, subsample: dict[str, int] | None = None, seed: int = 0):
@@ -94,8 +104,11 @@ def bench_curves(
     rare: str,
     settings: CurveSettings,
     inception: InceptionFeatures | None = None,
+    judge: Judge | None = None,
 ) -> pd.DataFrame:
-    """The curves of the models bench_synthesis.py wrote to ``out``; table and plots."""
+    """The curves of the models bench_synthesis.py wrote to ``out``; table and plots.
+    ``judge``: the share of each point's images a classifier gives their class (the
+    curves' ``acceptance``; empty without one)."""
     for name in ("cwgan.pt", "fewshot_adapted.pt", "fewshot_meta_losses.csv"):
         if not (out / name).is_file():
             raise FileNotFoundError(f"{out / name} missing: run bench/bench_synthesis.py first")
@@ -103,7 +116,9 @@ def bench_curves(
     start = time.perf_counter()
     names = sorted(pool["canonical_class"].unique())
     held_out = {name: class_images(images, pool, name, CURVE_SPLITS) for name in names}
-    cwgan = cwgan_curve(out / "cwgan.pt", out / "cwgan_losses.csv", held_out, settings, inception)
+    cwgan = cwgan_curve(
+        out / "cwgan.pt", out / "cwgan_losses.csv", held_out, settings, inception, judge=judge
+    )
     fewshot = fewshot_curve(
         out / "fewshot_adapted.pt",
         out / "fewshot_adapt_losses.csv",
@@ -112,6 +127,7 @@ def bench_curves(
         settings,
         meta_losses_csv=out / "fewshot_meta_losses.csv",
         inception=inception,
+        judge=judge,
     )
     sizes = f"{settings.images_per_class} generated vs {settings.real_per_class} real per class"
     plot_quality_curve(cwgan, str(out / "curve_cwgan.png"), f"C-WGAN-GP: {sizes}")
@@ -124,7 +140,7 @@ def bench_curves(
     table.to_csv(out / "curves.csv", index=False)
     shown = table.assign(minutes=table["seconds"] / 60).drop(columns=["seconds"])
     columns = ["generator", "canonical_class", "iteration", "minutes", "kid", "kid_std"]
-    columns += ["precision", "recall", "fake_images", "real_images"]
+    columns += ["precision", "recall", "acceptance", "fake_images", "real_images"]
     with pd.option_context("display.width", 200, "display.precision", 4):
         print(shown[columns].to_string(index=False))
     print(f"quality curves: {time.perf_counter() - start:.0f} s ({sizes})")
@@ -141,11 +157,21 @@ def main(argv=None) -> int:
     parser.add_argument("--real", type=int, default=200, help="real validation images per class")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--judge-model",
+        type=Path,
+        default=None,
+        help="the classifier behind the acceptance column (default: the bench's guide, "
+        "--out/classifier.pt, which is also its gate's judge: not independent)",
+    )
+    parser.add_argument("--min-confidence", type=float, default=GateSettings().min_confidence)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     images, pool = rare_pool(args.results, args.rare, args.rare_count, args.seed)
     settings = CurveSettings(args.images, args.real, args.seed)
-    bench_curves(args.out, images, pool, args.rare, settings)
+    judge_model = args.judge_model or args.out / "classifier.pt"
+    judge = classifier_judge(judge_model, args.min_confidence)
+    bench_curves(args.out, images, pool, args.rare, settings, judge=judge)
     return 0
 
 

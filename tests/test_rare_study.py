@@ -625,6 +625,15 @@ def test_the_synthesis_bench_runs_with_tiny_networks(study, tmp_path):
     assert losses["iteration"].max() == 3
     for name in ("classifier.pt", "cwgan.pt", "fewshot_adapted.pt", "grid.png"):
         assert (tmp_path / "syn" / name).is_file(), name
+    # the curves of what it trained, judged by its guide: acceptance in [0, 1] at every point
+    command = [sys.executable, str(REPO / "bench" / "bench_synthesis_curve.py")]
+    command += ["--results", str(base / "results"), "--out", str(tmp_path / "syn")]
+    command += ["--rare-count", "5", "--images", "6", "--real", "6", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    curves = pd.read_csv(tmp_path / "syn" / "curves.csv")
+    assert set(curves["generator"]) == {"cwgan", "fewshot"}
+    assert curves["acceptance"].between(0, 1).all(), curves
 
 
 def _study_judge(study):
