@@ -629,6 +629,28 @@ def test_quality_curve_stage_of_the_cwgan(trained, classifier_file, tmp_path):
     assert (table["real_images"] == 6).all() and (table["fake_images"] == 4).all()
     assert table["kid"].notna().all() and table["precision"].between(0, 1).all()
     assert (tmp_path / "curve.png").stat().st_size > 5_000
+    # with the gate's fairness table the judge takes each class's own threshold (here 0:
+    # every image accepted); a table without the column is refused by name
+    pd.DataFrame({"canonical_class": ROUTED, "min_confidence": [0.0, 0.0]}).to_csv(
+        tmp_path / "fair.csv", index=False
+    )
+    again = dict(
+        pool_images=str(tmp_path / "images.npy"),
+        pool_index=str(tmp_path / "index.parquet"),
+        generator="cwgan",
+        model_path=str(trained["root"] / "model.pt"),
+        losses_csv=str(trained["root"] / "losses.csv"),
+        curve_section={"images_per_class": 4, "real_per_class": 50, "in_default_target": False},
+        seed=0,
+        out_csv=str(tmp_path / "fair_curve.csv"),
+        out_plot=str(tmp_path / "fair_curve.png"),
+        judge_model=str(classifier_file["path"]),
+    )
+    fair = quality_curve_stage(**again, thresholds_csv=str(tmp_path / "fair.csv"))
+    assert (fair["acceptance"] == 1.0).all()
+    pd.DataFrame({"canonical_class": ROUTED}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv: no column min_confidence"):
+        quality_curve_stage(**again, thresholds_csv=str(tmp_path / "bad.csv"))
 
 
 def test_projected_critic_options_are_checked():
@@ -833,6 +855,13 @@ def test_classifier_judge_accepts_by_the_class_asked_for(pbc32, classifier_file)
             judge = classifier_judge(classifier_file["path"], confidence, "cpu")
             assert judge(name, cells) == pytest.approx((probability >= confidence).mean())
     assert classifier_judge(classifier_file["path"], 0.0, "cpu")(ROUTED[0], cells) == 1.0
+    # a class's own threshold (the gate's with fair_confidence) over min_confidence
+    own = classifier_judge(classifier_file["path"], 1.0, "cpu", per_class={ROUTED[1]: 0.0})
+    assert own(ROUTED[1], cells) == 1.0 and own(ROUTED[0], cells) == pytest.approx(
+        (classify(net, cells)[:, classes.index(ROUTED[0])] >= 1.0).mean()
+    )
+    with pytest.raises(ValueError, match="eosinophil's threshold"):
+        classifier_judge(classifier_file["path"], 0.5, per_class={"eosinophil": -0.1})
     with pytest.raises(ValueError, match="'no_such_class' is not among"):
         classifier_judge(classifier_file["path"], 0.5, "cpu")("no_such_class", cells)
     with pytest.raises(ValueError, match="min_confidence"):

@@ -391,6 +391,7 @@ rule cwgan_quality_curve:
         model=f"{SYNTH}/cwgan/model.pt",
         losses=f"{SYNTH}/cwgan/losses.csv",
         judge=f"{SYNTH}/gate_classifier/model.pt",
+        thresholds=f"{SYNTH}/gate_classifier/real_acceptance.csv",
     output:
         table=f"{SYNTH}/curves/cwgan.csv",
         plot=report(
@@ -428,6 +429,7 @@ rule fewshot_quality_curve:
         losses=f"{SYNTH}/fewshot/{{synth_class}}/losses.csv",
         meta_losses=f"{SYNTH}/fewshot/meta/losses.csv",
         judge=f"{SYNTH}/gate_classifier/model.pt",
+        thresholds=f"{SYNTH}/gate_classifier/real_acceptance.csv",
     output:
         table=f"{SYNTH}/curves/fewshot_{{synth_class}}.csv",
         plot=report(

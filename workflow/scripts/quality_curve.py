@@ -16,4 +16,5 @@ quality_curve_stage(
     meta_losses_csv=snakemake.input.get("meta_losses"),
     judge_model=snakemake.input.judge,
     min_confidence=snakemake.params.min_confidence,
+    thresholds_csv=snakemake.input.thresholds,
 )

@@ -165,22 +165,28 @@ def point_metrics(fake: np.ndarray, real: np.ndarray, seed: int) -> dict[str, fl
     return result
 
 
-def classifier_judge(model_path: str | Path, min_confidence: float, device: str | None = None):
+def classifier_judge(
+    model_path: str | Path,
+    min_confidence: float,
+    device: str | None = None,
+    per_class: Mapping[str, float] | None = None,
+):
     """A ``Judge`` from a classifier's model file: the workflow's gate classifier
     (``hemaflow.classify``, the ``classifier`` kind) or a real-data classifier
     (``train_real_classifier``). It gives the share of images whose probability of the
-    class asked for is at least ``min_confidence``; a class the classifier does not know
-    is refused by name."""
+    class asked for is at least ``min_confidence``, or the class's own threshold in
+    ``per_class`` (the gate's, with ``fair_confidence``); a class the classifier does not
+    know is refused by name."""
     import torch
 
     from hemaflow.classify.options import FILE_KIND as CLASSIFIER_KIND
     from hemaflow.classify.predict import load_classifier, predict_proba
     from hemaflow.synth.real_classifier import classify, load_real_classifier
 
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(
-            f"classifier_judge: min_confidence must be in [0, 1], got {min_confidence}"
-        )
+    thresholds = dict(per_class or {})
+    for what, value in [("min_confidence", min_confidence), *thresholds.items()]:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"classifier_judge: {what}'s threshold must be in [0, 1], got {value}")
     # a peek at the kind (weights only, as the loaders read it); the loader reads it again
     peek = torch.load(model_path, map_location="cpu", weights_only=True)
     kind = peek.get("kind") if isinstance(peek, dict) else None
@@ -197,7 +203,8 @@ def classifier_judge(model_path: str | Path, min_confidence: float, device: str 
             raise ValueError(
                 f"classifier_judge: class {name!r} is not among the classes of {model_path}"
             )
-        return float((probabilities(net, images)[:, names.index(name)] >= min_confidence).mean())
+        threshold = thresholds.get(name, min_confidence)
+        return float((probabilities(net, images)[:, names.index(name)] >= threshold).mean())
 
     return judge
 

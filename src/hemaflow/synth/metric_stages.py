@@ -164,13 +164,17 @@ def quality_curve_stage(
     meta_losses_csv: str | None = None,
     judge_model: str | None = None,
     min_confidence: float = 0.5,
+    thresholds_csv: str | None = None,
 ) -> pd.DataFrame:
     """KID and precision against training time of the C-WGAN-GP (``generator`` "cwgan":
     every class of the model) or of the few-shot GAN adapted to ``class_name``
     ("fewshot", its time counting the meta-training of ``meta_losses_csv``), on the
     pool's validation and held-out rows (``hemaflow.synth.curve``); table and plot.
     ``judge_model``: a real-data classifier (the gate's) whose acceptance at
-    ``min_confidence`` of each point's images goes in the table's ``acceptance``."""
+    ``min_confidence`` of each point's images goes in the table's ``acceptance``;
+    ``thresholds_csv``: the gate's fairness table (``real_acceptance.csv``), whose
+    ``min_confidence`` per class (lowered with ``fair_confidence``) the judge then uses,
+    so that the curve judges as the gate does."""
     from hemaflow.plots import plot_quality_curve
     from hemaflow.synth.curve import (
         CURVE_SPLITS,
@@ -182,7 +186,16 @@ def quality_curve_stage(
 
     images, pool = read_pool(pool_images, pool_index)
     settings = CurveSettings.from_config(curve_section, seed)
-    judge = classifier_judge(judge_model, min_confidence) if judge_model else None
+    per_class = None
+    if thresholds_csv is not None:
+        table = pd.read_csv(thresholds_csv)
+        missing = {"canonical_class", "min_confidence"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{thresholds_csv}: no column {', '.join(sorted(missing))}")
+        per_class = dict(zip(table["canonical_class"], table["min_confidence"].astype(float)))
+    judge = (
+        classifier_judge(judge_model, min_confidence, per_class=per_class) if judge_model else None
+    )
     if generator == "cwgan":
         names = sorted(pool["canonical_class"].unique())
         held_out = {name: class_images(images, pool, name, CURVE_SPLITS) for name in names}
