@@ -602,21 +602,28 @@ def test_quality_curve_stage_of_the_cwgan(trained, classifier_file, tmp_path):
     )
     np.save(tmp_path / "images.npy", images)
     pool.to_parquet(tmp_path / "index.parquet", index=False)
-    table = quality_curve_stage(
-        str(tmp_path / "images.npy"),
-        str(tmp_path / "index.parquet"),
-        "cwgan",
-        str(trained["root"] / "model.pt"),
-        str(trained["root"] / "losses.csv"),
-        {"images_per_class": 4, "real_per_class": 50, "in_default_target": False},
+    # the gate's fairness table: the first class's own threshold 0 (every image accepted),
+    # the second's min_confidence
+    pd.DataFrame({"canonical_class": ROUTED, "min_confidence": [0.0, 0.5]}).to_csv(
+        tmp_path / "fair.csv", index=False
+    )
+    stage = dict(
+        pool_images=str(tmp_path / "images.npy"),
+        pool_index=str(tmp_path / "index.parquet"),
+        generator="cwgan",
+        model_path=str(trained["root"] / "model.pt"),
+        losses_csv=str(trained["root"] / "losses.csv"),
+        curve_section={"images_per_class": 4, "real_per_class": 50, "in_default_target": False},
         seed=0,
         out_csv=str(tmp_path / "curve.csv"),
         out_plot=str(tmp_path / "curve.png"),
         judge_model=str(classifier_file["path"]),
         min_confidence=0.5,
     )
+    table = quality_curve_stage(**stage, thresholds_csv=str(tmp_path / "fair.csv"))
     assert table.equals(pd.read_csv(tmp_path / "curve.csv"))
     assert table["acceptance"].between(0, 1).all()
+    assert (table.loc[table["canonical_class"] == ROUTED[0], "acceptance"] == 1.0).all()
     assert set(table["generator"]) == {"cwgan"} and sorted(set(table["canonical_class"])) == sorted(
         ROUTED
     )
@@ -629,28 +636,10 @@ def test_quality_curve_stage_of_the_cwgan(trained, classifier_file, tmp_path):
     assert (table["real_images"] == 6).all() and (table["fake_images"] == 4).all()
     assert table["kid"].notna().all() and table["precision"].between(0, 1).all()
     assert (tmp_path / "curve.png").stat().st_size > 5_000
-    # with the gate's fairness table the judge takes each class's own threshold (here 0:
-    # every image accepted); a table without the column is refused by name
-    pd.DataFrame({"canonical_class": ROUTED, "min_confidence": [0.0, 0.0]}).to_csv(
-        tmp_path / "fair.csv", index=False
-    )
-    again = dict(
-        pool_images=str(tmp_path / "images.npy"),
-        pool_index=str(tmp_path / "index.parquet"),
-        generator="cwgan",
-        model_path=str(trained["root"] / "model.pt"),
-        losses_csv=str(trained["root"] / "losses.csv"),
-        curve_section={"images_per_class": 4, "real_per_class": 50, "in_default_target": False},
-        seed=0,
-        out_csv=str(tmp_path / "fair_curve.csv"),
-        out_plot=str(tmp_path / "fair_curve.png"),
-        judge_model=str(classifier_file["path"]),
-    )
-    fair = quality_curve_stage(**again, thresholds_csv=str(tmp_path / "fair.csv"))
-    assert (fair["acceptance"] == 1.0).all()
+    # a fairness table without the column is refused by name, before any image is made
     pd.DataFrame({"canonical_class": ROUTED}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="bad.csv: no column min_confidence"):
-        quality_curve_stage(**again, thresholds_csv=str(tmp_path / "bad.csv"))
+        quality_curve_stage(**{**stage, "thresholds_csv": str(tmp_path / "bad.csv")})
 
 
 def test_projected_critic_options_are_checked():
