@@ -413,15 +413,15 @@ def run_training(
     payload = load_latest_checkpoint(state_dir)
     if payload is not None:
         check_resumable(payload, options, data_fingerprint, kind, resumable_changes)
-        trainer.load_state_dict(payload["model"])
-        restore_rng_state(payload["rng"], rng)
         step = resumed_from = int(payload["step"])
-        if step > total_iterations:
+        if step > total_iterations:  # refused before any state is loaded
             raise ValueError(
                 f"checkpoint {payload['_path']}: written at iteration {step}, past the "
                 f"{total_iterations} iterations the options ask for; ask for at least {step} "
                 f"or remove {payload['_path'].parent} to start over"
             )
+        trainer.load_state_dict(payload["model"])
+        restore_rng_state(payload["rng"], rng)
         elapsed_before = float(payload["elapsed_seconds"])
         last_losses = dict(payload["last_losses"])
         log.info("%s: resuming from checkpoint at iteration %d (%s)", kind, step, payload["_path"])
