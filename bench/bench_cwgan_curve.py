@@ -14,6 +14,9 @@ recall (docs/synthesis.md, 0.15.0). Prints one row per snapshot (the mean over c
 the worst class) and the last snapshot within ``--minutes`` per class against the issue's
 targets; writes curve.csv, curve.png and grid.png (real validation cells above each
 synthetic row) to ``--out``. A killed run resumes from its checkpoints under ``--out``.
+``--rare`` cuts classes to ``--rare-count`` training images (their other training images
+join the validation images they are measured against): a rare class trained beside the
+large ones, to compare with the few-shot GAN (``bench_fewshot_curve.py``, the same cut).
 
     python bench/bench_cwgan_curve.py --iterations 12600 --snapshots 7      # about an hour
     python bench/bench_cwgan_curve.py --iterations 12600 --cwgan cpu_bf16=false
@@ -69,6 +72,16 @@ def main(argv=None) -> int:
     parser.add_argument("--judge-model", type=Path, default=None)
     parser.add_argument("--curve-images", type=int, default=60)
     parser.add_argument("--curve-real", type=int, default=120)
+    parser.add_argument(
+        "--rare",
+        nargs="*",
+        default=[],
+        help="classes cut to --rare-count training images (the others held out, measured "
+        "against with the validation images): how the C-WGAN-GP does on a rare class "
+        "trained beside the large ones",
+    )
+    parser.add_argument("--rare-count", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="which images the cut keeps")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny networks: a smoke run")
     args = parser.parse_args(argv)
@@ -86,7 +99,9 @@ def main(argv=None) -> int:
     if not (cache / "images.npy").is_file():
         print(f"{cache / 'images.npy'} missing: run the workflow up to the caches first")
         return 2
-    images, pool = domain_pool(args.results, args.domain)
+    images, pool = domain_pool(
+        args.results, args.domain, {name: args.rare_count for name in args.rare}, args.seed
+    )
     classes = sorted(pool.loc[pool["split"] == "train", "canonical_class"].unique())
     x, y = labelled_train(images, pool, classes)
     out = args.out

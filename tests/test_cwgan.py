@@ -417,7 +417,7 @@ def test_a_finished_run_asked_for_more_steps_trains_on(trained, pbc32, classifie
         train_cwgan(*args, tiny_gan(iterations=6, lr=1e-3), state, model)
 
 
-def test_the_workflow_state_of_a_cwgan_is_kept_when_only_its_length_grows(tmp_path):
+def test_the_workflow_state_of_a_cwgan_is_kept_when_only_its_length_changes(tmp_path):
     """The main job's C-WGAN-GP state folder ignores iterations and snapshots (so raising
     them trains on) and nothing else."""
     from hemaflow.synth.stages import cwgan_state_dir
@@ -434,6 +434,15 @@ def test_the_workflow_state_of_a_cwgan_is_kept_when_only_its_length_grows(tmp_pa
     assert base == longer and base.parent == tmp_path / "cwgan"
     assert cwgan_state_dir(str(tmp_path), tiny_gan(lr=1e-3), pool, ROUTED) != base
     assert cwgan_state_dir(str(tmp_path), tiny_gan(), pool.iloc[:1], ROUTED) != base
+    # a run past the length asked for (a user lowered it) is left alone: the shorter run
+    # gets a folder of its own, keyed with its length, and a longer one trains on again
+    base.mkdir(parents=True)
+    (base / "checkpoint-000000030.pt").write_bytes(b"")
+    shorter = cwgan_state_dir(str(tmp_path), tiny_gan(iterations=20), pool, ROUTED)
+    assert shorter != base and shorter.parent == base.parent
+    assert shorter != cwgan_state_dir(str(tmp_path), tiny_gan(iterations=10), pool, ROUTED)
+    assert cwgan_state_dir(str(tmp_path), tiny_gan(iterations=30), pool, ROUTED) == base
+    assert cwgan_state_dir(str(tmp_path), tiny_gan(iterations=50), pool, ROUTED) == base
 
 
 def test_projection_critic_trains(pbc32, classifier_file, tmp_path):

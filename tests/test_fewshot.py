@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -272,6 +273,7 @@ def test_presets():
         ({"preset": "cpu", "snapshots": -2}, "snapshots"),
         ({"preset": "cpu", "inner_optimizer": "sgd"}, "inner_optimizer"),
         ({"preset": "cpu", "adapt_ema_decay": 1.0}, "adapt_ema_decay"),
+        ({"preset": "cpu", "adapt_freeze_d": -1}, "adapt_freeze_d"),
     ],
 )
 def test_option_errors_name_the_key(section, key):
@@ -697,3 +699,55 @@ def test_kept_inner_optimizers_and_adaptation_average_resume_bit_identically(
     assert not _same_state(d["generator"], plain["generator"])
     generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
     assert generate_fewshot(generator, code, 2, seed=1).std() > 0
+
+
+def test_frozen_discriminator_layers_keep_their_meta_weights_and_resume(
+    meta_run, rare_cells, tmp_path
+):
+    """adapt_freeze_d (FreezeD): the discriminator's first convolutions keep the meta
+    model's weights through the adaptation, the rest are trained; resumed bit for bit; a
+    checkpoint of another setting is refused, as is a count past the network's."""
+    meta = meta_run["root"] / "meta.pt"
+    frozen = tiny(adapt_freeze_d=2)
+    adapt_fewshot(meta, rare_cells, frozen, tmp_path / "a", tmp_path / "a.pt")
+    adapt_fewshot(
+        meta, rare_cells, frozen, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=2
+    )
+    assert (
+        adapt_fewshot(meta, rare_cells, frozen, tmp_path / "b", tmp_path / "b.pt")["resumed_from"]
+        == 2
+    )
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    for name in ("generator", "discriminator"):
+        assert _same_state(a[name], b[name]), name
+    start = torch.load(meta, weights_only=True)["discriminator"]
+    convolutions = [k for k in start if start[k].dim() == 4]  # the kernels, in order
+    assert len(convolutions) > 2
+    for k in convolutions[:2]:
+        assert torch.equal(a["discriminator"][k], start[k]), k
+    for k in convolutions[2:]:
+        assert not torch.equal(a["discriminator"][k], start[k]), k
+    with pytest.raises(ValueError, match="adapt_freeze_d"):
+        adapt_fewshot(meta, rare_cells, tiny(adapt_freeze_d=1), tmp_path / "b", tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="adapt_freeze_d = 9"):
+        adapt_fewshot(meta, rare_cells, tiny(adapt_freeze_d=9), tmp_path / "d", tmp_path / "d.pt")
+
+
+def test_the_workflow_meta_state_ignores_the_adaptation_options(tmp_path):
+    from hemaflow.synth.stages import fewshot_meta_state_dir
+
+    pool = pd.DataFrame(
+        {
+            "record_id": ["a", "b"],
+            "split": ["train", "train"],
+            "canonical_class": ["neutrophil", "eosinophil"],
+        }
+    )
+    classes = ["eosinophil", "neutrophil"]
+    base = fewshot_meta_state_dir(str(tmp_path), tiny(), pool, classes)
+    assert base.parent == tmp_path / "fewshot"
+    assert base == fewshot_meta_state_dir(
+        str(tmp_path), tiny(adapt_freeze_d=2, adapt_iterations=9, adapt_lr=1e-3), pool, classes
+    )
+    assert base != fewshot_meta_state_dir(str(tmp_path), tiny(meta_lr=0.2), pool, classes)
+    assert base != fewshot_meta_state_dir(str(tmp_path), tiny(), pool.iloc[:1], classes)

@@ -100,7 +100,14 @@ META_ONLY = frozenset(
     {"shots", "meta_iterations", "inner_steps", "inner_lr", "meta_lr", "inner_optimizer"}
 )
 ADAPT_ONLY = frozenset(
-    {"adapt_iterations", "adapt_lr", "adapt_support", "snapshots", "adapt_ema_decay"}
+    {
+        "adapt_iterations",
+        "adapt_lr",
+        "adapt_support",
+        "snapshots",
+        "adapt_ema_decay",
+        "adapt_freeze_d",
+    }
 )
 
 
@@ -124,8 +131,12 @@ class FewShotOptions(TrainingOptions):
     or ``kept``, the fast networks' optimizers carrying their moments from task to task.
     ``adapt_ema_decay``: the adaptation generates from a moving average of the encoder
     and generator weights (``hemaflow.train.ema``, per-step decay; 0 = the trained
-    weights themselves). ``snapshots``: how many copies of the adapted generator
-    (with its task code) the adaptation keeps, at evenly spaced iterations up to the last
+    weights themselves). ``adapt_freeze_d``: the discriminator's first that many
+    convolutions (in module order, the ones nearest the image) keep their meta-learned
+    weights during adaptation (FreezeD, Mo et al. 2020: the low-level features learned
+    on the large classes are not refitted to a few images; 0 = all trained).
+    ``snapshots``: how many copies of the adapted generator (with its task code) the
+    adaptation keeps, at evenly spaced iterations up to the last
     (0 = none; ``hemaflow.train.snapshots``). ``critic="projected"``: the discriminator
     is ``hemaflow.models.projected.CodeProjectedCritic`` (frozen ImageNet AlexNet taps,
     trainable heads, projection on the task code) instead of the architecture's own."""
@@ -150,6 +161,7 @@ class FewShotOptions(TrainingOptions):
     adapt_support: int = 100
     inner_optimizer: str = "fresh"
     adapt_ema_decay: float = 0.0
+    adapt_freeze_d: int = 0
     beta1: float = 0.5
     beta2: float = 0.999
     lambda_ms: float = 1.0
@@ -189,7 +201,7 @@ class FewShotOptions(TrainingOptions):
         }
     )
     NON_NEGATIVE: ClassVar[frozenset[str]] = frozenset(
-        {"adapt_iterations", "lambda_ms", "lambda_rec", "seed", "snapshots"}
+        {"adapt_iterations", "adapt_freeze_d", "lambda_ms", "lambda_rec", "seed", "snapshots"}
     )
     FRACTIONS: ClassVar[frozenset[str]] = frozenset({"beta1", "beta2"})
 
@@ -305,6 +317,22 @@ def build_networks(
     return encoder.to(device), generator.to(device), discriminator.to(device)
 
 
+def first_convolutions(discriminator: nn.Module, count: int) -> list[nn.Parameter]:
+    """The parameters of the discriminator's first ``count`` trainable convolutions, in
+    module order (nearest the image first): what ``adapt_freeze_d`` freezes."""
+    convolutions = [
+        module
+        for module in discriminator.modules()
+        if isinstance(module, nn.Conv2d) and any(True for _ in module.parameters())
+    ]
+    if count > len(convolutions):
+        raise ValueError(
+            f"adapt_freeze_d = {count}: the discriminator ({type(discriminator).__name__}) "
+            f"has {len(convolutions)} trainable convolutions"
+        )
+    return [p for module in convolutions[:count] for p in module.parameters()]
+
+
 @torch.no_grad()
 def reptile_update(meta: nn.Module, fast: nn.Module, step_size: float) -> None:
     """Reptile's outer step: every floating-point parameter and buffer of ``meta`` moves
@@ -347,6 +375,8 @@ class GANSteps(MixedPrecision):
         self.options = options
         self.init_amp(device, options.amp, options.cpu_bf16)
         self.rng = rng
+        # discriminator parameters held fixed (adapt_freeze_d): no gradient, no optimizer
+        self.frozen: list[nn.Parameter] = []
 
     def _adam(self, modules: Sequence[nn.Module], lr: float) -> torch.optim.Adam:
         parameters = [p for module in modules for p in module.parameters()]
@@ -392,6 +422,8 @@ class GANSteps(MixedPrecision):
         loss_G = loss_adv + o.lambda_ms * loss_ms + o.lambda_rec * loss_rec
         self.optimizer_step(loss_G, optimizer_G, self.scaler_G)
         set_requires_grad([discriminator], True)
+        for parameter in self.frozen:
+            parameter.requires_grad_(False)
         return {
             "loss_D": loss_D.detach(),
             "loss_G": loss_G.detach(),

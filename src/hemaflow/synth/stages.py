@@ -39,7 +39,7 @@ from hemaflow.synth.quality import (
 )
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
 from hemaflow.synth.targets import SAMPLING, SYNTHETIC, balancing_table
-from hemaflow.train.loop import EXTENDABLE, keyed_state_dir, resize_images
+from hemaflow.train.loop import EXTENDABLE, keyed_state_dir, list_checkpoints, resize_images
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,35 @@ def cwgan_state_dir(root: str, options, pool: pd.DataFrame, classes) -> Path:
     """The C-WGAN-GP's resumable state: keyed like ``pool_state_dir`` by its options
     except ``iterations`` and ``snapshots``, so that a user who raises
     ``synthesis.cwgan.iterations`` after a run trains that run on from where it stopped
-    (``train_cwgan`` resumes a finished run asked for more steps)."""
+    (``train_cwgan`` resumes a finished run asked for more steps). Where that folder
+    holds a checkpoint past the iterations asked for (a user lowered them), the run
+    starts in a folder keyed by every option, the length included, and the longer
+    run's state is left as it is."""
     key = {k: v for k, v in asdict(options).items() if k not in EXTENDABLE}
-    return pool_state_dir(root, "cwgan", "cwgan", key, pool, classes)
+    shared = pool_state_dir(root, "cwgan", "cwgan", key, pool, classes)
+    checkpoints = list_checkpoints(shared)
+    if checkpoints and checkpoints[-1][0] > options.iterations:
+        own = pool_state_dir(root, "cwgan", "cwgan", asdict(options), pool, classes)
+        log.info(
+            "C-WGAN-GP: %s holds a run at iteration %d, past the %d asked for; this "
+            "shorter run keeps its state in %s",
+            shared,
+            checkpoints[-1][0],
+            options.iterations,
+            own,
+        )
+        return own
+    return shared
+
+
+def fewshot_meta_state_dir(root: str, options, pool: pd.DataFrame, classes) -> Path:
+    """The few-shot GAN's meta-training state: keyed like ``pool_state_dir`` by its
+    options except the adaptation's (``ADAPT_ONLY``), so that a user who changes one of
+    those adapts the meta model already trained instead of training another."""
+    from hemaflow.synth.fewshot import ADAPT_ONLY
+
+    key = {k: v for k, v in asdict(options).items() if k not in ADAPT_ONLY}
+    return pool_state_dir(root, "fewshot", "meta", key, pool, classes)
 
 
 # ----------------------------------------------------------------------------- pool, routes
@@ -195,7 +221,7 @@ def train_fewshot_meta_stage(
         )
     train_images, labels = labelled_train(images, pool, classes)
     options = FewShotOptions.from_config(options_section)
-    state = pool_state_dir(state_root, "fewshot", "meta", options_section, pool, classes)
+    state = fewshot_meta_state_dir(state_root, options, pool, classes)
     log.info("few-shot meta-training on tasks from %s", ", ".join(classes))
     summary = train_fewshot_meta(
         train_images, labels, classes, options, state, out_model, log_csv=out_losses
