@@ -23,7 +23,9 @@ mode-seeking and L1 terms).
 Each round times ``--steps`` steps of ours and of the reference, the order alternating
 between rounds; printed: the median seconds per step of each and 'ratio ours/reference'.
 With ``--cpu-bf16`` ours runs with the option of that name (bfloat16 autocast on the CPU)
-and the reference stays in float32, so the ratio is what the option buys on this processor.
+and the reference stays in float32, so the ratio is what the option buys on this processor
+(on one without bfloat16 support the option is not used, as in training, and the first line
+says so; ``HEMAFLOW_CPU_BF16=on`` measures the emulated bfloat16).
 
     python bench/bench_gan_step.py --rounds 7 --steps 5
     python bench/bench_gan_step.py --rounds 7 --steps 5 --cpu-bf16
@@ -636,10 +638,14 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.steps, args.warmup = 2, 1, 1
         args.image_size, args.width, args.batch_size = 32, 4, 4
     torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        + (", ours with cpu_bf16" if args.cpu_bf16 else "")
-    )
+    from hemaflow.train.amp import CPU_BF16_ENV, cpu_bf16_enabled
+
+    bf16 = ""
+    if args.cpu_bf16:
+        bf16 = ", ours with cpu_bf16"
+        if not cpu_bf16_enabled(True):
+            bf16 += f" (not used: no bfloat16 on this processor or {CPU_BF16_ENV}=off; float32)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads{bf16}")
     if args.profile:
         profile_ours(lambda: cwgan_pair(args), args.steps, 25)
         return 0

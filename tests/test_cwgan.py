@@ -5,6 +5,7 @@ bit-exact resume after a kill, refusals and input checks."""
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -702,8 +703,13 @@ def test_minibatch_std_critic_trains_and_resumes_bit_identically(pbc32, classifi
     _resumes_bit_identically((*routed(pbc32), ROUTED, classifier_file["path"], options), tmp_path)
 
 
-def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(pbc32, classifier_file, tmp_path):
+def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(
+    pbc32, classifier_file, tmp_path, monkeypatch
+):
     from hemaflow.train.amp import MixedPrecision
+
+    # the bfloat16 path, whether or not this processor has the instructions for it
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "on")
 
     trainer = MixedPrecision()
     trainer.init_amp(torch.device("cpu"), amp=True, cpu_bf16=True)
@@ -737,6 +743,46 @@ def test_cpu_bf16_trains_in_bfloat16_and_resumes_bit_identically(pbc32, classifi
     train_cwgan(*fp32, tmp_path / "d", tmp_path / "d.pt", max_iterations_this_run=3)
     with pytest.raises(ValueError, match="'cpu_bf16'"):
         train_cwgan(*args, tmp_path / "d", tmp_path / "d.pt")
+
+
+def test_cpu_bf16_is_used_only_where_the_processor_has_it(monkeypatch, caplog):
+    """On a processor without bfloat16 (emulated there, 2-15x slower: an AVX2 EPYC) the
+    option is ignored with one warning; HEMAFLOW_CPU_BF16 forces it on or off; a bad
+    value is refused by name. On a GPU the option does nothing."""
+    from hemaflow.train import amp
+
+    trainer = amp.MixedPrecision()
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("HEMAFLOW_CPU_BF16", raising=False)
+    assert isinstance(amp.cpu_has_bf16(), bool)  # the real check runs on this machine
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: False)
+    amp._warn_no_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train.amp"):
+        trainer.init_amp(cpu, amp=True, cpu_bf16=True)
+        trainer.init_amp(cpu, amp=True, cpu_bf16=True)
+    assert not trainer.use_bf16
+    warnings = [r for r in caplog.records if "no bfloat16 support" in r.getMessage()]
+    assert len(warnings) == 1 and "HEMAFLOW_CPU_BF16=on" in warnings[0].getMessage()
+    with trainer.autocast():
+        assert torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8)).dtype == torch.float32
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "on")
+    trainer.init_amp(cpu, amp=True, cpu_bf16=True)
+    assert trainer.use_bf16
+    trainer.init_amp(cpu, amp=True, cpu_bf16=False)
+    assert not trainer.use_bf16  # on forces nothing that was not asked for
+
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "auto")
+    trainer.init_amp(cpu, amp=True, cpu_bf16=True)
+    assert trainer.use_bf16
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "off")
+    trainer.init_amp(cpu, amp=True, cpu_bf16=True)
+    assert not trainer.use_bf16
+    trainer.init_amp(torch.device("cuda"), amp=False, cpu_bf16=True)
+    assert not trainer.use_bf16
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="HEMAFLOW_CPU_BF16='yes'"):
+        trainer.init_amp(cpu, amp=True, cpu_bf16=True)
 
 
 def test_mode_seeking_pairs_classes_logs_its_term_and_resumes(pbc32, classifier_file, tmp_path):

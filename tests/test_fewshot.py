@@ -634,7 +634,8 @@ def test_projected_critic_options_are_checked():
         tiny(critic="projected", projected_taps=0)
 
 
-def test_cpu_bf16_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_path):
+def test_cpu_bf16_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_path, monkeypatch):
+    monkeypatch.setenv("HEMAFLOW_CPU_BF16", "on")  # on any processor
     options = tiny(architecture="dcgan", width=8, cpu_bf16=True)
     images, labels, names = meta_cells
     args = (images, labels, names, options)

@@ -526,6 +526,7 @@ def test_the_cwgan_curve_bench_quick_run(study, tmp_path):
     snapshot on validation images, prints the table and the targets, writes its files."""
     base, *_ = study
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env["HEMAFLOW_CPU_BF16"] = "on"  # the cpu preset's bfloat16 path on any processor
     command = [sys.executable, str(REPO / "bench" / "bench_cwgan_curve.py"), "--quick"]
     command += ["--results", str(base / "results"), "--out", str(tmp_path / "curve")]
     command += ["--iterations", "4", "--snapshots", "2", "--curve-images", "4"]
