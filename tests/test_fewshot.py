@@ -656,6 +656,17 @@ def test_cpu_bf16_meta_trains_resumes_and_adapts(meta_cells, rare_cells, tmp_pat
     assert out.shape == (3, 32, 32, 3) and out.std() > 0
 
 
+def _adapted_straight_and_resumed(meta, cells, options, tmp_path):
+    """The model files of an adaptation run straight through and of one stopped after 2
+    iterations and resumed (checked to resume from 2), in tmp_path's straight/ and resumed/."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    adapt_fewshot(meta, cells, options, straight / "state", straight / "model.pt")
+    state, model = resumed / "state", resumed / "model.pt"
+    adapt_fewshot(meta, cells, options, state, model, max_iterations_this_run=2)
+    assert adapt_fewshot(meta, cells, options, state, model)["resumed_from"] == 2
+    return [torch.load(d / "model.pt", weights_only=True) for d in (straight, resumed)]
+
+
 def test_kept_inner_optimizers_and_adaptation_average_resume_bit_identically(
     meta_run, adapted, meta_cells, rare_cells, tmp_path
 ):
@@ -681,16 +692,7 @@ def test_kept_inner_optimizers_and_adaptation_average_resume_bit_identically(
 
     # the adaptation's moving average: resumed bit for bit, generation from the average
     meta = meta_run["root"] / "meta.pt"
-    averaged = tiny(adapt_ema_decay=0.5)
-    adapt_fewshot(meta, rare_cells, averaged, tmp_path / "d", tmp_path / "d.pt")
-    adapt_fewshot(
-        meta, rare_cells, averaged, tmp_path / "e", tmp_path / "e.pt", max_iterations_this_run=2
-    )
-    assert (
-        adapt_fewshot(meta, rare_cells, averaged, tmp_path / "e", tmp_path / "e.pt")["resumed_from"]
-        == 2
-    )
-    d, e = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "de")
+    d, e = _adapted_straight_and_resumed(meta, rare_cells, tiny(adapt_ema_decay=0.5), tmp_path)
     plain = torch.load(adapted["root"] / "adapted.pt", weights_only=True)
     assert _same_state(d["generator"], e["generator"]) and torch.equal(d["code"], e["code"])
     for x, y in zip(d["snapshots"], e["snapshots"], strict=True):
@@ -698,7 +700,7 @@ def test_kept_inner_optimizers_and_adaptation_average_resume_bit_identically(
     # same training (the average does not feed back), other weights to generate with
     assert _same_state(d["discriminator"], plain["discriminator"])
     assert not _same_state(d["generator"], plain["generator"])
-    generator, code, _ = load_fewshot(tmp_path / "d.pt", "cpu")
+    generator, code, _ = load_fewshot(tmp_path / "straight" / "model.pt", "cpu")
     assert generate_fewshot(generator, code, 2, seed=1).std() > 0
 
 
@@ -709,16 +711,7 @@ def test_frozen_discriminator_layers_keep_their_meta_weights_and_resume(
     model's weights through the adaptation, the rest are trained; resumed bit for bit; a
     checkpoint of another setting is refused, as is a count past the network's."""
     meta = meta_run["root"] / "meta.pt"
-    frozen = tiny(adapt_freeze_d=2)
-    adapt_fewshot(meta, rare_cells, frozen, tmp_path / "a", tmp_path / "a.pt")
-    adapt_fewshot(
-        meta, rare_cells, frozen, tmp_path / "b", tmp_path / "b.pt", max_iterations_this_run=2
-    )
-    assert (
-        adapt_fewshot(meta, rare_cells, frozen, tmp_path / "b", tmp_path / "b.pt")["resumed_from"]
-        == 2
-    )
-    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    a, b = _adapted_straight_and_resumed(meta, rare_cells, tiny(adapt_freeze_d=2), tmp_path)
     for name in ("generator", "discriminator"):
         assert _same_state(a[name], b[name]), name
     start = torch.load(meta, weights_only=True)["discriminator"]
@@ -729,7 +722,8 @@ def test_frozen_discriminator_layers_keep_their_meta_weights_and_resume(
     for k in convolutions[2:]:
         assert not torch.equal(a["discriminator"][k], start[k]), k
     with pytest.raises(ValueError, match="adapt_freeze_d"):
-        adapt_fewshot(meta, rare_cells, tiny(adapt_freeze_d=1), tmp_path / "b", tmp_path / "c.pt")
+        state = tmp_path / "resumed" / "state"
+        adapt_fewshot(meta, rare_cells, tiny(adapt_freeze_d=1), state, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="adapt_freeze_d = 9"):
         adapt_fewshot(meta, rare_cells, tiny(adapt_freeze_d=9), tmp_path / "d", tmp_path / "d.pt")
 
