@@ -910,3 +910,23 @@ def test_classifier_judge_accepts_by_the_class_asked_for(pbc32, classifier_file)
         classifier_judge(classifier_file["path"], 0.5, "cpu")("no_such_class", cells)
     with pytest.raises(ValueError, match="min_confidence"):
         classifier_judge(classifier_file["path"], 1.5)
+
+
+def test_classifier_judge_reads_its_model_file_once(classifier_file, monkeypatch, tmp_path):
+    from hemaflow.synth.curve import classifier_judge
+
+    reads = []
+    load = torch.load
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    classifier_judge(classifier_file["path"], 0.5, "cpu")
+    assert reads == [Path(classifier_file["path"])]
+    # a file of another kind is still refused by its kind, after the one read
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "hemaflow-cwgan", "options": {}}, other)
+    with pytest.raises(ValueError, match="not a .* model file"):
+        classifier_judge(other, 0.5, "cpu")

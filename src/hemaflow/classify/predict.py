@@ -5,6 +5,7 @@ test-time augmentation over the 8 symmetries of the square)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,12 +54,13 @@ def class_probabilities(
 
 
 def load_classifier(
-    path: str | Path, device: str | torch.device | None = None
+    path: str | Path, device: str | torch.device | None = None, payload: Any = None
 ) -> tuple[nn.Module, list[str], ClassifierOptions]:
     """The classifier (best weights, eval mode, on ``device``; default CUDA if available),
-    its class names and options, from a file written by ``train_classifier``."""
+    its class names and options, from a file written by ``train_classifier``
+    (``payload``: its contents already read, ``read_model_file``)."""
     payload, options = read_model_file(
-        path, FILE_KIND, ClassifierOptions, required=("class_names", "state_dict")
+        path, FILE_KIND, ClassifierOptions, required=("class_names", "state_dict"), payload=payload
     )
     names = list(payload["class_names"])
     try:

@@ -187,16 +187,16 @@ def classifier_judge(
     for what, value in [("min_confidence", min_confidence), *thresholds.items()]:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"classifier_judge: {what}'s threshold must be in [0, 1], got {value}")
-    # a peek at the kind (weights only, as the loaders read it); the loader reads it again
-    peek = torch.load(model_path, map_location="cpu", weights_only=True)
-    kind = peek.get("kind") if isinstance(peek, dict) else None
-    del peek
+    # read once (weights only, as the loaders read it), then loaded by its kind
+    payload = torch.load(model_path, map_location="cpu", weights_only=True)
+    kind = payload.get("kind") if isinstance(payload, dict) else None
     if kind == CLASSIFIER_KIND:
-        net, names, _ = load_classifier(model_path, device)
+        net, names, _ = load_classifier(model_path, device, payload=payload)
         probabilities = predict_proba
     else:  # refused with the file's kind named unless it is a real-data classifier
-        net, names, _ = load_real_classifier(model_path, device)
+        net, names, _ = load_real_classifier(model_path, device, payload=payload)
         probabilities = classify
+    del payload
 
     def judge(name: str, images: np.ndarray) -> float:
         if name not in names:

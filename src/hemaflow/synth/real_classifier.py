@@ -237,12 +237,17 @@ def train_real_classifier(
 
 
 def load_real_classifier(
-    path: str | Path, device: str | None = None
+    path: str | Path, device: str | None = None, payload: Any = None
 ) -> tuple[ResidualClassifier, list[str], RealClassifierOptions]:
     """The classifier (eval mode, on ``device``; default CUDA if available), its class
-    names and options, from a file written by ``train_real_classifier``."""
+    names and options, from a file written by ``train_real_classifier`` (``payload``: its
+    contents already read, ``read_model_file``)."""
     payload, options = read_model_file(
-        path, CLASSIFIER_FILE_KIND, RealClassifierOptions, required=("class_names", "state_dict")
+        path,
+        CLASSIFIER_FILE_KIND,
+        RealClassifierOptions,
+        required=("class_names", "state_dict"),
+        payload=payload,
     )
     names = list(payload["class_names"])
     net = build_classifier(options, len(names))

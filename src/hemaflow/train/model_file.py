@@ -25,6 +25,7 @@ def read_model_file(
     required: Sequence[str] = (),
     what: str = "",
     hints: Mapping[Any, str] | None = None,
+    payload: Any = None,
 ) -> tuple[dict[str, Any], Options]:
     """The payload of the ``kind`` model file at ``path`` and its options.
 
@@ -32,12 +33,15 @@ def read_model_file(
     ``required``: keys the payload must have besides ``options``. ``what`` prefixes every
     message (the caller and argument); ``hints`` adds a sentence for a file of another
     known kind. Raises FileNotFoundError for a missing file, ValueError for anything
-    else that is not a usable ``kind`` file."""
+    else that is not a usable ``kind`` file. ``payload``: the file's contents already read
+    (``torch.load`` with ``weights_only=True``) by a caller that looked at its kind first;
+    checked as the file would be, not read again."""
     path = Path(path)
     prefix = f"{what}: " if what else ""
     if not path.is_file():
         raise FileNotFoundError(f"{prefix}{kind} model file {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload is None:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict):
         raise ValueError(
             f"{prefix}{path}: not a {kind} model file (a {type(payload).__name__}, not a dict)"
