@@ -379,7 +379,9 @@ class GANSteps(MixedPrecision):
         self.frozen: list[nn.Parameter] = []
 
     def _adam(self, modules: Sequence[nn.Module], lr: float) -> torch.optim.Adam:
-        parameters = [p for module in modules for p in module.parameters()]
+        """Adam over the modules' parameters, those held fixed (``frozen``) left out."""
+        frozen = {id(p) for p in self.frozen}
+        parameters = [p for module in modules for p in module.parameters() if id(p) not in frozen]
         return torch.optim.Adam(parameters, lr=lr, betas=(self.options.beta1, self.options.beta2))
 
     def gan_step(

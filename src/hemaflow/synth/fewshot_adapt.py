@@ -75,17 +75,12 @@ class AdaptTrainer(GANSteps):
         self.encoder, self.generator, self.discriminator = build_networks(options, device)
         for name in ("encoder", "generator", "discriminator"):
             getattr(self, name).load_state_dict(weights[name])
-        self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
         # FreezeD: the first convolutions keep their meta-learned weights
         self.frozen = first_convolutions(self.discriminator, options.adapt_freeze_d)
         for parameter in self.frozen:
             parameter.requires_grad_(False)
-        frozen = {id(parameter) for parameter in self.frozen}
-        self.optimizer_D = torch.optim.Adam(
-            [p for p in self.discriminator.parameters() if id(p) not in frozen],
-            lr=options.adapt_lr,
-            betas=(options.beta1, options.beta2),
-        )
+        self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
+        self.optimizer_D = self._adam([self.discriminator], options.adapt_lr)
         # what generation uses: the moving averages of the encoder and generator, with
         # stylegan2-ada's ramp-up (none with adapt_ema_decay 0: the trained networks)
         self.averages = (
