@@ -14,21 +14,29 @@ import torch
 import yaml
 
 from .realdata import REPO, require_shared_datasets
-from .test_workflow import link_subset, planned_jobs, snakemake_command, write_config
+from .test_workflow import (
+    SIDE_BY_SIDE,
+    link_small_subset,
+    link_subset,
+    planned_jobs,
+    snakemake_command,
+    write_config,
+)
 
 pytestmark = pytest.mark.workflow
 
 BIN = str(Path(sys.executable).parent)
 PAIR = "bccd_to_pbc"
 MODEL = f"results/normalization/cyclegan/{PAIR}/model.pt"
-# a CycleGAN slow enough to be killed mid-run on this CPU (about 0.2 s per iteration)
+# a CycleGAN slow enough to be killed mid-run (0.2-0.8 s per iteration at one thread,
+# depending on the processor): killed after its checkpoint at 20, resumed to 60
 KILLABLE_CYCLEGAN = {
     "preset": "cpu",
     "image_size": 64,
     "ngf": 16,
     "ndf": 16,
     "batch_size": 8,
-    "iterations": 120,
+    "iterations": 60,
     "decay_iterations": 0,
     "checkpoint_every": 10,
     "log_every": 5,
@@ -80,7 +88,9 @@ def data_root(tmp_path_factory):
     shared = require_shared_datasets()
     root = tmp_path_factory.mktemp("operations") / "data"
     root.mkdir()
-    link_subset(shared, root)
+    # the small subset (10 pbc images a class, 40 label rows of bccd and Tecom): how a
+    # job is run, submitted, killed or cached does not depend on how many images it reads
+    link_small_subset(shared, root)
     return root
 
 
@@ -190,7 +200,7 @@ def test_killed_training_resumes_and_the_lock_refuses_a_second_run(tmp_path, dat
     first.mkdir()
     write_config(first, data_root, **{"normalization.cyclegan": KILLABLE_CYCLEGAN})
     process = subprocess.Popen(
-        snakemake_command(first, "--cores", "2", "--", MODEL),
+        snakemake_command(first, "--cores", "2", *SIDE_BY_SIDE, "--", MODEL),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -222,7 +232,7 @@ def test_killed_training_resumes_and_the_lock_refuses_a_second_run(tmp_path, dat
     assert not (first / MODEL).exists()  # no half-written model taken for a finished one
 
     run(first, "--unlock", env=env)
-    run(first, "--cores", "2", "--", MODEL, env=env)
+    run(first, "--cores", "2", *SIDE_BY_SIDE, "--", MODEL, env=env)
     log = (first / "logs" / "normalization" / "train_cyclegan" / f"{PAIR}.log").read_text()
     assert "resuming from checkpoint at iteration" in log
     resumed = int(log.split("resuming from checkpoint at iteration ")[1].split()[0])
@@ -242,7 +252,7 @@ def test_a_second_checkout_takes_trained_models_from_the_cache(tmp_path, data_ro
     for checkout in (first, other):
         checkout.mkdir()
         write_config(checkout, data_root)
-        result = run(checkout, "--cores", "2", "--cache", "--", MODEL, env=env)
+        result = run(checkout, "--cores", "2", *SIDE_BY_SIDE, "--cache", "--", MODEL, env=env)
     # trained once: the second checkout's job log (created by Snakemake) stays empty
     assert "cyclegan: iteration" in (first / log).read_text()
     assert not (other / log).exists() or (other / log).read_text() == ""
@@ -263,8 +273,12 @@ def limit_file_size(limit_bytes: int):
     return apply
 
 
-def test_a_full_disk_fails_the_job_clearly_and_leaves_no_artifact(tmp_path, data_root):
+def test_a_full_disk_fails_the_job_clearly_and_leaves_no_artifact(tmp_path):
     """Writes beyond 2 MiB fail (EFBIG, as on a full disk) for the run and its jobs."""
+    # all of bccd (its cell crops are over 2 MiB), not the small subset of the other tests
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    link_subset(require_shared_datasets(), data_root)
     write_config(tmp_path, data_root)
     target = "results/ingest/bccd/manifest.parquet"
     result = subprocess.run(

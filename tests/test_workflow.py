@@ -27,6 +27,10 @@ pytestmark = pytest.mark.workflow
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 PER_PBC_CLASS = 30
 RAABIN_FRAMES = 60
+# images per set in the FID/KID/precision-recall of the normalization and synthesis
+# metrics: enough for each metric to be defined (KID's subsets, k = 3 neighbours); at
+# 0.25 s per image through the FID Inception on one core these are most of the run's time
+METRICS_IMAGES = 10
 # the smallest CycleGAN that exercises every step of the normalization stage
 TINY_CYCLEGAN = {
     "preset": "cpu",
@@ -64,7 +68,7 @@ TINY_SYNTHESIS = {
         "cwgan": {"precision": None, "recall": None, "kid": None, "acceptance": 0.0},
         "fewshot": {"precision": 1.0},
     },
-    "metrics_max_images": 20,
+    "metrics_max_images": METRICS_IMAGES,
     "fid_min_images": 1000,
     "curve": {"images_per_class": 4, "real_per_class": 6},
 }
@@ -105,10 +109,17 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
     ]
 
 
+# how the tests run a workflow: as `make run` does on a machine without a GPU (the cpu
+# workflow profile), every job at one thread, so that two short jobs run side by side on
+# 2 cores (most of a tiny job is Python starting, one core's work); how a job runs, never
+# what it computes. The profile tests of test_operations.py run the other profiles.
+SIDE_BY_SIDE = ("--workflow-profile", str(REPO / "profiles" / "cpu"), "--max-threads", "1")
+
+
 def snakemake(
     workdir: Path, *args: str, check: bool = True, timeout: int = 900
 ) -> subprocess.CompletedProcess:
-    command = snakemake_command(workdir, "--cores", "2", *args)
+    command = snakemake_command(workdir, "--cores", "2", *SIDE_BY_SIDE, *args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -136,7 +147,7 @@ def write_config(workdir: Path, data_root: Path, **changes) -> None:
         config = yaml.safe_load(handle)
     config["data_root"] = str(data_root)
     config["normalization"]["cyclegan"] = dict(TINY_CYCLEGAN)
-    config["normalization"]["metrics_max_images"] = 20
+    config["normalization"]["metrics_max_images"] = METRICS_IMAGES
     config["synthesis"] = json.loads(json.dumps(TINY_SYNTHESIS))
     config["classifier"] = dict(TINY_CLASSIFIER)
     config["evaluation"] = {"n_boot": 50}
@@ -160,7 +171,7 @@ def workflow_run(tmp_path_factory):
     workdir.mkdir()
     link_subset(shared, data_root)
     write_config(workdir, data_root)
-    # the whole pipeline: 15 min on 2 idle cores, more when they are shared
+    # the whole pipeline: 3 min on 2 idle cores (AVX2), more when they are shared
     snakemake(workdir, timeout=2400)
     return data_root, workdir
 
@@ -247,7 +258,7 @@ def test_normalization_outputs(workflow_run):
         assert decision["method"] == ("reinhard" if worse else "cyclegan"), decision
         for domain, n in ((a, decision["source_images"]), (b, decision["target_images"])):
             index = pd.read_parquet(results / "cache" / domain / "index.parquet")
-            assert n == min(20, (index["split"] == "val").sum())  # metrics_max_images
+            assert n == min(METRICS_IMAGES, (index["split"] == "val").sum())
         assert row["decision_kid_cyclegan_val"] == pytest.approx(decision["kid_cyclegan"])
         assert row["cyclegan_worse_than_reinhard"] == (row["kid_cyclegan"] > row["kid_reinhard"])
     for domain in ("pbc", "bccd", "zheng_tecom", "raabin"):
@@ -696,7 +707,7 @@ def test_rerun_behaviour(workflow_run):
     finally:
         write_config(workdir, data_root)
     # a normalization parameter changes: normalization and downstream, no ingest or dedup
-    write_config(workdir, data_root, **{"normalization.metrics_max_images": 15})
+    write_config(workdir, data_root, **{"normalization.metrics_max_images": METRICS_IMAGES + 5})
     try:
         jobs = planned_jobs(snakemake(workdir, "-n"))
         assert "ingest" not in jobs and "dedup" not in jobs and "subgroup" not in jobs

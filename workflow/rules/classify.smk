@@ -15,6 +15,7 @@ rule train_classifier:
     log:
         "logs/classifier/{variant}/train.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -55,6 +56,7 @@ rule evaluate_classifier:
         "logs/classifier/{variant}/evaluate.log",
     benchmark:
         "benchmarks/classifier/{variant}/evaluate.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     threads: 2

@@ -206,6 +206,13 @@ def normalize_domain_gpu(wildcards):
     return 1 if wildcards.method == "cyclegan" else 0
 
 
+# Scheduling priority of the jobs between the synthesis pool and the classifier's
+# evaluation (the main job's longest path once the CycleGANs are trained) over the jobs
+# that feed only the report (normalization and synthesis metrics, curves): these run in
+# the gaps beside the chain, where a core would otherwise wait (docs/benchmarks.md)
+CHAIN_PRIORITY = 1
+
+
 def labelled_first(wildcards):
     """Scheduling priority: the normalization of a labelled domain feeds the synthesis
     pool, an unlabelled domain's (raabin) feeds only the report, so it may run later,

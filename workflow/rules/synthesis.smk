@@ -7,6 +7,7 @@ rule synthesis_pool:
         index=f"{SYNTH}/pool/index.parquet",
     log:
         "logs/synthesis/{norm}/pool.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     params:
@@ -30,6 +31,7 @@ checkpoint synthesis_routes:
         ),
     log:
         "logs/synthesis/{norm}/routes.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     params:
@@ -50,6 +52,7 @@ rule train_real_classifier:
     log:
         "logs/synthesis/{norm}/train_real_classifier.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -78,6 +81,7 @@ rule train_gate_classifier:
     log:
         "logs/synthesis/{norm}/train_gate_classifier.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -110,6 +114,7 @@ rule gate_real_acceptance:
         ),
     log:
         "logs/synthesis/{norm}/gate_real_acceptance.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -135,6 +140,7 @@ rule train_cwgan:
     log:
         "logs/synthesis/{norm}/train_cwgan.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -163,6 +169,7 @@ rule train_fewshot_meta:
     log:
         "logs/synthesis/{norm}/train_fewshot_meta.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -196,6 +203,7 @@ rule adapt_fewshot:
     log:
         "logs/synthesis/{norm}/adapt_fewshot/{synth_class}.log",
     cache: True
+    priority: CHAIN_PRIORITY
     retries: 2
     conda:
         "../envs/hemaflow.yaml"
@@ -227,6 +235,7 @@ rule generate_class:
         "logs/synthesis/{norm}/generate/{generator}/{synth_class}.log",
     benchmark:
         "benchmarks/synthesis/{norm}/generate/{generator}/{synth_class}.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -255,6 +264,7 @@ rule validation_metrics:
         "logs/synthesis/{norm}/validation_metrics/{generator}/{synth_class}.log",
     benchmark:
         "benchmarks/synthesis/{norm}/validation_metrics/{generator}/{synth_class}.tsv"
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     threads: 2
@@ -275,6 +285,7 @@ rule variant_routes:
         f"{SYNTH}/routes/{{synth_variant}}.csv",
     log:
         "logs/synthesis/{norm}/routes_{synth_variant}.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     script:
@@ -311,6 +322,7 @@ rule balanced_training_set:
         ),
     log:
         "logs/synthesis/{norm}/balanced/{synth_variant}.log",
+    priority: CHAIN_PRIORITY
     conda:
         "../envs/hemaflow.yaml"
     params:
