@@ -215,10 +215,10 @@ CHAIN_PRIORITY = 1
 
 def labelled_first(wildcards):
     """Scheduling priority: the normalization of a labelled domain feeds the synthesis
-    pool, an unlabelled domain's (raabin) feeds only the report, so it may run later,
-    beside the synthesis jobs."""
+    pool (the chain's priority), an unlabelled domain's (raabin) feeds only the report, so
+    it may run later, beside the synthesis jobs."""
     domain = wildcards.get("source", wildcards.get("domain"))
-    return 1 if domain in LABELLED_DOMAINS else 0
+    return CHAIN_PRIORITY if domain in LABELLED_DOMAINS else 0
 
 
 def decision_gpu(wildcards):
