@@ -236,12 +236,20 @@ def test_snapshot_iterations_spread_a_count_over_the_run():
         snapshot_iterations(-1, 2)
 
 
-def test_a_checkpoint_without_its_due_snapshots_is_refused():
+def test_a_resumed_run_keeps_its_snapshots_when_the_spacing_changed(caplog):
+    """A run resumed with another length or count may have passed iterations its new
+    spacing wants: it keeps what it took, says which it missed, and takes the rest."""
     snapshots = Snapshots(10, 5)  # at 2, 4, 6, 8, 10
-    snapshots.load_state_dict([{"iteration": 2, "state": {}}], iteration=3)
+    assert snapshots.load_state_dict([{"iteration": 2, "state": {}}], iteration=3) == []
     assert [s["iteration"] for s in snapshots.state_dict()] == [2]
-    with pytest.raises(ValueError, match="at iteration 5 has no snapshot of iteration 2, 4"):
-        snapshots.load_state_dict([], iteration=5)
+    assert not caplog.records
+    taken = [{"iteration": 3, "state": {"w": 1}}]  # a 6-step run's first of 2
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train.snapshots"):
+        assert snapshots.load_state_dict(taken, iteration=5) == [2, 4]
+    assert "iteration 2, 4, already past and not taken" in caplog.text
+    assert "keeps its snapshots of iteration 3" in caplog.text
+    assert [s["iteration"] for s in snapshots.state_dict()] == [3]
+    assert not snapshots.due(5) and snapshots.due(6) and snapshots.due(10)
 
 
 @pytest.mark.parametrize(
@@ -394,8 +402,8 @@ def test_resume_refuses_changed_options(pbc32, classifier_file, tmp_path):
 def test_a_finished_run_asked_for_more_steps_trains_on(trained, pbc32, classifier_file, tmp_path):
     """Raising iterations (and snapshots) resumes a finished run from its last checkpoint:
     2 steps and then 2 more end where the uninterrupted 4-step run ends, bit for bit,
-    with its snapshots. Fewer steps than the checkpoint's, or a spacing that wants a
-    snapshot the run never took, are refused."""
+    with its snapshots. Fewer steps than the checkpoint's are refused; a spacing that
+    wants a snapshot the run has passed keeps the snapshots it took."""
     args = (*routed(pbc32), ROUTED, classifier_file["path"])
     state, model = tmp_path / "state", tmp_path / "model.pt"
     first = train_cwgan(*args, tiny_gan(iterations=2, snapshots=2), state, model)
@@ -409,10 +417,13 @@ def test_a_finished_run_asked_for_more_steps_trains_on(trained, pbc32, classifie
 
     with pytest.raises(ValueError, match="written at iteration 4, past the 3 iterations"):
         train_cwgan(*args, tiny_gan(iterations=3), state, model)
+    # another spacing: the snapshot it passed (1) is missed, the one taken (2) kept
     other = tmp_path / "other"
     train_cwgan(*args, tiny_gan(iterations=2, snapshots=1), other, tmp_path / "o.pt")
-    with pytest.raises(ValueError, match="no snapshot of iteration 1"):
-        train_cwgan(*args, tiny_gan(), other, tmp_path / "o.pt")
+    longer = train_cwgan(*args, tiny_gan(), other, tmp_path / "o.pt")
+    assert longer["resumed_from"] == 2 and longer["iterations"] == 4
+    snaps, _, _ = load_cwgan_snapshots(tmp_path / "o.pt")
+    assert [i for i, _ in snaps] == [2, 3, 4]
     # an option that changes what a step does is still refused
     with pytest.raises(ValueError, match="'lr'"):
         train_cwgan(*args, tiny_gan(iterations=6, lr=1e-3), state, model)

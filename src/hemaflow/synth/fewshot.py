@@ -423,9 +423,7 @@ class GANSteps(MixedPrecision):
         loss_rec = 0.5 * (F.l1_loss(fake_1, real) + F.l1_loss(fake_2, real))
         loss_G = loss_adv + o.lambda_ms * loss_ms + o.lambda_rec * loss_rec
         self.optimizer_step(loss_G, optimizer_G, self.scaler_G)
-        set_requires_grad([discriminator], True)
-        for parameter in self.frozen:
-            parameter.requires_grad_(False)
+        set_requires_grad([discriminator], True, frozen=self.frozen)
         return {
             "loss_D": loss_D.detach(),
             "loss_G": loss_G.detach(),

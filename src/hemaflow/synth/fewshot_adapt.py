@@ -45,6 +45,7 @@ from hemaflow.train.loop import (
     resize_images,
     resolve_device,
     seed_everything,
+    set_requires_grad,
     to_model_range,
     train_and_save,
     training_device,
@@ -77,8 +78,7 @@ class AdaptTrainer(GANSteps):
             getattr(self, name).load_state_dict(weights[name])
         # FreezeD: the first convolutions keep their meta-learned weights
         self.frozen = first_convolutions(self.discriminator, options.adapt_freeze_d)
-        for parameter in self.frozen:
-            parameter.requires_grad_(False)
+        set_requires_grad([self.discriminator], True, frozen=self.frozen)
         self.optimizer_G = self._adam([self.encoder, self.generator], options.adapt_lr)
         self.optimizer_D = self._adam([self.discriminator], options.adapt_lr)
         # what generation uses: the moving averages of the encoder and generator, with

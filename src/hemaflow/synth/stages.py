@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,24 @@ def read_pool(images_path: str, index_path: str) -> tuple[np.ndarray, pd.DataFra
     return np.load(images_path, mmap_mode="r"), pd.read_parquet(index_path)
 
 
-def pool_state_dir(root: str, kind: str, name: str, options: Mapping, pool: pd.DataFrame, classes):
+def pool_state_dir(
+    root: str,
+    kind: str,
+    name: str,
+    options: Mapping,
+    pool: pd.DataFrame,
+    classes,
+    unkeyed: Iterable[str] = (),
+) -> Path:
     """The resumable state of a model trained on the pool's training rows of ``classes``
-    (``keyed_state_dir``: keyed by options and those rows' record ids)."""
+    (``keyed_state_dir``: keyed by options and those rows' record ids). ``options`` may
+    be a dataclass of options; those named in ``unkeyed`` are left out of the key, so
+    that a run whose only change is one of them resumes the same state."""
+    if is_dataclass(options):
+        options = asdict(options)
+    key = {k: v for k, v in options.items() if k not in set(unkeyed)}
     rows = pool[(pool["split"] == "train") & pool["canonical_class"].isin(list(classes))]
-    return keyed_state_dir(root, kind, name, options, rows["record_id"])
+    return keyed_state_dir(root, kind, name, key, rows["record_id"])
 
 
 def cwgan_state_dir(root: str, options, pool: pd.DataFrame, classes) -> Path:
@@ -63,11 +76,10 @@ def cwgan_state_dir(root: str, options, pool: pd.DataFrame, classes) -> Path:
     holds a checkpoint past the iterations asked for (a user lowered them), the run
     starts in a folder keyed by every option, the length included, and the longer
     run's state is left as it is."""
-    key = {k: v for k, v in asdict(options).items() if k not in EXTENDABLE}
-    shared = pool_state_dir(root, "cwgan", "cwgan", key, pool, classes)
+    shared = pool_state_dir(root, "cwgan", "cwgan", options, pool, classes, EXTENDABLE)
     checkpoints = list_checkpoints(shared)
     if checkpoints and checkpoints[-1][0] > options.iterations:
-        own = pool_state_dir(root, "cwgan", "cwgan", asdict(options), pool, classes)
+        own = pool_state_dir(root, "cwgan", "cwgan", options, pool, classes)
         log.info(
             "C-WGAN-GP: %s holds a run at iteration %d, past the %d asked for; this "
             "shorter run keeps its state in %s",
@@ -86,8 +98,7 @@ def fewshot_meta_state_dir(root: str, options, pool: pd.DataFrame, classes) -> P
     those adapts the meta model already trained instead of training another."""
     from hemaflow.synth.fewshot import ADAPT_ONLY
 
-    key = {k: v for k, v in asdict(options).items() if k not in ADAPT_ONLY}
-    return pool_state_dir(root, "fewshot", "meta", key, pool, classes)
+    return pool_state_dir(root, "fewshot", "meta", options, pool, classes, ADAPT_ONLY)
 
 
 # ----------------------------------------------------------------------------- pool, routes

@@ -204,10 +204,15 @@ class LinearDecay:
         return 1.0 - max(0, step + 1 - self.iterations) / float(self.decay_iterations + 1)
 
 
-def set_requires_grad(nets: Iterable[nn.Module], flag: bool) -> None:
+def set_requires_grad(
+    nets: Iterable[nn.Module], flag: bool, frozen: Iterable[nn.Parameter] = ()
+) -> None:
+    """Turn the nets' gradients on or off; the ``frozen`` parameters stay off (held fixed
+    for the whole run, as FreezeD holds a discriminator's first layers)."""
+    held = {id(parameter) for parameter in frozen}
     for net in nets:
         for parameter in net.parameters():
-            parameter.requires_grad_(flag)
+            parameter.requires_grad_(flag and id(parameter) not in held)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -13,11 +13,14 @@ its iterations change."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def snapshot_iterations(total: int, count: int) -> tuple[int, ...]:
@@ -57,16 +60,23 @@ class Snapshots:
     def state_dict(self) -> list[dict[str, Any]]:
         return list(self.taken)
 
-    def load_state_dict(self, taken: Iterable[Mapping[str, Any]], iteration: int) -> None:
-        """The snapshots of a checkpoint written at ``iteration``; refused when it lacks
-        one that was due by then (a checkpoint of a run without them): the run would
-        end with a gap in its curve."""
+    def load_state_dict(self, taken: Iterable[Mapping[str, Any]], iteration: int) -> list[int]:
+        """The snapshots of a checkpoint written at ``iteration``. A run resumed with a
+        changed length or count (``EXTENDABLE``: a finished run asked for more steps) may
+        have passed iterations its new spacing wants a snapshot at: their weights are gone,
+        so the run keeps the snapshots it took and takes the new spacing's from here on
+        (its curve then has more points than ``snapshots``, none invented). Returns those
+        missed iterations, logged as a warning, [] when none."""
         self.taken = [{"iteration": int(s["iteration"]), "state": dict(s["state"])} for s in taken]
         have = {s["iteration"] for s in self.taken}
-        missing = sorted(i for i in self.iterations if i <= iteration and i not in have)
-        if missing:
-            raise ValueError(
-                f"checkpoint at iteration {iteration} has no snapshot of iteration "
-                f"{', '.join(map(str, missing))} (written before snapshots existed?): remove "
-                "its folder to start over"
+        missed = sorted(i for i in self.iterations if i <= iteration and i not in have)
+        if missed:
+            log.warning(
+                "resumed at iteration %d: the snapshot spacing asks for iteration %s, "
+                "already past and not taken; the run keeps its snapshots of iteration %s "
+                "and takes the rest as due",
+                iteration,
+                ", ".join(map(str, missed)),
+                ", ".join(str(i) for i in sorted(have)) or "(none)",
             )
+        return missed
