@@ -52,7 +52,7 @@ def pool_state_dir(
     root: str,
     kind: str,
     name: str,
-    options: Mapping,
+    options: Mapping | Any,
     pool: pd.DataFrame,
     classes,
     unkeyed: Iterable[str] = (),
@@ -63,7 +63,8 @@ def pool_state_dir(
     that a run whose only change is one of them resumes the same state."""
     if is_dataclass(options):
         options = asdict(options)
-    key = {k: v for k, v in options.items() if k not in set(unkeyed)}
+    skipped = set(unkeyed)
+    key = {k: v for k, v in options.items() if k not in skipped}
     rows = pool[(pool["split"] == "train") & pool["canonical_class"].isin(list(classes))]
     return keyed_state_dir(root, kind, name, key, rows["record_id"])
 
