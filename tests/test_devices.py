@@ -135,3 +135,40 @@ def test_start_job_logs_claims_and_retry_halves_the_batch(tmp_path, monkeypatch)
     assert (
         retry_options(job, {"preset": "cpu", "batch_size": 3}, CycleGANOptions)["batch_size"] == 1
     )
+
+
+# the library modules of the jobs that train nothing (ingest, dedup, routes, pools,
+# balanced sets, tables, summaries): importing them and starting the job loads no torch
+NO_TORCH_JOB = """
+import os, sys
+from types import SimpleNamespace
+from hemaflow.jobs import start_job
+import hemaflow.classify.leave_one_out, hemaflow.classify.stages, hemaflow.data.ingest
+import hemaflow.normalize.stages, hemaflow.summary, hemaflow.synth.curve
+import hemaflow.synth.stages, hemaflow.synth.rare_study_report
+start_job(SimpleNamespace(log=[], threads=1, resources={}, rule="table"))
+assert "torch" not in sys.modules, "torch loaded"
+assert os.environ["OMP_NUM_THREADS"] == "1"
+import torch
+print(torch.get_num_threads())
+start_job(SimpleNamespace(log=[], threads=2, resources={}, rule="second"))
+print(torch.get_num_threads())
+"""
+
+
+def test_a_job_that_needs_no_torch_starts_without_it_and_torch_keeps_the_job_threads(
+    tmp_path,
+):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEMAFLOW_", "OMP_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_JOB],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # torch loaded after the job started takes its threads from the environment; a job
+    # started with torch loaded sets them directly
+    assert result.stdout.split() == ["1", "2"]

@@ -30,7 +30,7 @@ from hemaflow.classify.stages import (  # noqa: E402
     train_on_rows,
 )
 from hemaflow.json_file import write_json  # noqa: E402
-from hemaflow.train.loop import fingerprint
+from hemaflow.train.state import fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pandas as pd
 from hemaflow.classify.metrics import evaluation_report, write_confusion_matrix
 from hemaflow.json_file import write_json
 from hemaflow.progress import Progress
-from hemaflow.train.loop import keyed_state_dir
+from hemaflow.train.state import keyed_state_dir
 
 log = logging.getLogger(__name__)
 

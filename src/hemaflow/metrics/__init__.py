@@ -22,9 +22,10 @@ New metrics are added with :func:`register_metric`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,8 +38,26 @@ from hemaflow.metrics.fid import (
     precision_recall,
 )
 from hemaflow.metrics.image import psnr, ssim
-from hemaflow.metrics.inception import InceptionFeatures
-from hemaflow.metrics.lpips import LPIPS, get_lpips, lpips_diversity
+
+if TYPE_CHECKING:
+    from hemaflow.metrics.inception import InceptionFeatures
+    from hemaflow.metrics.lpips import LPIPS
+
+# the networks' names load their modules (and torch, about 2 s) on first use, so that a
+# job that imports this package for a table or the feature store starts without torch
+_LAZY = {
+    "InceptionFeatures": "hemaflow.metrics.inception",
+    "LPIPS": "hemaflow.metrics.lpips",
+    "get_lpips": "hemaflow.metrics.lpips",
+    "lpips_diversity": "hemaflow.metrics.lpips",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "METRICS",
@@ -87,6 +106,8 @@ class MetricInputs:
 
     def _extractor(self) -> InceptionFeatures:
         if self.inception is None:
+            from hemaflow.metrics.inception import InceptionFeatures
+
             self.inception = InceptionFeatures(self.device, self.batch_size)
         return self.inception
 
@@ -180,6 +201,8 @@ def _recall(inputs: MetricInputs) -> dict[str, float]:
 def _lpips_diversity(inputs: MetricInputs) -> dict[str, float]:
     if inputs.fake_images is None:
         raise ValueError("lpips_diversity needs fake images")
+    from hemaflow.metrics.lpips import get_lpips, lpips_diversity
+
     model = inputs.lpips_model if inputs.lpips_model is not None else get_lpips(inputs.device)
     value = lpips_diversity(
         np.asarray(inputs.fake_images), num_pairs=inputs.lpips_pairs, seed=inputs.seed, model=model

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.normalize.plan import make_plan
-from hemaflow.train.loop import keyed_state_dir
+from hemaflow.train.state import keyed_state_dir
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,17 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from hemaflow.metrics import InceptionFeatures, compute_metrics
+from hemaflow.metrics import compute_metrics
 from hemaflow.progress import Progress
 from hemaflow.synth.evaluate import PR_K, seeded_subset
-from hemaflow.train.loop import resize_images
+
+if TYPE_CHECKING:  # loaded where used: the curve's table job starts without torch
+    from hemaflow.metrics.inception import InceptionFeatures
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +225,8 @@ def quality_curve(
     resized to ``image_size`` (the real images') before their features are taken, as the
     workflow's generation does. ``acceptance``: the ``judge``'s, NaN without one."""
     rows = []
+    from hemaflow.train.loop import resize_images
+
     progress = Progress(f"{generator} curve", len(points) * len(real), "points", logger=log)
     for point in points:
         for name, real_feats in real.items():
@@ -281,6 +285,8 @@ def cwgan_curve(
             f"cwgan_curve: no held-out images given for {', '.join(missing)} "
             f"(classes of {model_path})"
         )
+    from hemaflow.metrics.inception import InceptionFeatures
+
     inception = inception or InceptionFeatures(device)
     real = real_features({name: held_out[name] for name in names}, settings, inception)
     seconds = seconds_at(losses_csv, [iteration for iteration, _ in generators])
@@ -314,6 +320,8 @@ def fewshot_curve(
     from hemaflow.synth.fewshot_adapt import generate_fewshot, load_fewshot_snapshots
 
     snapshots, _ = load_fewshot_snapshots(model_path, device)
+    from hemaflow.metrics.inception import InceptionFeatures
+
     inception = inception or InceptionFeatures(device)
     real = real_features({class_name: held_out}, settings, inception)
     offset = training_seconds(meta_losses_csv) if meta_losses_csv is not None else 0.0

@@ -39,7 +39,7 @@ from hemaflow.synth.quality import (
 )
 from hemaflow.synth.routing import generating, meta_training_classes, route_table
 from hemaflow.synth.targets import SAMPLING, SYNTHETIC, balancing_table
-from hemaflow.train.loop import EXTENDABLE, keyed_state_dir, list_checkpoints, resize_images
+from hemaflow.train.state import EXTENDABLE, keyed_state_dir, list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,8 @@ def generate_class(
             )
     # a generator may work at a lower resolution than the data: judged and stored at the
     # data's size
+    from hemaflow.train.loop import resize_images
+
     sample = class_sampler(route, model_path, class_name)
     accepted, candidates = generate_gated(
         lambda n, seed: resize_images(sample(n, seed), size),

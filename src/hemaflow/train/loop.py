@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
@@ -39,6 +37,12 @@ from torch import nn
 
 from hemaflow.devices import resolve_device  # noqa: F401  (re-exported)
 from hemaflow.progress import Progress
+from hemaflow.train.state import (  # noqa: F401  (re-exported)
+    EXTENDABLE,
+    fingerprint,
+    keyed_state_dir,
+    list_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,6 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINTS_KEPT = 2
 # options that may change between a checkpoint and its resumption without changing the run
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "log_every", "amp"})
-# For a trainer whose steps do not depend on how many there will be (no schedule that
-# decays towards the last step): raising ``iterations`` resumes the run where it stopped,
-# so a finished run can be trained on (``run_training`` refuses a checkpoint past the end).
-EXTENDABLE = frozenset({"iterations", "snapshots"})
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 # ---------------------------------------------------------------------------------- device
@@ -66,27 +65,6 @@ def log_device(device: torch.device, what: str = "training") -> str:
         message = f"{what} on {device} ({torch.cuda.get_device_name(index)})"
     log.info(message)
     return message
-
-
-def keyed_state_dir(
-    root: str | Path,
-    kind: str,
-    name: str,
-    options: Mapping[str, Any],
-    *key_groups: Iterable[str],
-) -> Path:
-    """Where a model's resumable checkpoints live: outside the workflow's outputs (a failed
-    job's outputs are deleted), keyed by the library version, the options (canonical JSON)
-    and the training record ids (each group sorted), so that a changed config, new data or
-    another version's networks never resume a stale run."""
-    from hemaflow import __version__
-    from hemaflow.config import canonical_json
-
-    digest = hashlib.sha256(f"hemaflow {__version__}\n".encode())
-    digest.update(canonical_json(dict(options)).encode())
-    for keys in key_groups:
-        digest.update("\n".join(sorted(keys)).encode())
-    return Path(root) / kind / f"{name}-{digest.hexdigest()[:16]}"
 
 
 # ---------------------------------------------------------------------------------- images
@@ -178,16 +156,6 @@ class ImageSampler:
         return self.sample_rows(rng, rows)
 
 
-def fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 of the arrays' shapes and bytes: which data a checkpoint belongs to."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.asarray(array)
-        digest.update(repr(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
-
-
 # -------------------------------------------------------------------------- optimisation
 
 
@@ -240,19 +208,6 @@ def atomic_torch_save(payload: Any, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
-    """(iteration, path) of the checkpoints in ``state_dir``, oldest first."""
-    state_dir = Path(state_dir)
-    if not state_dir.is_dir():
-        return []
-    found = []
-    for path in state_dir.iterdir():
-        match = _CHECKPOINT_NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
