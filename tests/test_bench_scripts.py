@@ -72,3 +72,13 @@ def test_cyclegan_step_bench_quick_prints_the_ratio():
     ratio = [line for line in out.splitlines() if "ratio ours/reference" in line]
     assert len(ratio) == 1 and ratio[0].startswith("CycleGAN cpu preset, 32 px"), out
     assert float(ratio[0].split("ratio ours/reference ")[1].split()[0]) > 0
+
+
+def test_layout_bench_quick_prints_a_ratio_per_network():
+    out = run_bench("bench_layout.py", "--quick")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "s |" not in line]
+    names = [row.split(" | ")[0].strip("| ") for row in rows]
+    assert len(names) == 5 and names[0].startswith("classifier")
+    for row in rows:
+        nchw, last, ratio = (float(cell) for cell in row.strip("| ").split(" | ")[1:])
+        assert nchw > 0 and last > 0 and ratio == pytest.approx(nchw / last, rel=0.05)

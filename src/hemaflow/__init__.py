@@ -1,3 +1,3 @@
 """hemaflow: multi-lab white-blood-cell images to a clean, balanced, validated classifier."""
 
-__version__ = "0.18.0"
+__version__ = "0.19.0"

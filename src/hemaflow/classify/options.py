@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from hemaflow.models.classifier import (
@@ -196,4 +197,9 @@ ClassifierOptions.PRESETS = PRESETS
 
 
 def build_network(options: ClassifierOptions, n_classes: int) -> nn.Module:
-    return build_classifier(options.architecture, n_classes, options)
+    """The classifier of ``options``, its weights in the channels-last layout: every
+    convolution then runs channels-last (oneDNN's and cuDNN's faster path; the outputs
+    equal the default layout's to float rounding). A training step of the ``small``
+    preset, batch 32 on one CPU thread: 0.22 s against 0.29 (``bench/bench_layout.py``)."""
+    net = build_classifier(options.architecture, n_classes, options)
+    return net.to(memory_format=torch.channels_last)
