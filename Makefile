@@ -42,8 +42,12 @@ run: install
 	$(BIN)/snakemake --workflow-profile $(PROFILE)
 	$(BIN)/snakemake --workflow-profile $(PROFILE) --report results/report.html
 
+# two pytest-xdist workers, one test file at a time each (a file's module fixtures are
+# built once), the two longest files first (tests/conftest.py) so that they overlap;
+# TEST_WORKERS=0 runs the suite in this one process
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check src tests bench workflow/scripts

@@ -18,6 +18,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
+# the longest test files (the workflow runs), collected first: `make test` hands whole
+# files to its two workers in collection order, so these two start at once, one on each,
+# instead of last, when the other worker would have nothing left to run beside them
+FIRST_FILES = ("test_workflow.py", "test_operations.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST_FILES)))  # stable
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
