@@ -155,6 +155,27 @@ def test_preset_networks_shapes_and_a_gradient_step(preset, overrides):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("preset", ["small", "resnet18"])
+def test_build_network_is_channels_last_and_computes_the_same_function(preset):
+    """The trained classifier's weights are channels-last (a faster CPU step,
+    bench/bench_layout.py); the function is the default layout's, to float rounding."""
+    from hemaflow.classify.options import build_network
+
+    torch.manual_seed(0)
+    options = ClassifierOptions.from_config({"preset": preset, "image_size": 32})
+    net = build_network(options, 5).eval()
+    convolutions = [p for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convolutions
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous() for p in convolutions)
+    plain = build_classifier(options.architecture, 5, options).eval()
+    plain.load_state_dict(net.state_dict())  # the same weights in the default layout
+    assert all(p.is_contiguous() for p in plain.parameters())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
 def test_senet154_preset_has_the_papers_size():
     options = PRESETS["senet154_ge"]
     assert options.architecture == "senet_ge" and options.image_size == 224
