@@ -42,25 +42,25 @@ def networks(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], tuple[int,
         ),
         "cyclegan critic (cpu, batch 8)": (lambda: build_critic(cyclegan), (8, 3, size, size)),
         "cwgan generator (cpu, batch 32)": (
-            lambda: _Unconditional(DCGenerator(8, z_dim=64, image_size=size, width=32)),
+            lambda: _ClassZero(DCGenerator(8, z_dim=64, image_size=size, width=32)),
             (32, 64),
         ),
         "cwgan critic (cpu, batch 32)": (
-            lambda: DCCritic(image_size=size, width=32, n_classes=8),
+            lambda: _ClassZero(DCCritic(image_size=size, width=32, n_classes=8)),
             (32, 3, size, size),
         ),
     }
 
 
-class _Unconditional(nn.Module):
-    """The C-WGAN-GP generator with every sample of class 0 (for timing)."""
+class _ClassZero(nn.Module):
+    """A C-WGAN-GP network (generator or critic) with every sample of class 0 (for timing)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z, torch.zeros(len(z), dtype=torch.long))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, torch.zeros(len(x), dtype=torch.long))
 
 
 def step_seconds(
@@ -75,7 +75,7 @@ def step_seconds(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = net(x) if not isinstance(net, DCCritic) else net(x, torch.zeros(len(x)).long())
+        out = net(x)
         F.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32)).backward()
         optimizer.step()
 

@@ -224,9 +224,9 @@ def quality_curve(
     ``real``: each class's real features (``real_features``). Generated images are
     resized to ``image_size`` (the real images') before their features are taken, as the
     workflow's generation does. ``acceptance``: the ``judge``'s, NaN without one."""
-    rows = []
     from hemaflow.train.loop import resize_images
 
+    rows = []
     progress = Progress(f"{generator} curve", len(points) * len(real), "points", logger=log)
     for point in points:
         for name, real_feats in real.items():
