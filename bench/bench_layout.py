@@ -1,8 +1,10 @@
 """Channels-last against the default (NCHW) memory layout: one training step (forward,
 backward, optimizer) of each network at its CPU preset, both layouts side by side in one
-run, and the ratio. The classifier is built channels-last (``build_network``: 1.3-1.5x
-here, one thread of an AVX2 EPYC); the GANs keep the default layout (the CycleGAN's
-networks were slower channels-last, the C-WGAN-GP's about 1.1x faster).
+run, and the ratio. This bare step (random images, an MSE loss) put the classifier at
+1.3-1.5x channels-last on one thread of an AVX2 EPYC, so it is built so (``build_network``);
+its real training step turned out no faster (docs/benchmarks.md, "The main job at
+e03748d"): read these ratios as an upper bound. The GANs keep the default layout (the
+CycleGAN's networks were slower channels-last, the C-WGAN-GP's about 1.1x faster).
 
     python bench/bench_layout.py              # one thread, 3 rounds of 10 steps each
     python bench/bench_layout.py --threads 2 --rounds 5

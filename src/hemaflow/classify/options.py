@@ -199,7 +199,9 @@ ClassifierOptions.PRESETS = PRESETS
 def build_network(options: ClassifierOptions, n_classes: int) -> nn.Module:
     """The classifier of ``options``, its weights in the channels-last layout: every
     convolution then runs channels-last (oneDNN's and cuDNN's faster path; the outputs
-    equal the default layout's to float rounding). A training step of the ``small``
-    preset, batch 32 on one CPU thread: 0.22 s against 0.29 (``bench/bench_layout.py``)."""
+    equal the default layout's to float rounding). A bare training step of the ``small``
+    preset, batch 32 on one CPU thread: 0.22 s against 0.29 (``bench/bench_layout.py``);
+    the real training step on the main job's images is no faster in either layout
+    (docs/benchmarks.md), so this buys speed only where oneDNN or cuDNN find it."""
     net = build_classifier(options.architecture, n_classes, options)
     return net.to(memory_format=torch.channels_last)
