@@ -16,11 +16,15 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+def is_fence(line: str) -> bool:
+    return line.lstrip().startswith("```")
+
+
 def fenced_lines(text: str) -> list[tuple[str, bool]]:
     """Each line with whether it lies inside a code block (fence lines count as inside)."""
     inside, out = False, []
     for line in text.splitlines():
-        if line.lstrip().startswith("```"):
+        if is_fence(line):
             out.append((line, True))
             inside = not inside
             continue
@@ -29,7 +33,7 @@ def fenced_lines(text: str) -> list[tuple[str, bool]]:
 
 
 def unclosed_fence(text: str) -> bool:
-    return sum(line.lstrip().startswith("```") for line in text.splitlines()) % 2 == 1
+    return sum(map(is_fence, text.splitlines())) % 2 == 1
 
 
 def heading_anchors(text: str) -> set[str]:
